@@ -1,0 +1,166 @@
+"""Opening a capture (file, standard input, gzip-compressed or not) and streaming it as FrameBatches.
+
+Captures can be far larger than memory and can arrive on a pipe, so they are read in fixed-size
+chunks; a parser turns the complete records of each chunk into one batch and the incomplete tail
+is carried over to the next chunk.
+"""
+
+from __future__ import annotations
+
+import gzip
+import sys
+import zlib
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from probe.capture import pcap, pcapng
+from probe.capture.frames import FrameBatch
+from probe.errors import CaptureError
+
+CHUNK_SIZE = 4 * 1024 * 1024
+"""Bytes read per step: large enough to amortise per-batch costs, small enough to stay cache-friendly."""
+GZIP_MAGIC = b"\x1f\x8b"
+STDIN_PATH = "-"
+
+
+class _Prepended:
+    """A stream with bytes already read from it put back in front, so that sniffing the gzip magic
+    also works on pipes, which cannot seek back."""
+
+    def __init__(self, head: bytes, stream: BinaryIO) -> None:
+        self._head = head
+        self._stream = stream
+
+    def read(self, size: int = -1) -> bytes:
+        head, self._head = self._head, b""
+        if size < 0:
+            return head + self._stream.read()
+        if len(head) >= size:
+            self._head = head[size:]
+            return head[:size]
+        return head + self._stream.read(size - len(head))
+
+
+class _GzipStream:
+    """Decompresses as a stream, handing out every byte decompressed before a fault and raising the
+    fault (as OSError, like any other read failure) only on the next read, so the frames before a
+    damaged or truncated stretch still get delivered."""
+
+    def __init__(self, compressed: _Prepended) -> None:
+        self._gzip = gzip.GzipFile(fileobj=compressed, mode="rb")
+        self._fault: OSError | None = None
+
+    def read(self, size: int) -> bytes:
+        if self._fault is not None:
+            raise self._fault
+        parts: list[bytes] = []
+        remaining = size
+        while remaining > 0:
+            try:
+                part = self._gzip.read1(remaining)
+            except (OSError, EOFError, zlib.error) as exc:
+                self._fault = OSError(f"gzip: {exc}")
+                if parts:
+                    break
+                raise self._fault from exc
+            if not part:
+                break
+            parts.append(part)
+            remaining -= len(part)
+        return b"".join(parts)
+
+
+class CaptureReader:
+    """An open capture whose header has been checked. Iterate it once for its batches; close it (or
+    use it in a `with`) to release the file if iteration stops early."""
+
+    def __init__(self, path: str, file: BinaryIO) -> None:
+        self.path = path
+        self._file = file
+        self._stream: BinaryIO | _Prepended | _GzipStream = file
+        start = self._read(len(GZIP_MAGIC), 0)
+        self._stream = _Prepended(start, file)
+        if start == GZIP_MAGIC:
+            self._stream = _GzipStream(self._stream)
+        magic = self._read(4, 0)
+        if not magic:
+            raise CaptureError(path, 0, "empty file")
+        if magic in pcap.MAGICS:
+            self.format = "pcap"
+            header = magic + self._read(pcap.HEADER_SIZE - len(magic), 0)
+            self._check_header(header, pcap.HEADER_SIZE)
+            self._parser: pcap.PcapParser | pcapng.PcapngParser = pcap.PcapParser(path, header)
+            self._pending = b""
+            self._offset = pcap.HEADER_SIZE
+        elif magic == pcapng.MAGIC:
+            self.format = "pcapng"
+            header = magic + self._read(pcapng.HEADER_SIZE - len(magic), 0)
+            self._check_header(header, pcapng.HEADER_SIZE)
+            self._parser = pcapng.PcapngParser(path)
+            self._pending = header  # the Section Header Block is parsed like any other block
+            self._offset = 0
+        else:
+            self._check_header(magic, 4)
+            raise CaptureError(path, 0, f"not a pcap or pcapng capture (magic {magic.hex()})")
+
+    def __iter__(self) -> Iterator[FrameBatch]:
+        parser = self._parser
+        pending, offset = self._pending, self._offset
+        while True:
+            chunk = self._read(max(CHUNK_SIZE, parser.need - len(pending)), offset)
+            if not chunk:
+                if pending:
+                    raise CaptureError(self.path, offset, parser.cut_short(pending))
+                return
+            buf = pending + chunk if pending else chunk
+            batch, consumed, error = parser.parse(buf, offset)
+            if batch is not None:
+                yield batch
+            if error is not None:
+                raise error
+            pending = buf[consumed:]
+            offset += consumed
+
+    def close(self) -> None:
+        if self._file is not sys.stdin.buffer:
+            self._file.close()
+
+    def __enter__(self) -> CaptureReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _read(self, size: int, offset: int) -> bytes:
+        try:
+            return self._stream.read(size)
+        except OSError as exc:
+            raise CaptureError(self.path, offset, f"read failed: {exc.strerror or exc}") from exc
+
+    def _check_header(self, header: bytes, size: int) -> None:
+        if len(header) < size:
+            raise CaptureError(self.path, 0, "truncated file header")
+
+
+def open_capture(path: str) -> CaptureReader:
+    """Open `path` (`-` for standard input), transparently decompressing gzip, and check its header,
+    so that an unusable capture is reported before any processing starts."""
+    is_stdin = path == STDIN_PATH
+    try:
+        file = sys.stdin.buffer if is_stdin else open(path, "rb")  # noqa: SIM115 - CaptureReader closes it
+    except OSError as exc:
+        raise CaptureError(path, 0, exc.strerror or str(exc)) from exc
+    try:
+        return CaptureReader(path, file)
+    except BaseException:
+        if not is_stdin:
+            file.close()
+        raise
+
+
+def read_capture(path: str) -> Iterator[FrameBatch]:
+    """Stream the batches of the capture at `path` (`-` for standard input), closing it afterwards.
+
+    Raises CaptureError once every frame before the unreadable point has been yielded."""
+    with open_capture(path) as reader:
+        yield from reader

@@ -1,0 +1,78 @@
+"""Command line. Errors a user can act on become one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from probe.config import Config, load_config
+from probe.errors import ProbeError
+from probe.progress import Progress
+from probe.replay import replay, write_summary
+
+EXIT_EVENTS_FOUND = 1
+EXIT_ERROR = 2
+
+config_option = click.option("--config", "config_path", metavar="PATH", type=click.Path(dir_okay=False), help="Configuration file (TOML); command-line options override it.")
+
+
+def fail(message: str) -> None:
+    click.echo(f"probe: error: {message}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="probe")
+def main() -> None:
+    """Detect technical threat markers in network traffic (CPCE art. L33-14).
+
+    Events hold network metadata and the marker's identity, never payload content.
+    """
+
+
+@main.command("replay")
+@click.argument("captures", nargs=-1, required=True, metavar="CAPTURE...")
+@click.option("--markers", "marker_paths", multiple=True, metavar="FILE", help="Marker file: a JSON bundle (markers/README.md) or a Zeek intel file. Repeatable. Default: [markers] files of the configuration.")
+@click.option("--events", "events_path", metavar="PATH", help="Where to write events as JSON Lines; '-' is standard output (the default).")
+@click.option("--fail-on-event", is_flag=True, help="Exit with code 1 when at least one event was found (for CI pipelines).")
+@config_option
+def replay_command(captures: tuple[str, ...], marker_paths: tuple[str, ...], events_path: str | None, fail_on_event: bool, config_path: str | None) -> None:
+    """Replay captures against markers and write one event per (flow, marker).
+
+    CAPTURE is a pcap or pcapng file, optionally gzip-compressed, or '-' for standard input;
+    several may be given. A summary goes to stderr.
+
+    \b
+    Exit codes:
+      0  done
+      1  events found and --fail-on-event given
+      2  usage or input error (a corrupt capture, a bad marker file...); wins over 1
+    """
+    try:
+        config: Config = load_config(config_path)
+        paths = list(marker_paths) or list(config.markers.files)
+        if not paths:
+            fail("no marker file: give --markers FILE or list files in the [markers] section of --config")
+        target = events_path or config.events.path
+        events = sys.stdout if target == "-" else open(target, "w", encoding="utf-8")
+    except OSError as error:
+        fail(f"{error.filename}: cannot write events: {error.strerror}")
+    except ProbeError as error:
+        fail(str(error))
+    try:
+        result = replay(config, list(captures), paths, events, Progress.for_captures(list(captures)))
+    except ProbeError as error:
+        fail(str(error))
+    finally:
+        if events is not sys.stdout:
+            events.close()
+    for warning in result.warnings:
+        click.echo(f"probe: warning: {warning}", err=True)
+    write_summary(result)
+    if result.capture_errors:
+        for error in result.capture_errors:
+            click.echo(f"probe: error: {error}", err=True)
+        sys.exit(EXIT_ERROR)
+    if fail_on_event and result.writer.written:
+        sys.exit(EXIT_EVENTS_FOUND)

@@ -1,0 +1,131 @@
+"""The probe's one configuration file: TOML, loaded and validated here and nowhere else.
+
+Every command takes `--config PATH`; its command-line options override the file. Each section is a
+dataclass whose fields are the keys a user may write; an unknown key, a wrong type or a value out of
+range is refused with the key's full name, so a typo never silently falls back to a default.
+`systemd/probe.toml` is the commented example of every key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from probe.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ProbeSection:
+    name: str = field(default_factory=socket.gethostname)
+    """Name of this probe, written into every event (`probe.name`)."""
+    site: str = ""
+    """Site or tap point this probe watches (`probe.site`)."""
+
+
+@dataclass(frozen=True)
+class FlowsSection:
+    max_flows: int = 1_000_000
+    """Flows tracked at once; when full, the flow idle the longest is evicted (and counted)."""
+    tcp_timeout: float = 300.0
+    """Seconds of silence after which a TCP flow ends and its events are written."""
+    tcp_closed_timeout: float = 10.0
+    """Seconds a TCP flow closed by FIN/RST is remembered, so late packets do not start a new flow."""
+    udp_timeout: float = 60.0
+    other_timeout: float = 60.0
+    """ICMP and every other protocol."""
+    handshake_buffer_bytes: int = 16_384
+    """Per-flow bound on buffered client bytes while a TLS ClientHello or HTTP headers are incomplete."""
+
+
+@dataclass(frozen=True)
+class FragmentsSection:
+    timeout: float = 30.0
+    """Seconds a datagram may wait for its missing fragments (RFC 791 suggests up to 15-120 s)."""
+    max_datagrams: int = 10_000
+    max_per_source: int = 512
+    max_bytes: int = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class MarkersSection:
+    files: tuple[str, ...] = ()
+    """Marker files loaded when `--markers` is not given (JSON bundles or Zeek intel files)."""
+
+
+@dataclass(frozen=True)
+class EventsSection:
+    path: str = "-"
+    """Where `probe replay` writes events as JSON Lines; `-` is standard output."""
+
+
+@dataclass(frozen=True)
+class Config:
+    probe: ProbeSection = field(default_factory=ProbeSection)
+    flows: FlowsSection = field(default_factory=FlowsSection)
+    fragments: FragmentsSection = field(default_factory=FragmentsSection)
+    markers: MarkersSection = field(default_factory=MarkersSection)
+    events: EventsSection = field(default_factory=EventsSection)
+
+
+POSITIVE_FIELDS = {"max_flows", "handshake_buffer_bytes", "max_datagrams", "max_per_source", "max_bytes", "tcp_timeout", "tcp_closed_timeout", "udp_timeout", "other_timeout", "timeout"}
+
+
+def load_config(path: str | None) -> Config:
+    """Read and validate a configuration file; None gives the defaults."""
+    if path is None:
+        return Config()
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read configuration: {error.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    return parse_config(raw, path)
+
+
+def parse_config(raw: dict[str, Any], origin: str = "configuration") -> Config:
+    sections = {}
+    section_types = {f.name: f.type for f in dataclasses.fields(Config)}
+    for name, value in raw.items():
+        if name not in section_types:
+            raise ConfigError(f"{origin}: unknown section [{name}] (known: {', '.join(section_types)})")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{origin}: [{name}] must be a table of keys")
+        sections[name] = _parse_section(_section_class(name), value, name, origin)
+    return Config(**sections)
+
+
+def _section_class(name: str) -> type:
+    return {f.name: f.default_factory for f in dataclasses.fields(Config)}[name]  # type: ignore[return-value]
+
+
+def _parse_section(cls: type, raw: dict[str, Any], section: str, origin: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        where = f"{origin}: {section}.{key}"
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown key (known in [{section}]: {', '.join(fields)})")
+        expected = fields[key].type
+        if expected == "str":
+            if not isinstance(value, str):
+                raise ConfigError(f"{where}: expected a string, got {value!r}")
+        elif expected == "int":
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        elif expected == "float":
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ConfigError(f"{where}: expected a number of seconds, got {value!r}")
+            value = float(value)
+        elif expected == "tuple[str, ...]":
+            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+                raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+            value = tuple(value)
+        if key in POSITIVE_FIELDS and value <= 0:
+            raise ConfigError(f"{where}: must be greater than 0, got {value!r}")
+        values[key] = value
+    return cls(**values)

@@ -1,0 +1,166 @@
+"""Batch classifier: decodes the common frames of a whole batch with vector operations.
+
+Most of what a mirror port carries is plain Ethernet (optionally one 802.1Q tag), IPv4 without
+options or IPv6 without extension headers, and TCP or UDP, whole. For those frames every field the
+pipeline needs sits at a fixed or computable offset, so numpy gathers it for the whole batch at
+once; per-packet Python then runs only for the few packets that may carry a name and for frames
+this classifier leaves to the per-frame decoder (`probe.decode.frame`): tunnels, MPLS, QinQ,
+fragments, IP options, IPv6 extension headers, other link types, truncated or odd frames.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from probe.capture.frames import FrameBatch
+from probe.decode.frame import GENEVE_PORT, LINKTYPE_ETHERNET, VXLAN_PORT
+from probe.decode.packet import PROTO_TCP, PROTO_UDP
+
+KEY_BYTES = 37  # address A (16), port A (2), address B (16), port B (2), protocol (1)
+DNS_PORTS = np.array([53, 5353, 5355])
+HTTP_METHOD_WORDS = np.array([int.from_bytes(prefix, "big") for prefix in (b"GET ", b"POST", b"HEAD", b"PUT ", b"DELE", b"OPTI", b"PATC", b"TRAC", b"CONN")], dtype=np.int64)
+GATHER_PADDING = 128  # bytes past the buffer's end that a gather for a short frame may touch
+_IPV4_MAPPED = np.array([0] * 10 + [0xFF, 0xFF], dtype=np.uint8)
+_RANGE = {width: np.arange(width) for width in (2, 4, 16)}
+
+
+def _gather(buffer: np.ndarray, positions: np.ndarray, width: int) -> np.ndarray:
+    return buffer[positions[:, None] + _RANGE[width]]
+
+
+def _u16(buffer: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    return (buffer[positions].astype(np.int64) << 8) | buffer[positions + 1]
+
+
+def _u32(buffer: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    return (_u16(buffer, positions) << 16) | _u16(buffer, positions + 2)
+
+
+class FastFrames:
+    """The classified frames of one batch, as parallel arrays, plus the frames left to the
+    per-frame decoder (`others`, indices into the batch)."""
+
+    def __init__(self, others: np.ndarray) -> None:
+        self.others = others
+        self.count = 0
+
+    def encapsulation(self, packet: int) -> list[dict]:
+        vlan = int(self.vlans[packet])
+        return [{"type": "vlan", "id": vlan}] if vlan >= 0 else []
+
+    def candidates(self) -> np.ndarray:
+        """Packets that may carry a name: DNS messages, and TCP segments starting like a TLS
+        handshake record or an HTTP request (content decides, not the port)."""
+        has_payload = self.payload_lengths > 0
+        dns = np.isin(self.sports, DNS_PORTS) | np.isin(self.dports, DNS_PORTS)
+        handshake = (self.first_words >> 24 == 0x16) & ((self.first_words >> 16) & 0xFF == 3)
+        request = np.isin(self.first_words, HTTP_METHOD_WORDS)
+        tcp = self.protos == PROTO_TCP
+        return np.flatnonzero(has_payload & (dns | (tcp & (handshake | request))))
+
+
+def classify_batch(batch: FrameBatch) -> FastFrames:
+    buffer = np.frombuffer(batch.data + bytes(GATHER_PADDING), dtype=np.uint8)
+    start = batch.offsets
+    end = start + batch.caplens
+    whole = (batch.caplens == batch.wirelens) & (batch.linktypes == LINKTYPE_ETHERNET) & (batch.caplens >= 34)
+    start = np.where(whole, start, 0)
+    ethertype = _u16(buffer, start + 12)
+    tagged = ethertype == 0x8100
+    vlans = np.where(tagged, _u16(buffer, start + 14) & 0x0FFF, -1)
+    l3 = start + 14 + 4 * tagged
+    ethertype = np.where(tagged, _u16(buffer, start + 16), ethertype)
+    version_byte = buffer[l3].astype(np.int64)
+    ipv4 = (ethertype == 0x0800) & (version_byte == 0x45)
+    ipv6 = (ethertype == 0x86DD) & (version_byte >> 4 == 6)
+    proto = np.where(ipv4, buffer[l3 + 9], buffer[l3 + 6]).astype(np.int64)
+    ip_end = np.where(ipv4, l3 + _u16(buffer, l3 + 2), l3 + 40 + _u16(buffer, l3 + 4))
+    not_fragment = (_u16(buffer, l3 + 6) & 0x3FFF) == 0
+    l4 = l3 + np.where(ipv4, 20, 40)
+    tcp = proto == PROTO_TCP
+    udp = proto == PROTO_UDP
+    header_length = np.where(tcp, (buffer[l4 + 12].astype(np.int64) >> 4) * 4, 8)
+    sports = _u16(buffer, l4)
+    dports = _u16(buffer, l4 + 2)
+    tunnel = udp & ((dports == VXLAN_PORT) | (dports == GENEVE_PORT) | (sports == VXLAN_PORT) | (sports == GENEVE_PORT))
+    fast = whole & ((ipv4 & not_fragment) | ipv6) & (tcp | udp) & ~tunnel & (udp | (header_length >= 20)) & (l4 + header_length <= ip_end) & (ip_end <= end) & (ip_end > l4)
+    fast_index = np.flatnonzero(fast)
+    frames = FastFrames(np.flatnonzero(~fast))
+    frames.count = len(fast_index)
+    if not frames.count:
+        return frames
+
+    l3, l4, ip_end, ipv4 = l3[fast_index], l4[fast_index], ip_end[fast_index], ipv4[fast_index]
+    frames.timestamps = batch.timestamps[fast_index]
+    frames.wirelens = batch.wirelens[fast_index]
+    frames.protos = proto[fast_index]
+    frames.sports = sports[fast_index]
+    frames.dports = dports[fast_index]
+    frames.vlans = vlans[fast_index]
+    is_tcp = frames.protos == PROTO_TCP
+    frames.flags = np.where(is_tcp, buffer[l4 + 13], 0).astype(np.int64)
+    frames.seqs = np.where(is_tcp, _u32(buffer, l4 + 4), 0)
+    frames.payload_offsets = l4 + header_length[fast_index]
+    frames.payload_lengths = ip_end - frames.payload_offsets
+    frames.first_words = np.where(frames.payload_lengths >= 4, _u32(buffer, frames.payload_offsets), -1)
+
+    count = frames.count
+    source = np.empty((count, 18), dtype=np.uint8)
+    destination = np.empty((count, 18), dtype=np.uint8)
+    v4 = np.flatnonzero(ipv4)
+    v6 = np.flatnonzero(~ipv4)
+    source[v4, :12] = _IPV4_MAPPED
+    destination[v4, :12] = _IPV4_MAPPED
+    source[v4, 12:16] = _gather(buffer, l3[v4] + 12, 4)
+    destination[v4, 12:16] = _gather(buffer, l3[v4] + 16, 4)
+    source[v6, :16] = _gather(buffer, l3[v6] + 8, 16)
+    destination[v6, :16] = _gather(buffer, l3[v6] + 24, 16)
+    source[:, 16:18] = _gather(buffer, l4, 2)
+    destination[:, 16:18] = _gather(buffer, l4 + 2, 2)
+    differs = source != destination
+    first_difference = differs.argmax(axis=1)
+    rows = np.arange(count)
+    src_is_a = (source[rows, first_difference] < destination[rows, first_difference]) | ~differs.any(axis=1)
+    keys = np.empty((count, KEY_BYTES), dtype=np.uint8)
+    keys[:, :18] = np.where(src_is_a[:, None], source, destination)
+    keys[:, 18:36] = np.where(src_is_a[:, None], destination, source)
+    keys[:, 36] = frames.protos
+    frames.src_is_a = src_is_a
+    frames.keys = keys
+    return frames
+
+
+class FlowGroups:
+    """The classified packets of a batch grouped by flow key."""
+
+    def __init__(self, frames: FastFrames) -> None:
+        packed = np.ascontiguousarray(frames.keys).view(np.dtype((np.void, KEY_BYTES))).ravel()
+        unique, self.first, self.inverse, self.counts = np.unique(packed, return_index=True, return_inverse=True, return_counts=True)
+        self.inverse = self.inverse.ravel()
+        raw = unique.tobytes()
+        self.keys = [raw[position : position + KEY_BYTES] for position in range(0, len(raw), KEY_BYTES)]
+        groups = len(self.keys)
+        self.bytes = np.bincount(self.inverse, weights=frames.wirelens, minlength=groups).astype(np.int64)
+        self.last_seen = np.full(groups, np.iinfo(np.int64).min, dtype=np.int64)
+        np.maximum.at(self.last_seen, self.inverse, frames.timestamps)
+        fin = (frames.flags & 0x01) != 0
+        reset = (frames.flags & 0x04) != 0
+        self.fin_a = np.bincount(self.inverse, weights=fin & frames.src_is_a, minlength=groups) > 0
+        self.fin_b = np.bincount(self.inverse, weights=fin & ~frames.src_is_a, minlength=groups) > 0
+        self.reset = np.bincount(self.inverse, weights=reset, minlength=groups) > 0
+        self._order: np.ndarray | None = None
+
+    def ending(self) -> np.ndarray:
+        """Groups with a FIN or RST in this batch."""
+        return np.flatnonzero(self.fin_a | self.fin_b | self.reset)
+
+    def packets_of(self, group: int) -> np.ndarray:
+        """The group's packets in capture order (sorting is done once, the first time it is asked)."""
+        if self._order is None:
+            self._order = np.argsort(self.inverse, kind="stable")
+            self._starts = np.concatenate(([0], np.cumsum(self.counts)))
+        return self._order[self._starts[group] : self._starts[group + 1]]
+
+
+def group_flows(frames: FastFrames) -> FlowGroups:
+    return FlowGroups(frames)

@@ -1,0 +1,25 @@
+"""Exceptions a user can act on. The CLI prints their message on one line and exits with code 2."""
+
+from __future__ import annotations
+
+
+class ProbeError(Exception):
+    """Base of every error the probe reports to its user instead of a traceback."""
+
+
+class ConfigError(ProbeError):
+    """The configuration file or a command-line option is wrong; the message names the key."""
+
+
+class MarkerError(ProbeError):
+    """A marker file cannot be loaded; the message names the file and, where known, the line or marker."""
+
+
+class CaptureError(ProbeError):
+    """A capture is unreadable from some point on; frames before `offset` were delivered intact."""
+
+    def __init__(self, path: str, offset: int, problem: str) -> None:
+        super().__init__(f"{path}: {problem} at byte offset {offset}")
+        self.path = path
+        self.offset = offset
+        self.problem = problem

@@ -1,0 +1,274 @@
+"""The probe's spine: frames in, events out (capture → decode → flows → match → record).
+
+`Pipeline.process_batch` takes one `FrameBatch`. The batch classifier decodes the common frames
+(Ethernet, VLAN, IPv4/IPv6, TCP/UDP) for the whole batch at once and aggregates them per flow, so
+that a packet which can hit no marker costs a few vector operations and a share of one flow-table
+update. Only packets that may carry a name (DNS messages, the start of a TLS ClientHello or HTTP
+request, the rest of an incomplete one) and frames the classifier does not handle (tunnels,
+fragments, MPLS, other link types, anything odd) go through per-packet Python code. Both routes end
+in the same flow table, marker index and event records.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from probe.capture.frames import FrameBatch
+from probe.config import Config
+from probe.decode import dns, http, tls
+from probe.decode.batch import FastFrames, FlowGroups, classify_batch, group_flows
+from probe.decode.fragments import FragmentReassembler
+from probe.decode.frame import FrameDecoder
+from probe.decode.packet import PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Packet
+from probe.flows.stream import ClientStream
+from probe.flows.table import CLASS_CLOSED, INSPECT_BUFFERING, INSPECT_DONE, INSPECT_WATCH, NANOSECONDS, Flow, FlowTable, canonical_key
+from probe.match.index import MarkerIndex
+from probe.match.markers import Marker
+from probe.record.events import EventWriter, Hit, event_record
+
+DNS_PORTS = frozenset((53, 5353, 5355))
+HTTP_METHOD_PREFIXES = frozenset((b"GET ", b"POST", b"HEAD", b"PUT ", b"DELE", b"OPTI", b"PATC", b"TRAC", b"CONN"))
+"""First four bytes of the requests inspected for a Host header (other methods carry no new host)."""
+NO_ENCAPSULATION: list[dict] = []
+
+
+def starts_like_handshake(payload: bytes) -> bool:
+    """Whether a client segment may begin a TLS ClientHello or an HTTP request."""
+    return (payload[0] == 0x16 and (len(payload) < 2 or payload[1] == 3)) or payload[:4] in HTTP_METHOD_PREFIXES
+
+
+class Pipeline:
+    def __init__(self, config: Config, markers: list[Marker], writer: EventWriter) -> None:
+        self.config = config
+        self.markers = markers
+        self.index = MarkerIndex(markers)
+        self.writer = writer
+        fragments = config.fragments
+        self.reassembler = FragmentReassembler(int(fragments.timeout * NANOSECONDS), fragments.max_datagrams, fragments.max_per_source, fragments.max_bytes)
+        self.decoder = FrameDecoder(self.reassembler)
+        self.flows = FlowTable(config.flows)
+        self.buffer_limit = config.flows.handshake_buffer_bytes
+        self.packets = 0
+        self.bytes = 0
+        self.first_timestamp: int | None = None
+        self.now = 0
+        self.handshake_overflows = 0
+
+    def process_batch(self, batch: FrameBatch) -> None:
+        if not len(batch):
+            return
+        self.packets += len(batch)
+        self.bytes += int(batch.wirelens.sum())
+        if self.first_timestamp is None:
+            self.first_timestamp = int(batch.timestamps[0])
+        fast = classify_batch(batch)
+        if fast.count:
+            self._fast_packets(batch.data, fast)
+        data = batch.data
+        decode = self.decoder.decode
+        for frame in fast.others.tolist():
+            packet = decode(data, int(batch.offsets[frame]), int(batch.caplens[frame]), int(batch.wirelens[frame]), int(batch.linktypes[frame]), int(batch.timestamps[frame]))
+            if packet is not None:
+                self.handle_packet(packet)
+        self.now = max(self.now, int(batch.timestamps.max()))
+        for packet in self.decoder.expire_fragments(self.now):
+            self.handle_packet(packet)
+        for flow in self.flows.expire(self.now):
+            self._end_flow(flow)
+
+    def finish(self) -> None:
+        """End of input: inspect what fragments were left, then end every flow."""
+        for packet in self.decoder.flush_fragments():
+            self.handle_packet(packet)
+        for flow in self.flows.drain():
+            self._end_flow(flow)
+
+    def handle_packet(self, packet: Packet) -> None:
+        """Account and inspect one packet decoded by the per-frame decoder."""
+        proto = packet.proto
+        key, src_is_a = canonical_key(packet.src, packet.sport, packet.dst, packet.dport, proto)
+        flow = self.flows.flows.get(key)
+        flags = packet.tcp_flags
+        if flow is None or (flow.timeout_class == CLASS_CLOSED and flags & (TCP_SYN | TCP_ACK) == TCP_SYN):
+            if flow is not None:
+                self.flows.remove(flow)
+            flow = self._new_flow(key, src_is_a, packet.timestamp, flags, packet.sport, packet.dport, packet.encapsulation)
+        from_client = src_is_a == flow.client_is_a
+        flow.packets += 1
+        flow.bytes += packet.wirelen
+        if packet.timestamp > flow.last_seen:
+            flow.last_seen = packet.timestamp
+        payload = packet.payload
+        if proto == PROTO_TCP:
+            if payload and from_client and flow.inspect != INSPECT_DONE and (flow.inspect == INSPECT_BUFFERING or starts_like_handshake(payload) or packet.dport in DNS_PORTS or packet.sport in DNS_PORTS):
+                self._inspect_client_stream(flow, packet.tcp_seq, payload, packet.timestamp, packet.encapsulation, packet.sport in DNS_PORTS or packet.dport in DNS_PORTS)
+            if flags & (TCP_FIN | TCP_RST):
+                fin = bool(flags & TCP_FIN)
+                self._tcp_end(flow, fin and src_is_a, fin and not src_is_a, bool(flags & TCP_RST))
+        elif proto == PROTO_UDP and payload and (packet.dport in DNS_PORTS or packet.sport in DNS_PORTS):
+            self._match_names(flow, dns.dns_query_names(payload), "dns.query", from_client, packet.timestamp, packet.encapsulation)
+
+    def _fast_packets(self, data: bytes, fast: FastFrames) -> None:
+        """Account the classifier's packets per flow, then inspect the few that need it."""
+        groups = group_flows(fast)
+        flows_by_group = []
+        buffering = []
+        table = self.flows.flows
+        for group, (key, first, count, byte_count, last_seen) in enumerate(zip(groups.keys, groups.first.tolist(), groups.counts.tolist(), groups.bytes.tolist(), groups.last_seen.tolist())):
+            flow = table.get(key)
+            if flow is None or (flow.timeout_class == CLASS_CLOSED and fast.flags[first] & (TCP_SYN | TCP_ACK) == TCP_SYN):
+                if flow is not None:
+                    self.flows.remove(flow)
+                flow = self._new_flow(key, bool(fast.src_is_a[first]), int(fast.timestamps[first]), int(fast.flags[first]), int(fast.sports[first]), int(fast.dports[first]), fast.encapsulation(first))
+            elif flow.inspect == INSPECT_BUFFERING:
+                buffering.append(group)
+            flow.packets += count
+            flow.bytes += byte_count
+            if last_seen > flow.last_seen:
+                flow.last_seen = last_seen
+            flows_by_group.append(flow)
+        self._inspect_fast(data, fast, groups, flows_by_group, buffering)
+        for group in groups.ending().tolist():
+            flow = flows_by_group[group]
+            if flow.timeout_class != CLASS_CLOSED:
+                self._tcp_end(flow, bool(groups.fin_a[group]), bool(groups.fin_b[group]), bool(groups.reset[group]))
+
+    def _inspect_fast(self, data: bytes, fast: FastFrames, groups: FlowGroups, flows_by_group: list[Flow], buffering: list[int]) -> None:
+        """Per-packet inspection of the classifier's packets that may carry a name, in capture order
+        per flow. A flow buffering a split handshake takes all its segments of the batch along."""
+        inspected: set[int] = set()
+        for group in buffering:
+            self._drain_buffering(data, fast, groups, group, flows_by_group[group], -1, inspected)
+        for packet in fast.candidates().tolist():
+            if packet in inspected:
+                continue
+            group = int(groups.inverse[packet])
+            flow = flows_by_group[group]
+            if flow.inspect == INSPECT_DONE:
+                continue
+            self._inspect_fast_packet(data, fast, packet, flow)
+            if flow.inspect == INSPECT_BUFFERING:
+                self._drain_buffering(data, fast, groups, group, flow, packet, inspected)
+
+    def _drain_buffering(self, data: bytes, fast: FastFrames, groups: FlowGroups, group: int, flow: Flow, after: int, inspected: set[int]) -> None:
+        for packet in groups.packets_of(group).tolist():
+            if flow.inspect != INSPECT_BUFFERING:
+                return
+            if packet > after:
+                inspected.add(packet)
+                self._inspect_fast_packet(data, fast, packet, flow)
+
+    def _inspect_fast_packet(self, data: bytes, fast, packet: int, flow: Flow) -> None:
+        length = int(fast.payload_lengths[packet])
+        if not length:
+            return
+        start = int(fast.payload_offsets[packet])
+        payload = data[start : start + length]
+        from_client = bool(fast.src_is_a[packet]) == flow.client_is_a
+        sport, dport = int(fast.sports[packet]), int(fast.dports[packet])
+        timestamp = int(fast.timestamps[packet])
+        dns_port = sport in DNS_PORTS or dport in DNS_PORTS
+        if fast.protos[packet] == PROTO_UDP:
+            if dns_port:
+                self._match_names(flow, dns.dns_query_names(payload), "dns.query", from_client, timestamp, fast.encapsulation(packet))
+        elif from_client and (flow.inspect == INSPECT_BUFFERING or dns_port or starts_like_handshake(payload)):
+            self._inspect_client_stream(flow, int(fast.seqs[packet]), payload, timestamp, fast.encapsulation(packet), dns_port)
+
+    def _new_flow(self, key: bytes, src_is_a: bool, timestamp: int, flags: int, sport: int, dport: int, encapsulation: list[dict]) -> Flow:
+        if flags & TCP_SYN:
+            client_is_a = src_is_a if not flags & TCP_ACK else not src_is_a
+        else:  # picked up mid-stream: a well-known source port answering a high port is the server
+            client_is_a = not src_is_a if sport < 1024 <= dport else src_is_a
+        flow, evicted = self.flows.create(key, client_is_a, timestamp)
+        if evicted is not None:
+            self._end_flow(evicted)
+        index = self.index
+        to_server = src_is_a == client_is_a
+        if index.has_address_markers:
+            client, _, server, _ = flow.endpoints()
+            for number in index.match_address(client):
+                self._hit(flow, number, "ip.src", to_server, timestamp, encapsulation)
+            for number in index.match_address(server):
+                self._hit(flow, number, "ip.dst", to_server, timestamp, encapsulation)
+        return flow
+
+    def _inspect_client_stream(self, flow: Flow, seq: int, payload: bytes, timestamp: int, encapsulation: list[dict], dns_port: bool) -> None:
+        """Feed a client segment to the flow's handshake buffer and parse what it now holds."""
+        stream = flow.stream
+        if stream is None:
+            stream = flow.stream = ClientStream(seq, self.buffer_limit)
+        if not stream.add(seq, payload):
+            return
+        while stream.data:
+            data = stream.data
+            if dns_port:
+                messages, consumed = dns.dns_tcp_messages(data)
+                for message in messages:
+                    self._match_names(flow, dns.dns_query_names(message), "dns.query", True, timestamp, encapsulation)
+                stream.skip(consumed)
+                break
+            if data[0] == 0x16:
+                status, name = tls.client_hello_server_name(data)
+                if status == tls.NEED_MORE:
+                    break
+                if status == tls.DONE and name:
+                    self._match_names(flow, (name,), "tls.sni", True, timestamp, encapsulation)
+                flow.stream = None
+                flow.inspect = INSPECT_DONE if status == tls.DONE else INSPECT_WATCH
+                return
+            request = http.parse_request(data)
+            if request.status == http.NEED_MORE:
+                break
+            flow.stream = None
+            flow.inspect = INSPECT_WATCH
+            if request.status != http.DONE:
+                return
+            if request.host:
+                self._match_names(flow, (request.host,), "http.host", True, timestamp, encapsulation)
+            if not request.is_connect:
+                return
+            stream.skip(request.header_end)  # a proxied TLS session follows the CONNECT request
+            flow.stream = stream
+        if not stream.data and not stream.waiting:
+            flow.stream = None
+            flow.inspect = INSPECT_WATCH
+        elif len(stream.data) >= self.buffer_limit:
+            self.handshake_overflows += 1
+            flow.stream = None
+            flow.inspect = INSPECT_WATCH
+        else:
+            flow.inspect = INSPECT_BUFFERING
+
+    def _match_names(self, flow: Flow, names, matched_on: str, to_server: bool, timestamp: int, encapsulation: list[dict]) -> None:
+        match_name = self.index.match_name
+        for name in names:
+            for number in match_name(name):
+                self._hit(flow, number, matched_on, to_server, timestamp, encapsulation)
+
+    def _hit(self, flow: Flow, number: int, matched_on: str, to_server: bool, timestamp: int, encapsulation: list[dict]) -> None:
+        if not self.markers[number].valid_at(timestamp):
+            return
+        hits = flow.hits
+        if hits is None:
+            hits = flow.hits = {}
+        hit = hits.get(number)
+        if hit is None:
+            hits[number] = Hit(matched_on, to_server, timestamp, encapsulation)
+        else:
+            hit.count += 1
+
+    def _tcp_end(self, flow: Flow, fin_a: bool, fin_b: bool, reset: bool) -> None:
+        """A TCP flow ends at its RST or once both sides sent FIN: its events are written now."""
+        flow.fin_a |= fin_a
+        flow.fin_b |= fin_b
+        if reset or (flow.fin_a and flow.fin_b):
+            self._end_flow(flow)
+            self.flows.close(flow)
+
+    def _end_flow(self, flow: Flow) -> None:
+        """Write the flow's events and drop everything it held."""
+        flow.stream = None
+        if flow.hits:
+            probe = self.config.probe
+            self.writer.write([event_record(flow, self.markers[number], hit, probe) for number, hit in flow.hits.items()])
+        flow.hits = None

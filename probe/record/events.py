@@ -1,0 +1,94 @@
+"""Event records: one per (flow, marker), holding network metadata and the marker's own identity.
+
+The law (CPCE L34-1 VI) forbids keeping the content of communications: a record names the marker's
+value, never the observed name (a subdomain) nor any payload byte. Field names follow Suricata's
+eve.json where a counterpart exists. Identifiers are derived from the marker id, the flow's
+canonical 5-tuple and its first-packet time, so a capture gives the same ids in every run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+from typing import IO
+
+from probe.config import ProbeSection
+from probe.decode.packet import PROTO_NAMES, address_text
+from probe.flows.table import Flow
+from probe.match.markers import Marker
+
+
+class Hit:
+    """The first packet of a flow that hit a marker, and how many packets hit it since."""
+
+    __slots__ = ("matched_on", "to_server", "timestamp", "encapsulation", "count")
+
+    def __init__(self, matched_on: str, to_server: bool, timestamp: int, encapsulation: list[dict]) -> None:
+        self.matched_on = matched_on
+        self.to_server = to_server
+        self.timestamp = timestamp
+        self.encapsulation = encapsulation
+        self.count = 1
+
+
+def rfc3339(timestamp: int) -> str:
+    seconds, nanoseconds = divmod(timestamp, 1_000_000_000)
+    moment = datetime.fromtimestamp(seconds, timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{nanoseconds // 1000:06d}Z"
+
+
+def flow_id(flow: Flow) -> int:
+    """Suricata-style integer flow id, stable across runs and worker counts (fits a JSON double)."""
+    digest = hashlib.sha256(flow.key + flow.first_seen.to_bytes(8, "big")).digest()
+    return int.from_bytes(digest[:7], "big")
+
+
+def event_id(marker: Marker, flow: Flow) -> str:
+    digest = hashlib.sha256(marker.id.encode() + b"\0" + flow.key + flow.first_seen.to_bytes(8, "big")).hexdigest()
+    return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
+
+
+def event_record(flow: Flow, marker: Marker, hit: Hit, probe: ProbeSection) -> dict:
+    client, client_port, server, server_port = flow.endpoints()
+    return {
+        "event_id": event_id(marker, flow),
+        "timestamp": rfc3339(hit.timestamp),
+        "event_type": "marker",
+        "flow_id": flow_id(flow),
+        "proto": PROTO_NAMES.get(flow.proto, str(flow.proto)),
+        "src_ip": address_text(client),
+        "src_port": client_port,
+        "dest_ip": address_text(server),
+        "dest_port": server_port,
+        "direction": "to_server" if hit.to_server else "to_client",
+        "vlan": [layer["id"] for layer in hit.encapsulation if layer["type"] == "vlan"],
+        "matched_on": hit.matched_on,
+        "marker": {"id": marker.id, "type": marker.type, "value": marker.value, "bundle": marker.bundle, "bundle_version": marker.bundle_version},
+        "encapsulation": hit.encapsulation,
+        "first_seen": rfc3339(flow.first_seen),
+        "last_seen": rfc3339(flow.last_seen),
+        "packets": flow.packets,
+        "bytes": flow.bytes,
+        "hits": hit.count,
+        "probe": {"name": probe.name, "site": probe.site},
+    }
+
+
+class EventWriter:
+    """Writes event records as JSON Lines, flushed after every group so a reader sees them at once."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.written = 0
+        self.by_marker_type: dict[str, int] = {}
+
+    def write(self, records: list[dict]) -> None:
+        if not records:
+            return
+        self.stream.write("".join(json.dumps(record, separators=(",", ":")) + "\n" for record in records))
+        self.stream.flush()
+        self.written += len(records)
+        for record in records:
+            kind = record["marker"]["type"]
+            self.by_marker_type[kind] = self.by_marker_type.get(kind, 0) + 1
