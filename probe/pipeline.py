@@ -208,26 +208,26 @@ class Pipeline:
                 stream.skip(consumed)
                 break
             if data[0] == 0x16:
-                status, name = tls.client_hello_server_name(data)
-                if status == tls.NEED_MORE:
+                hello = tls.client_hello_server_name(data)
+                if hello.status == tls.NEED_MORE:
                     break
-                if status == tls.DONE and name:
-                    self._match_names(flow, (name,), "tls.sni", True, timestamp, encapsulation)
+                if hello.status == tls.DONE and hello.server_name:
+                    self._match_names(flow, (hello.server_name,), "tls.sni", True, timestamp, encapsulation)
                 flow.stream = None
-                flow.inspect = INSPECT_DONE if status == tls.DONE else INSPECT_WATCH
+                flow.inspect = INSPECT_DONE if hello.status == tls.DONE else INSPECT_WATCH
                 return
-            request = http.parse_request(data)
+            request = http.http_request_host(data)
             if request.status == http.NEED_MORE:
                 break
             flow.stream = None
             flow.inspect = INSPECT_WATCH
             if request.status != http.DONE:
                 return
-            if request.host:
-                self._match_names(flow, (request.host,), "http.host", True, timestamp, encapsulation)
-            if not request.is_connect:
+            names = {request.host, request.target_host} - {None}
+            self._match_names(flow, names, "http.host", True, timestamp, encapsulation)
+            if not request.connect:
                 return
-            stream.skip(request.header_end)  # a proxied TLS session follows the CONNECT request
+            stream.skip(request.end)  # a proxied TLS session follows the CONNECT request
             flow.stream = stream
         if not stream.data and not stream.waiting:
             flow.stream = None
