@@ -16,25 +16,29 @@ import numpy as np
 from probe.capture.frames import FrameBatch
 from probe.config import Config
 from probe.decode import dns, http, tls
-from probe.decode.batch import FastFrames, FlowGroups, classify_batch, group_flows
+from probe.decode.batch import DNS_PORTS, HTTP_METHOD_PREFIXES, MIN_CLASSIFIED_PAYLOAD, FastFrames, FlowGroups, classify_batch, group_flows
 from probe.decode.fragments import FragmentReassembler
 from probe.decode.frame import FrameDecoder
 from probe.decode.packet import PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Packet
-from probe.flows.stream import ClientStream
+from probe.flows.stream import SEQUENCE_SPACE, ClientStream
 from probe.flows.table import CLASS_CLOSED, INSPECT_BUFFERING, INSPECT_DONE, INSPECT_WATCH, NANOSECONDS, Flow, FlowTable, canonical_key
 from probe.match.index import MarkerIndex
 from probe.match.markers import Marker
 from probe.record.events import EventWriter, Hit, event_record
 
-DNS_PORTS = frozenset((53, 5353, 5355))
-HTTP_METHOD_PREFIXES = frozenset((b"GET ", b"POST", b"HEAD", b"PUT ", b"DELE", b"OPTI", b"PATC", b"TRAC", b"CONN"))
-"""First four bytes of the requests inspected for a Host header (other methods carry no new host)."""
+INSPECTED_COLUMNS = ("payload_offsets", "payload_lengths", "src_is_a", "protos", "sports", "dports", "seqs", "timestamps", "vlans")
 NO_ENCAPSULATION: list[dict] = []
+"""Shared by every untagged packet; never mutated."""
+
+
+def vlan_encapsulation(vlan: int) -> list[dict]:
+    return [{"type": "vlan", "id": vlan}] if vlan >= 0 else NO_ENCAPSULATION
 
 
 def starts_like_handshake(payload: bytes) -> bool:
-    """Whether a client segment may begin a TLS ClientHello or an HTTP request."""
-    return (payload[0] == 0x16 and (len(payload) < 2 or payload[1] == 3)) or payload[:4] in HTTP_METHOD_PREFIXES
+    """Whether a client segment may begin a TLS ClientHello or an HTTP request (the same test as
+    `FastFrames.candidates`, one packet at a time)."""
+    return len(payload) < MIN_CLASSIFIED_PAYLOAD or (payload[0] == 0x16 and payload[1] == 3 and payload[5] == 1) or payload[:4] in HTTP_METHOD_PREFIXES
 
 
 class Pipeline:
@@ -92,21 +96,27 @@ class Pipeline:
         if flow is None or (flow.timeout_class == CLASS_CLOSED and flags & (TCP_SYN | TCP_ACK) == TCP_SYN):
             if flow is not None:
                 self.flows.remove(flow)
-            flow = self._new_flow(key, src_is_a, packet.timestamp, flags, packet.sport, packet.dport, packet.encapsulation)
+            flow = self._new_flow(key, src_is_a, packet.timestamp, flags, packet.sport, packet.dport, packet.encapsulation, self.index.has_address_markers)
         from_client = src_is_a == flow.client_is_a
         flow.packets += 1
         flow.bytes += packet.wirelen
         if packet.timestamp > flow.last_seen:
             flow.last_seen = packet.timestamp
-        payload = packet.payload
-        if proto == PROTO_TCP:
-            if payload and from_client and flow.inspect != INSPECT_DONE and (flow.inspect == INSPECT_BUFFERING or starts_like_handshake(payload) or packet.dport in DNS_PORTS or packet.sport in DNS_PORTS):
-                self._inspect_client_stream(flow, packet.tcp_seq, payload, packet.timestamp, packet.encapsulation, packet.sport in DNS_PORTS or packet.dport in DNS_PORTS)
-            if flags & (TCP_FIN | TCP_RST):
-                fin = bool(flags & TCP_FIN)
-                self._tcp_end(flow, fin and src_is_a, fin and not src_is_a, bool(flags & TCP_RST))
-        elif proto == PROTO_UDP and payload and (packet.dport in DNS_PORTS or packet.sport in DNS_PORTS):
-            self._match_names(flow, dns.dns_query_names(payload), "dns.query", from_client, packet.timestamp, packet.encapsulation)
+        if packet.payload:
+            self._inspect(flow, proto, from_client, packet.sport, packet.dport, packet.tcp_seq, packet.payload, packet.timestamp, packet.encapsulation)
+        if flags & (TCP_FIN | TCP_RST) and proto == PROTO_TCP:
+            fin = bool(flags & TCP_FIN)
+            self._tcp_end(flow, fin and src_is_a, fin and not src_is_a, bool(flags & TCP_RST))
+
+    def _inspect(self, flow: Flow, proto: int, from_client: bool, sport: int, dport: int, seq: int, payload: bytes, timestamp: int, encapsulation: list[dict]) -> None:
+        """Look for names in a packet's payload: DNS messages in either direction, and the client's
+        TLS ClientHello or HTTP request, recognised by content whatever the port."""
+        dns_port = sport in DNS_PORTS or dport in DNS_PORTS
+        if proto == PROTO_UDP:
+            if dns_port:
+                self._match_names(flow, dns.dns_query_names(payload), "dns.query", from_client, timestamp, encapsulation)
+        elif proto == PROTO_TCP and from_client and flow.inspect != INSPECT_DONE and (flow.inspect == INSPECT_BUFFERING or dns_port or starts_like_handshake(payload)):
+            self._inspect_client_stream(flow, seq, payload, timestamp, encapsulation, dns_port)
 
     def _fast_packets(self, data: bytes, fast: FastFrames) -> None:
         """Account the classifier's packets per flow, then inspect the few that need it."""
@@ -114,12 +124,19 @@ class Pipeline:
         flows_by_group = []
         buffering = []
         table = self.flows.flows
-        for group, (key, first, count, byte_count, last_seen) in enumerate(zip(groups.keys, groups.first.tolist(), groups.counts.tolist(), groups.bytes.tolist(), groups.last_seen.tolist())):
+        index = self.index
+        if index.has_address_markers:
+            keys = groups.key_matrix
+            may_hit = (index.address_candidates(keys[:, 0:16]) | index.address_candidates(keys[:, 18:34])).tolist()
+        else:
+            may_hit = [False] * len(groups.keys)
+        firsts = zip(groups.keys, may_hit, groups.counts.tolist(), groups.bytes.tolist(), groups.last_seen.tolist(), *fast.columns(groups.first, ("src_is_a", "timestamps", "flags", "sports", "dports", "vlans")))
+        for group, (key, check_addresses, count, byte_count, last_seen, src_is_a, timestamp, flags, sport, dport, vlan) in enumerate(firsts):
             flow = table.get(key)
-            if flow is None or (flow.timeout_class == CLASS_CLOSED and fast.flags[first] & (TCP_SYN | TCP_ACK) == TCP_SYN):
+            if flow is None or (flow.timeout_class == CLASS_CLOSED and flags & (TCP_SYN | TCP_ACK) == TCP_SYN):
                 if flow is not None:
                     self.flows.remove(flow)
-                flow = self._new_flow(key, bool(fast.src_is_a[first]), int(fast.timestamps[first]), int(fast.flags[first]), int(fast.sports[first]), int(fast.dports[first]), fast.encapsulation(first))
+                flow = self._new_flow(key, src_is_a, timestamp, flags, sport, dport, vlan_encapsulation(vlan), check_addresses)
             elif flow.inspect == INSPECT_BUFFERING:
                 buffering.append(group)
             flow.packets += count
@@ -139,42 +156,29 @@ class Pipeline:
         inspected: set[int] = set()
         for group in buffering:
             self._drain_buffering(data, fast, groups, group, flows_by_group[group], -1, inspected)
-        for packet in fast.candidates().tolist():
-            if packet in inspected:
-                continue
-            group = int(groups.inverse[packet])
+        candidates = fast.candidates()
+        inspect = self._inspect
+        for packet, group, start, length, src_is_a, proto, sport, dport, seq, timestamp, vlan in zip(candidates.tolist(), groups.inverse[candidates].tolist(), *fast.columns(candidates, INSPECTED_COLUMNS)):
             flow = flows_by_group[group]
-            if flow.inspect == INSPECT_DONE:
+            if flow.inspect == INSPECT_DONE or (inspected and packet in inspected):
                 continue
-            self._inspect_fast_packet(data, fast, packet, flow)
+            inspect(flow, proto, src_is_a == flow.client_is_a, sport, dport, seq, data[start : start + length], timestamp, vlan_encapsulation(vlan) if vlan >= 0 else NO_ENCAPSULATION)
             if flow.inspect == INSPECT_BUFFERING:
                 self._drain_buffering(data, fast, groups, group, flow, packet, inspected)
 
     def _drain_buffering(self, data: bytes, fast: FastFrames, groups: FlowGroups, group: int, flow: Flow, after: int, inspected: set[int]) -> None:
-        for packet in groups.packets_of(group).tolist():
+        packets = groups.packets_of(group)
+        packets = packets[packets > after]
+        for packet, start, length, src_is_a, proto, sport, dport, seq, timestamp, vlan in zip(packets.tolist(), *fast.columns(packets, INSPECTED_COLUMNS)):
             if flow.inspect != INSPECT_BUFFERING:
                 return
-            if packet > after:
-                inspected.add(packet)
-                self._inspect_fast_packet(data, fast, packet, flow)
+            inspected.add(packet)
+            if length:
+                self._inspect(flow, proto, src_is_a == flow.client_is_a, sport, dport, seq, data[start : start + length], timestamp, vlan_encapsulation(vlan))
 
-    def _inspect_fast_packet(self, data: bytes, fast, packet: int, flow: Flow) -> None:
-        length = int(fast.payload_lengths[packet])
-        if not length:
-            return
-        start = int(fast.payload_offsets[packet])
-        payload = data[start : start + length]
-        from_client = bool(fast.src_is_a[packet]) == flow.client_is_a
-        sport, dport = int(fast.sports[packet]), int(fast.dports[packet])
-        timestamp = int(fast.timestamps[packet])
-        dns_port = sport in DNS_PORTS or dport in DNS_PORTS
-        if fast.protos[packet] == PROTO_UDP:
-            if dns_port:
-                self._match_names(flow, dns.dns_query_names(payload), "dns.query", from_client, timestamp, fast.encapsulation(packet))
-        elif from_client and (flow.inspect == INSPECT_BUFFERING or dns_port or starts_like_handshake(payload)):
-            self._inspect_client_stream(flow, int(fast.seqs[packet]), payload, timestamp, fast.encapsulation(packet), dns_port)
-
-    def _new_flow(self, key: bytes, src_is_a: bool, timestamp: int, flags: int, sport: int, dport: int, encapsulation: list[dict]) -> Flow:
+    def _new_flow(self, key: bytes, src_is_a: bool, timestamp: int, flags: int, sport: int, dport: int, encapsulation: list[dict], check_addresses: bool) -> Flow:
+        """Create a flow, decide which side is the client, and test its addresses when they may
+        hit a marker."""
         if flags & TCP_SYN:
             client_is_a = src_is_a if not flags & TCP_ACK else not src_is_a
         else:  # picked up mid-stream: a well-known source port answering a high port is the server
@@ -182,30 +186,30 @@ class Pipeline:
         flow, evicted = self.flows.create(key, client_is_a, timestamp)
         if evicted is not None:
             self._end_flow(evicted)
-        index = self.index
-        to_server = src_is_a == client_is_a
-        if index.has_address_markers:
-            client, _, server, _ = flow.endpoints()
-            for number in index.match_address(client):
-                self._hit(flow, number, "ip.src", to_server, timestamp, encapsulation)
-            for number in index.match_address(server):
-                self._hit(flow, number, "ip.dst", to_server, timestamp, encapsulation)
+        if check_addresses:
+            index = self.index
+            to_server = src_is_a == client_is_a
+            for side, address in ((client_is_a, key[0:16]), (not client_is_a, key[18:34])):
+                for number in index.match_address(address):
+                    self._hit(flow, number, "ip.src" if side else "ip.dst", to_server, timestamp, encapsulation)
         return flow
 
     def _inspect_client_stream(self, flow: Flow, seq: int, payload: bytes, timestamp: int, encapsulation: list[dict], dns_port: bool) -> None:
-        """Feed a client segment to the flow's handshake buffer and parse what it now holds."""
+        """Parse the client's bytes: this segment alone when nothing is buffered (the common case,
+        no copy), else the flow's handshake buffer. Only an incomplete remainder is kept."""
         stream = flow.stream
         if stream is None:
-            stream = flow.stream = ClientStream(seq, self.buffer_limit)
-        if not stream.add(seq, payload):
-            return
-        while stream.data:
+            data = payload
+        elif stream.add(seq, payload):
             data = stream.data
+        else:
+            return
+        while data:
             if dns_port:
                 messages, consumed = dns.dns_tcp_messages(data)
                 for message in messages:
                     self._match_names(flow, dns.dns_query_names(message), "dns.query", True, timestamp, encapsulation)
-                stream.skip(consumed)
+                data = data[consumed:]
                 break
             if data[0] == 0x16:
                 hello = tls.client_hello_server_name(data)
@@ -213,31 +217,32 @@ class Pipeline:
                     break
                 if hello.status == tls.DONE and hello.server_name:
                     self._match_names(flow, (hello.server_name,), "tls.sni", True, timestamp, encapsulation)
-                flow.stream = None
-                flow.inspect = INSPECT_DONE if hello.status == tls.DONE else INSPECT_WATCH
+                self._stop_buffering(flow, INSPECT_DONE if hello.status == tls.DONE else INSPECT_WATCH)
                 return
             request = http.http_request_host(data)
             if request.status == http.NEED_MORE:
                 break
-            flow.stream = None
-            flow.inspect = INSPECT_WATCH
-            if request.status != http.DONE:
+            if request.status == http.DONE:
+                self._match_names(flow, {request.host, request.target_host} - {None}, "http.host", True, timestamp, encapsulation)
+            if request.status != http.DONE or not request.connect:
+                self._stop_buffering(flow, INSPECT_WATCH)
                 return
-            names = {request.host, request.target_host} - {None}
-            self._match_names(flow, names, "http.host", True, timestamp, encapsulation)
-            if not request.connect:
-                return
-            stream.skip(request.end)  # a proxied TLS session follows the CONNECT request
-            flow.stream = stream
-        if not stream.data and not stream.waiting:
-            flow.stream = None
-            flow.inspect = INSPECT_WATCH
-        elif len(stream.data) >= self.buffer_limit:
+            data = data[request.end :]  # a proxied TLS session follows the CONNECT request
+        if not data:
+            self._stop_buffering(flow, INSPECT_WATCH)
+        elif len(data) >= self.buffer_limit:
             self.handshake_overflows += 1
-            flow.stream = None
-            flow.inspect = INSPECT_WATCH
+            self._stop_buffering(flow, INSPECT_WATCH)
         else:
+            if stream is None:
+                stream = flow.stream = ClientStream((seq + len(payload)) % SEQUENCE_SPACE, self.buffer_limit)
+            stream.data = data
             flow.inspect = INSPECT_BUFFERING
+
+    @staticmethod
+    def _stop_buffering(flow: Flow, inspect: int) -> None:
+        flow.stream = None
+        flow.inspect = inspect
 
     def _match_names(self, flow: Flow, names, matched_on: str, to_server: bool, timestamp: int, encapsulation: list[dict]) -> None:
         match_name = self.index.match_name

@@ -107,7 +107,7 @@ class PcapngParser:
                     else:
                         interface_id, _drops, high, low, caplen, wirelen = layouts.obsolete(buf, pos + 8)
                     if caplen > MAX_CAPLEN:
-                        raise self._corrupt(pos, f"corrupt record: captured length {caplen} exceeds {MAX_CAPLEN}")
+                        raise self._too_large(pos, caplen)
                     if PACKET_DATA_START + caplen > length - 4:
                         raise self._corrupt(pos, f"corrupt record: captured length {caplen} overruns block of {length} bytes")
                     interface = self._interface(pos, interface_id)
@@ -124,11 +124,15 @@ class PcapngParser:
                     if length < SIMPLE_DATA_START + 4:
                         raise self._corrupt(pos, f"corrupt block: simple packet block of {length} bytes")
                     wirelen = layouts.u32(buf, pos + 8)[0]
+                    caplen = min(wirelen, length - SIMPLE_DATA_START - 4)
+                    if caplen > MAX_CAPLEN:
+                        raise self._too_large(pos, caplen)
+                    linktype = self._interface(pos, 0).linktype
                     offsets.append(pos + SIMPLE_DATA_START)
-                    caplens.append(min(wirelen, length - SIMPLE_DATA_START - 4))
+                    caplens.append(caplen)
                     wirelens.append(wirelen)
                     timestamps.append(self._last_timestamp)  # the block carries none
-                    linktypes.append(self._interface(pos, 0).linktype)
+                    linktypes.append(linktype)
                 elif block_type == INTERFACE_DESCRIPTION:
                     self._interfaces.append(self._describe_interface(buf, pos, length))
                 elif block_type == SECTION_HEADER:
@@ -202,6 +206,9 @@ class PcapngParser:
                 offset_ns = layouts.i64(buf, option + 4)[0] * 1_000_000_000
             option += 4 + (size + 3 & ~3)
         return Interface(linktype, scale, divisor, offset_ns)
+
+    def _too_large(self, pos: int, caplen: int) -> CaptureError:
+        return self._corrupt(pos, f"corrupt record: captured length {caplen} exceeds {MAX_CAPLEN}")
 
     def _corrupt(self, pos: int, problem: str) -> CaptureError:
         return CaptureError(self._path, self._base + pos, problem)

@@ -1,13 +1,14 @@
 """Opening a capture (file, standard input, gzip-compressed or not) and streaming it as FrameBatches.
 
 Captures can be far larger than memory and can arrive on a pipe, so they are read in fixed-size
-chunks; a parser turns the complete records of each chunk into one batch and the incomplete tail
-is carried over to the next chunk.
+chunks; a parser turns the complete records of each chunk into one batch and the incomplete record
+at its end starts the next chunk.
 """
 
 from __future__ import annotations
 
 import gzip
+import os
 import sys
 import zlib
 from collections.abc import Iterator
@@ -17,8 +18,8 @@ from probe.capture import pcap, pcapng
 from probe.capture.frames import FrameBatch
 from probe.errors import CaptureError
 
-CHUNK_SIZE = 4 * 1024 * 1024
-"""Bytes read per step: large enough to amortise per-batch costs, small enough to stay cache-friendly."""
+CHUNK_SIZE = 16 * 1024 * 1024
+"""Bytes read per step: large enough to amortise per-batch costs, small enough to keep memory flat."""
 GZIP_MAGIC = b"\x1f\x8b"
 STDIN_PATH = "-"
 
@@ -31,10 +32,8 @@ class _Prepended:
         self._head = head
         self._stream = stream
 
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: int) -> bytes:
         head, self._head = self._head, b""
-        if size < 0:
-            return head + self._stream.read()
         if len(head) >= size:
             self._head = head[size:]
             return head[:size]
@@ -46,7 +45,7 @@ class _GzipStream:
     fault (as OSError, like any other read failure) only on the next read, so the frames before a
     damaged or truncated stretch still get delivered."""
 
-    def __init__(self, compressed: _Prepended) -> None:
+    def __init__(self, compressed: BinaryIO | _Prepended) -> None:
         self._gzip = gzip.GzipFile(fileobj=compressed, mode="rb")
         self._fault: OSError | None = None
 
@@ -78,10 +77,17 @@ class CaptureReader:
         self.path = path
         self._file = file
         self._stream: BinaryIO | _Prepended | _GzipStream = file
+        seekable = file.seekable()
+        start_position = file.tell() if seekable else 0
         start = self._read(len(GZIP_MAGIC), 0)
-        self._stream = _Prepended(start, file)
-        if start == GZIP_MAGIC:
+        if seekable:
+            file.seek(start_position)
+        else:
+            self._stream = _Prepended(start, file)
+        is_gzip = start == GZIP_MAGIC
+        if is_gzip:
             self._stream = _GzipStream(self._stream)
+        self._rereads = seekable and not is_gzip
         magic = self._read(4, 0)
         if not magic:
             raise CaptureError(path, 0, "empty file")
@@ -107,12 +113,11 @@ class CaptureReader:
         parser = self._parser
         pending, offset = self._pending, self._offset
         while True:
-            chunk = self._read(max(CHUNK_SIZE, parser.need - len(pending)), offset)
-            if not chunk:
+            buf = self._next_buffer(pending, max(CHUNK_SIZE, parser.need - len(pending)), offset)
+            if len(buf) == len(pending):
                 if pending:
                     raise CaptureError(self.path, offset, parser.cut_short(pending))
                 return
-            buf = pending + chunk if pending else chunk
             batch, consumed, error = parser.parse(buf, offset)
             if batch is not None:
                 yield batch
@@ -122,7 +127,7 @@ class CaptureReader:
             offset += consumed
 
     def close(self) -> None:
-        if self._file is not sys.stdin.buffer:
+        if self.path != STDIN_PATH:
             self._file.close()
 
     def __enter__(self) -> CaptureReader:
@@ -130,6 +135,15 @@ class CaptureReader:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def _next_buffer(self, pending: bytes, size: int, offset: int) -> bytes:
+        """Return `pending` followed by up to `size` further bytes of the stream."""
+        if self._rereads and pending:
+            # Reading the tail again costs far less than copying each chunk behind it.
+            self._file.seek(-len(pending), os.SEEK_CUR)
+            return self._read(len(pending) + size, offset)
+        chunk = self._read(size, offset)
+        return pending + chunk if pending else chunk
 
     def _read(self, size: int, offset: int) -> bytes:
         try:
@@ -147,7 +161,7 @@ def open_capture(path: str) -> CaptureReader:
     so that an unusable capture is reported before any processing starts."""
     is_stdin = path == STDIN_PATH
     try:
-        file = sys.stdin.buffer if is_stdin else open(path, "rb")  # noqa: SIM115 - CaptureReader closes it
+        file = sys.stdin.buffer if is_stdin else open(path, "rb")  # CaptureReader closes it
     except OSError as exc:
         raise CaptureError(path, 0, exc.strerror or str(exc)) from exc
     try:

@@ -17,9 +17,19 @@ from probe.decode.frame import GENEVE_PORT, LINKTYPE_ETHERNET, VXLAN_PORT
 from probe.decode.packet import PROTO_TCP, PROTO_UDP
 
 KEY_BYTES = 37  # address A (16), port A (2), address B (16), port B (2), protocol (1)
-DNS_PORTS = np.array([53, 5353, 5355])
-HTTP_METHOD_WORDS = np.array([int.from_bytes(prefix, "big") for prefix in (b"GET ", b"POST", b"HEAD", b"PUT ", b"DELE", b"OPTI", b"PATC", b"TRAC", b"CONN")], dtype=np.int64)
-GATHER_PADDING = 128  # bytes past the buffer's end that a gather for a short frame may touch
+DNS_PORTS = frozenset((53, 5353, 5355))
+"""DNS, mDNS and LLMNR: their messages carry query names in both directions."""
+_DNS_PORT_ARRAY = np.array(sorted(DNS_PORTS))
+HTTP_METHOD_PREFIXES = frozenset((b"GET ", b"POST", b"HEAD", b"PUT ", b"DELE", b"OPTI", b"PATC", b"TRAC", b"CONN"))
+"""First four bytes of the requests inspected for a Host header."""
+HTTP_METHOD_WORDS = np.array(sorted(int.from_bytes(prefix, "big") for prefix in HTTP_METHOD_PREFIXES), dtype=np.int64)
+HEADER_REACH = 72
+"""Bytes past a frame's start that the header gathers may touch (Ethernet, one tag, IPv6, TCP to
+its flags). Frames too close to the buffer's end are left to the per-frame decoder, so the buffer
+is never copied to pad it."""
+MIN_CLASSIFIED_PAYLOAD = 6
+"""Shorter client segments are always inspected: a ClientHello or request sent a few bytes per
+segment must not slip past the prefix test."""
 _IPV4_MAPPED = np.array([0] * 10 + [0xFF, 0xFF], dtype=np.uint8)
 _RANGE = {width: np.arange(width) for width in (2, 4, 16)}
 
@@ -44,26 +54,29 @@ class FastFrames:
         self.others = others
         self.count = 0
 
-    def encapsulation(self, packet: int) -> list[dict]:
-        vlan = int(self.vlans[packet])
-        return [{"type": "vlan", "id": vlan}] if vlan >= 0 else []
+    def columns(self, packets: np.ndarray, names: tuple[str, ...]) -> list[list]:
+        """The named fields of the given packets as Python lists, ready to zip: one conversion per
+        column instead of one numpy scalar per field and packet."""
+        return [getattr(self, name)[packets].tolist() for name in names]
 
     def candidates(self) -> np.ndarray:
         """Packets that may carry a name: DNS messages, and TCP segments starting like a TLS
         handshake record or an HTTP request (content decides, not the port)."""
-        has_payload = self.payload_lengths > 0
-        dns = np.isin(self.sports, DNS_PORTS) | np.isin(self.dports, DNS_PORTS)
-        handshake = (self.first_words >> 24 == 0x16) & ((self.first_words >> 16) & 0xFF == 3)
+        lengths = self.payload_lengths
+        dns = np.isin(self.sports, _DNS_PORT_ARRAY) | np.isin(self.dports, _DNS_PORT_ARRAY)
+        client_hello = (self.first_words >> 24 == 0x16) & ((self.first_words >> 16) & 0xFF == 3) & (self.sixth_bytes == 1)
         request = np.isin(self.first_words, HTTP_METHOD_WORDS)
+        tiny = lengths < MIN_CLASSIFIED_PAYLOAD
         tcp = self.protos == PROTO_TCP
-        return np.flatnonzero(has_payload & (dns | (tcp & (handshake | request))))
+        return np.flatnonzero((lengths > 0) & (dns | (tcp & (client_hello | request | tiny))))
 
 
 def classify_batch(batch: FrameBatch) -> FastFrames:
-    buffer = np.frombuffer(batch.data + bytes(GATHER_PADDING), dtype=np.uint8)
+    data = batch.data if len(batch.data) >= HEADER_REACH else batch.data.ljust(HEADER_REACH, b"\0")
+    buffer = np.frombuffer(data, dtype=np.uint8)
     start = batch.offsets
     end = start + batch.caplens
-    whole = (batch.caplens == batch.wirelens) & (batch.linktypes == LINKTYPE_ETHERNET) & (batch.caplens >= 34)
+    whole = (batch.caplens == batch.wirelens) & (batch.linktypes == LINKTYPE_ETHERNET) & (batch.caplens >= 34) & (start + HEADER_REACH <= len(data))
     start = np.where(whole, start, 0)
     ethertype = _u16(buffer, start + 12)
     tagged = ethertype == 0x8100
@@ -102,7 +115,10 @@ def classify_batch(batch: FrameBatch) -> FastFrames:
     frames.seqs = np.where(is_tcp, _u32(buffer, l4 + 4), 0)
     frames.payload_offsets = l4 + header_length[fast_index]
     frames.payload_lengths = ip_end - frames.payload_offsets
-    frames.first_words = np.where(frames.payload_lengths >= 4, _u32(buffer, frames.payload_offsets), -1)
+    classified = frames.payload_lengths >= MIN_CLASSIFIED_PAYLOAD
+    first_byte = np.where(classified, frames.payload_offsets, 0)
+    frames.first_words = np.where(classified, _u32(buffer, first_byte), -1)
+    frames.sixth_bytes = np.where(classified, buffer[first_byte + 5], -1)
 
     count = frames.count
     source = np.empty((count, 18), dtype=np.uint8)
@@ -134,10 +150,16 @@ class FlowGroups:
     """The classified packets of a batch grouped by flow key."""
 
     def __init__(self, frames: FastFrames) -> None:
-        packed = np.ascontiguousarray(frames.keys).view(np.dtype((np.void, KEY_BYTES))).ravel()
-        unique, self.first, self.inverse, self.counts = np.unique(packed, return_index=True, return_inverse=True, return_counts=True)
+        keys = frames.keys
+        _, self.first, self.inverse, self.counts = np.unique(_key_hashes(keys), return_index=True, return_inverse=True, return_counts=True)
         self.inverse = self.inverse.ravel()
-        raw = unique.tobytes()
+        self.key_matrix = keys[self.first]
+        if not (keys == self.key_matrix[self.inverse]).all():  # two keys share a hash: group exactly
+            packed = np.ascontiguousarray(keys).view(np.dtype((np.void, KEY_BYTES))).ravel()
+            _, self.first, self.inverse, self.counts = np.unique(packed, return_index=True, return_inverse=True, return_counts=True)
+            self.inverse = self.inverse.ravel()
+            self.key_matrix = keys[self.first]
+        raw = self.key_matrix.tobytes()
         self.keys = [raw[position : position + KEY_BYTES] for position in range(0, len(raw), KEY_BYTES)]
         groups = len(self.keys)
         self.bytes = np.bincount(self.inverse, weights=frames.wirelens, minlength=groups).astype(np.int64)
@@ -160,6 +182,20 @@ class FlowGroups:
             self._order = np.argsort(self.inverse, kind="stable")
             self._starts = np.concatenate(([0], np.cumsum(self.counts)))
         return self._order[self._starts[group] : self._starts[group + 1]]
+
+
+_HASH_MULTIPLIERS = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD], dtype=np.uint64)
+
+
+def _key_hashes(keys: np.ndarray) -> np.ndarray:
+    """64-bit hash of each 37-byte key: sorting these is far cheaper than sorting the keys; the
+    caller checks the grouping against the keys themselves."""
+    words = np.zeros((len(keys), 40), dtype=np.uint8)
+    words[:, :KEY_BYTES] = keys
+    lanes = words.view(np.uint64)
+    with np.errstate(over="ignore"):
+        mixed = lanes * _HASH_MULTIPLIERS
+        return np.bitwise_xor.reduce(mixed ^ (mixed >> np.uint64(29)), axis=1)
 
 
 def group_flows(frames: FastFrames) -> FlowGroups:

@@ -14,7 +14,8 @@ Every function accepts any bytes-like object, never raises and does work bounded
 MAX_HEADER_LEN.
 
 Name presentation: ASCII letters lower-cased, port and one trailing dot removed, IPv6 literals
-without their brackets, other bytes kept as the code point of the same value (latin-1 decoding).
+without their brackets. Non-ASCII bytes are decoded as UTF-8 when valid, else as latin-1 so that
+every byte survives as the code point of the same value.
 """
 
 from __future__ import annotations
@@ -212,4 +213,11 @@ def _authority_host(authority: bytes) -> str | None:
         h = a[:colon] if colon >= 0 and a.find(b":", colon + 1) < 0 else a
     if h[-1:] == b".":
         h = h[:-1]
-    return h.decode("latin-1") if h else None
+    return _text(h) if h else None
+
+
+def _text(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")

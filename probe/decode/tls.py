@@ -9,10 +9,11 @@ and learns whether to wait (NEED_MORE, with the total length worth waiting for),
 
 Only the host_name of the server_name extension is returned; nothing else of the hello is kept.
 Every function accepts any bytes-like object, never raises and does work bounded by
-MAX_HELLO_LEN.
+MAX_HELLO_LEN and MAX_RECORDS.
 
-Name presentation: ASCII letters lower-cased, one trailing dot removed, other bytes kept as the
-code point of the same value (latin-1 decoding).
+Name presentation: ASCII letters lower-cased, one trailing dot removed. A host_name should be
+ASCII (RFC 6066 3: A-labels); other bytes are decoded as UTF-8 when valid, else as latin-1 so that
+every byte survives as the code point of the same value.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ _HS_HEADER = 4
 # RFC 8446 5.1: a plaintext record carries at most 2^14 bytes; some stacks overshoot slightly,
 # so allow the ciphertext allowance (RFC 5246 6.2.3) before calling it malformed.
 _MAX_RECORD_LEN = 16384 + 2048
-# version(2) random(32) session_id_len(1) cipher_suites_len(2) one suite(2) comp_len(1) one method(1)
+# version(2) random(32) session_id_len(1) suites_len(2) one suite(2) comp_len(1) one method(1)
 _MIN_HELLO_LEN = 41
 _EXT_SERVER_NAME = 0
 _NAME_TYPE_HOST = 0
@@ -255,5 +256,12 @@ def _server_name(buf, pos: int, end: int):
             if raw[-1:] == b".":
                 raw = raw[:-1]
             if raw:
-                name = raw.decode("latin-1")
+                name = _text(raw)
     return name
+
+
+def _text(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")

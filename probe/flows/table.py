@@ -1,7 +1,7 @@
 """The flow table: the one owner of per-flow state and of its limits.
 
 A flow is keyed by its canonical 5-tuple (the lower (address, port) side first), so both directions
-reach the same entry. Flows are kept in one insertion-ordered dict per timeout class; a flow is not
+reach the same entry. Flows are kept in one OrderedDict per timeout class; a flow is not
 moved when a packet touches it (that would cost every packet), instead expiry and eviction look at
 the oldest entries and requeue those that were active since. Everything a flow holds is released
 when it ends: nothing of a non-matching flow outlives its timeout.
@@ -9,6 +9,7 @@ when it ends: nothing of a non-matching flow outlives its timeout.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from probe.config import FlowsSection
@@ -100,7 +101,7 @@ class FlowTable:
             int(limits.tcp_closed_timeout * NANOSECONDS),
         ]
         self.flows: dict[bytes, Flow] = {}
-        self._queues: list[dict[bytes, Flow]] = [{}, {}, {}, {}]
+        self._queues: list[OrderedDict[bytes, Flow]] = [OrderedDict() for _ in range(4)]
         self.created = 0
         self.evicted = 0
         self.expired = 0
@@ -140,11 +141,11 @@ class FlowTable:
                 key, flow = next(iter(queue.items()))
                 if flow.queued_at > limit:
                     break
-                del queue[key]
                 if flow.last_seen > limit:
                     flow.queued_at = flow.last_seen
-                    queue[key] = flow
+                    queue.move_to_end(key)
                 else:
+                    del queue[key]
                     del self.flows[key]
                     self.expired += 1
                     ended.append(flow)
@@ -154,18 +155,18 @@ class FlowTable:
         """Remove and return every flow (end of input)."""
         ended = list(self.flows.values())
         self.flows = {}
-        self._queues = [{}, {}, {}, {}]
+        self._queues = [OrderedDict() for _ in range(4)]
         return ended
 
     def _evict_one(self) -> Flow:
         while True:
             oldest = min((queue for queue in self._queues if queue), key=lambda queue: next(iter(queue.values())).queued_at)
             key, flow = next(iter(oldest.items()))
-            del oldest[key]
             if flow.last_seen > flow.queued_at:
                 flow.queued_at = flow.last_seen
-                oldest[key] = flow
+                oldest.move_to_end(key)
                 continue
+            del oldest[key]
             del self.flows[key]
             self.evicted += 1
             return flow
