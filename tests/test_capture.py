@@ -22,7 +22,14 @@ from probe.errors import CaptureError
 
 PROJECT_ROOT = Path(__file__).parents[1]
 SHARED_CAPTURES = Path(__file__).parents[2] / "shared" / "captures"
-LINKTYPES = {"ether": 1, "linux-sll": 113, "linux-sll2": 276, "null": 0, "rawip": 101, "ether-mpacket": 274}
+LINKTYPES = {
+    "ether": 1,
+    "linux-sll": 113,
+    "linux-sll2": 276,
+    "null": 0,
+    "rawip": 101,
+    "ether-mpacket": 274,
+}
 
 BILLION = 1_000_000_000
 EPOCH = 1_700_000_000
@@ -78,12 +85,14 @@ def idb(order: str, linktype: int, options: list[tuple[int, bytes]] = ()) -> byt
 
 
 def epb(order: str, interface: int, units: int, data: bytes, wirelen: int | None = None) -> bytes:
-    header = struct.pack(order + "5I", interface, units >> 32, units & 0xFFFFFFFF, len(data), wirelen or len(data))
+    high, low = units >> 32, units & 0xFFFFFFFF
+    header = struct.pack(order + "5I", interface, high, low, len(data), wirelen or len(data))
     return block(order, 6, header + data)
 
 
 def packet_block(order: str, interface: int, units: int, data: bytes) -> bytes:
-    header = struct.pack(order + "HHIIII", interface, 0, units >> 32, units & 0xFFFFFFFF, len(data), len(data))
+    high, low = units >> 32, units & 0xFFFFFFFF
+    header = struct.pack(order + "HHIIII", interface, 0, high, low, len(data), len(data))
     return block(order, 2, header + data)
 
 
@@ -168,13 +177,21 @@ PCAP_RECORDS = [
     (EPOCH + 2, 0, payload(96, 3), 1500),  # cut by the snap length
     (EPOCH + 3, 5, b"", 0),
 ]
+FILE_MAGICS = {  # (byte order, nanosecond) -> the file's first bytes
+    ("<", False): "d4c3b2a1",
+    (">", False): "a1b2c3d4",
+    ("<", True): "4d3cb2a1",
+    (">", True): "a1b23c4d",
+}
 
 
 @pytest.mark.parametrize("order", ["<", ">"])
 @pytest.mark.parametrize("nano", [False, True], ids=["usec", "nsec"])
 def test_pcap_byte_orders_and_resolutions(tmp_path: Path, order: str, nano: bool) -> None:
     records = [(s, f * 1000 + 789 if nano else f, d, w) for s, f, d, w in PCAP_RECORDS]
-    path = write(tmp_path, pcap_bytes(records, order=order, nano=nano, linktype=113))
+    content = pcap_bytes(records, order=order, nano=nano, linktype=113)
+    assert content[:4].hex() == FILE_MAGICS[order, nano]
+    path = write(tmp_path, content)
 
     frames = read_all(path)
 
@@ -185,12 +202,6 @@ def test_pcap_byte_orders_and_resolutions(tmp_path: Path, order: str, nano: bool
     assert frames == expected
     if nano:
         assert frames[0].timestamp == 1_700_000_000_123_456_789
-
-
-def test_pcap_file_magic_bytes() -> None:
-    magics = {("<", False): "d4c3b2a1", (">", False): "a1b2c3d4", ("<", True): "4d3cb2a1", (">", True): "a1b23c4d"}
-    for (order, nano), magic in magics.items():
-        assert pcap_bytes([], order=order, nano=nano)[:4].hex() == magic
 
 
 def test_pcap_linktype_ignores_fcs_bits(tmp_path: Path) -> None:
@@ -206,7 +217,7 @@ def test_pcap_written_by_scapy(tmp_path: Path) -> None:
 
     packets = []
     for index in range(5):
-        ether = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")  # explicit: scapy would ARP for them
+        ether = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")  # else scapy sends ARP requests
         packet = ether / IP(dst=f"192.0.2.{index}") / UDP(dport=53) / payload(index * 100, index)
         packet.time = Decimal(EPOCH + index) + Decimal("0.000000123") * index
         packets.append(packet)
@@ -248,7 +259,7 @@ def test_pcapng_interfaces_sections_and_block_kinds(tmp_path: Path) -> None:
     second = [
         shb(">"),  # a new section forgets the interfaces above
         idb(">", 0),
-        spb(">", payload(100, 7), 1000),  # block space < wire length: captured bytes limited by the block
+        spb(">", payload(100, 7), 1000),  # wire length beyond the block: captured length from the block
         block(">", 4, b"\0" * 4),  # name resolution
         epb(">", 0, EPOCH * 10**6 + 1, payload(20, 8)),
     ]
@@ -296,7 +307,7 @@ def test_pcapng_written_by_scapy(tmp_path: Path) -> None:
     frames = read_all(str(path))
     assert [frame.data for frame in frames] == [bytes(packet) for packet in packets]
     assert [frame.linktype for frame in frames] == [1, 113, 1]
-    assert [frame.timestamp for frame in frames] == [(EPOCH + i) * BILLION + 250_000_000 for i in range(3)]
+    assert [frame.timestamp for frame in frames] == [(EPOCH + i) * BILLION + BILLION // 4 for i in range(3)]
 
 
 def test_pcapng_section_resets_interfaces(tmp_path: Path) -> None:
@@ -369,7 +380,8 @@ def test_pcapng_larger_than_a_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     batches = list(read_capture(path))
 
     assert len(batches) > 10
-    assert frames_of(batches) == [Frame(payload(size, i), size, i * 1000, 1) for i, size in enumerate(MIXED_SIZES)]
+    expected = [Frame(payload(size, i), size, i * 1000, 1) for i, size in enumerate(MIXED_SIZES)]
+    assert frames_of(batches) == expected
 
 
 def test_pipe_larger_than_a_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -390,7 +402,7 @@ def test_gzip_detected_by_content_not_name(tmp_path: Path) -> None:
     plain = pcap_bytes(PCAP_RECORDS)
     ng = shb("<") + idb("<", 1) + epb("<", 0, 7, payload(99, 1))
     assert read_all(write(tmp_path, gzip.compress(plain), "capture.pcap")) == read_all(write(tmp_path, plain))
-    assert read_all(write(tmp_path, gzip.compress(ng), "no-suffix")) == [Frame(payload(99, 1), 99, 7000, 1)]
+    assert read_all(write(tmp_path, gzip.compress(ng), "capture")) == [Frame(payload(99, 1), 99, 7000, 1)]
 
 
 def test_gzip_larger_than_a_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -400,7 +412,7 @@ def test_gzip_larger_than_a_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert [frame.data for frame in frames] == [data for _, _, data, _ in records]
 
 
-def test_truncated_gzip_delivers_frames_before_the_cut(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_truncated_gzip_delivers_frames_before_the_cut(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(reader, "CHUNK_SIZE", 4096)
     records = [(EPOCH, i, payload(200 + i, i), 200 + i) for i in range(400)]
     compressed = gzip.compress(pcap_bytes(records), compresslevel=1)
@@ -501,7 +513,7 @@ def test_pcap_ending_at_record_boundary_is_fine(tmp_path: Path) -> None:
         (gzip.compress(pcap_bytes([])[:10]), "truncated file header"),
         (b"\x7fELF\x02\x01\x01\0", "not a pcap or pcapng capture (magic 7f454c46)"),
     ],
-    ids=["empty", "shorter-than-magic", "pcap-header", "pcapng-header", "empty-gzip", "gzip-header", "elf"],
+    ids=["empty", "short-magic", "pcap-header", "pcapng-header", "empty-gzip", "gzip-header", "elf"],
 )
 def test_unusable_files(tmp_path: Path, content: bytes, problem: str) -> None:
     with pytest.raises(CaptureError) as caught:
@@ -510,13 +522,23 @@ def test_unusable_files(tmp_path: Path, content: bytes, problem: str) -> None:
     assert caught.value.offset == 0
 
 
-def test_missing_file(tmp_path: Path) -> None:
-    path = str(tmp_path / "nowhere.pcap")
+@pytest.mark.parametrize(
+    ("name", "reason"), [("nowhere.pcap", "No such file or directory"), (".", "Is a directory")]
+)
+def test_unreadable_path(tmp_path: Path, name: str, reason: str) -> None:
+    path = str(tmp_path / name)
     with pytest.raises(CaptureError) as caught:
         list(read_capture(path))
-    assert caught.value.path == path
-    assert caught.value.offset == 0
-    assert caught.value.problem == "No such file or directory"
+    assert (caught.value.path, caught.value.offset, caught.value.problem) == (path, 0, reason)
+
+
+def test_reader_closes_file_when_left_early(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reader, "CHUNK_SIZE", 1000)
+    records = [(EPOCH, i, payload(size, i), size) for i, size in enumerate(MIXED_SIZES)]
+    with open_capture(write(tmp_path, pcap_bytes(records))) as capture:
+        assert capture.format == "pcap"
+        next(iter(capture))
+    assert capture._file.closed
 
 
 # --- the shared corpus of real captures ---------------------------------------------------------
@@ -537,7 +559,7 @@ def truth(capture: Path) -> dict:
     return json.loads((SHARED_CAPTURES / "truth" / f"{capture.name}.json").read_text())
 
 
-@pytest.mark.parametrize("capture", shared_captures() or [None], ids=lambda path: path.name if path else "absent")
+@pytest.mark.parametrize("capture", shared_captures() or [None], ids=lambda path: getattr(path, "name", "absent"))
 def test_shared_capture_counts_and_link_types(capture: Path | None) -> None:
     require_shared_captures()
     expected = truth(capture)
@@ -562,7 +584,9 @@ def test_shared_corrupt_capture_stops_after_2696_frames() -> None:
     capture = SHARED_CAPTURES / "corrupt-cut-short-http-large.pcap"
     frames, error = read_until_error(str(capture))
     assert len(frames) == 2696
-    assert isinstance(error, CaptureError)
+    assert error is not None
+    assert error.offset == capture.stat().st_size - 1  # one stray byte after the last whole record
+    assert error.problem == "capture cut short: record header has only 1 of 16 bytes"
 
 
 @pytest.mark.parametrize(
@@ -581,8 +605,9 @@ def test_shared_capture_matches_tshark(name: str) -> None:
     if tshark is None:
         pytest.skip("tshark is not installed")
     capture = SHARED_CAPTURES / name
+    fields = ["-e", "frame.time_epoch", "-e", "frame.len", "-e", "frame.cap_len"]
     listing = subprocess.run(
-        [tshark, "-r", str(capture), "-T", "fields", "-e", "frame.time_epoch", "-e", "frame.len", "-e", "frame.cap_len"],
+        [tshark, "-r", capture, "-T", "fields", *fields],
         capture_output=True,
         text=True,
         check=True,

@@ -35,8 +35,8 @@ MAGICS: dict[bytes, tuple[str, int]] = {
 class PcapParser:
     """Turns buffers of consecutive pcap records into batches.
 
-    Stateless between buffers apart from the file header's settings, so the caller can hand it any
-    buffer that starts at a record boundary.
+    Besides the file header's settings it keeps only `need`, so the caller can hand it any buffer
+    that starts at a record boundary.
     """
 
     def __init__(self, path: str, header: bytes) -> None:
@@ -83,28 +83,28 @@ class PcapParser:
         if not caplen_fields:
             return None, 0, error
 
-        record_starts = np.array(caplen_fields, dtype=np.int64) - CAPLEN_FIELD
-        windows = np.lib.stride_tricks.sliding_window_view(np.frombuffer(buf, np.uint8), RECORD_HEADER_SIZE)
-        headers = windows[record_starts].view(self._header_dtype)
+        starts = np.array(caplen_fields, dtype=np.int64) - CAPLEN_FIELD
+        every_window = np.lib.stride_tricks.sliding_window_view(np.frombuffer(buf, np.uint8), RECORD_HEADER_SIZE)
+        headers = every_window[starts].view(self._header_dtype)  # seconds, fraction, caplen, wirelen
         caplens = headers[:, 2].astype(np.int64)
         oversized = np.flatnonzero(caplens > self._max_caplen)
         if oversized.size:
             first_bad = int(oversized[0])
-            bad_start = int(record_starts[first_bad])
-            error = self._too_large(base + bad_start, int(caplens[first_bad]))
-            record_starts, headers, caplens = record_starts[:first_bad], headers[:first_bad], caplens[:first_bad]
-            pos = bad_start
+            pos = int(starts[first_bad])
+            error = self._too_large(base + pos, int(caplens[first_bad]))
             if not first_bad:
                 return None, 0, error
+            starts, headers, caplens = starts[:first_bad], headers[:first_bad], caplens[:first_bad]
 
-        timestamps = headers[:, 0].astype(np.int64) * 1_000_000_000 + headers[:, 1].astype(np.int64) * self._fraction_ns
+        seconds = headers[:, 0].astype(np.int64)
+        fractions = headers[:, 1].astype(np.int64)
         batch = FrameBatch(
             data=buf,
-            offsets=record_starts + RECORD_HEADER_SIZE,
+            offsets=starts + RECORD_HEADER_SIZE,
             caplens=caplens,
             wirelens=headers[:, 3].astype(np.int64),
-            timestamps=timestamps,
-            linktypes=np.full(len(record_starts), self._linktype, dtype=np.int64),
+            timestamps=seconds * 1_000_000_000 + fractions * self._fraction_ns,
+            linktypes=np.full(len(starts), self._linktype, dtype=np.int64),
         )
         return batch, pos, error
 
@@ -113,7 +113,9 @@ class PcapParser:
         if len(tail) < RECORD_HEADER_SIZE:
             return f"capture cut short: record header has only {len(tail)} of {RECORD_HEADER_SIZE} bytes"
         caplen = self._caplen_at(tail, CAPLEN_FIELD)[0]
-        return f"capture cut short: record header says {caplen} bytes but only {len(tail) - RECORD_HEADER_SIZE} remain"
+        remaining = len(tail) - RECORD_HEADER_SIZE
+        return f"capture cut short: record header says {caplen} bytes but only {remaining} remain"
 
     def _too_large(self, offset: int, caplen: int) -> CaptureError:
-        return CaptureError(self._path, offset, f"corrupt record: captured length {caplen} exceeds {self._max_caplen}")
+        problem = f"corrupt record: captured length {caplen} exceeds {self._max_caplen}"
+        return CaptureError(self._path, offset, problem)

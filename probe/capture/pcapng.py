@@ -19,6 +19,8 @@ from probe.errors import CaptureError
 MAGIC = b"\x0a\x0d\x0d\x0a"
 HEADER_SIZE = 28
 """Smallest Section Header Block: a file shorter than this has no complete header."""
+MIN_BLOCK_LENGTH = 12
+"""Type, length and trailing length, with an empty body."""
 MAX_BLOCK_LENGTH = 16 * 1024 * 1024
 """Non-packet blocks (name resolution, decryption secrets) can be large, but not this large."""
 
@@ -32,15 +34,15 @@ OPTION_END = 0
 OPTION_TSRESOL = 9
 OPTION_TSOFFSET = 14
 
-BLOCK_HEADER_SIZE = 12  # type, length, trailing length
 PACKET_DATA_START = 28  # in both Enhanced and obsolete Packet Blocks
 SIMPLE_DATA_START = 12
+INTERFACE_OPTIONS_START = 16
 BYTE_ORDER_MAGICS = {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 class Interface(NamedTuple):
-    """What a packet needs from its interface: nanoseconds = units * scale // divisor + offset."""
+    """What a packet needs from its interface: nanoseconds = units * scale // divisor + offset_ns."""
 
     linktype: int
     scale: int
@@ -52,13 +54,12 @@ class _Layouts:
     """The struct readers of one byte order, built once per order instead of per block."""
 
     def __init__(self, order: str) -> None:
-        self.pair = struct.Struct(order + "II").unpack_from
+        self.u16 = struct.Struct(order + "H").unpack_from
         self.u32 = struct.Struct(order + "I").unpack_from
+        self.i64 = struct.Struct(order + "q").unpack_from
         self.enhanced = struct.Struct(order + "5I").unpack_from
         self.obsolete = struct.Struct(order + "HHIIII").unpack_from
-        self.interface = struct.Struct(order + "HHI").unpack_from
         self.option = struct.Struct(order + "HH").unpack_from
-        self.i64 = struct.Struct(order + "q").unpack_from
 
 
 _LAYOUTS = {order: _Layouts(order) for order in BYTE_ORDER_MAGICS.values()}
@@ -73,12 +74,12 @@ class PcapngParser:
         self._interfaces: list[Interface] = []
         self._last_timestamp = 0
         self._base = 0
-        self.need = BLOCK_HEADER_SIZE
+        self.need = MIN_BLOCK_LENGTH
         """Size of the first block not completely in the last buffer parsed (header size if unknown)."""
 
     def parse(self, buf: bytes, base: int) -> tuple[FrameBatch | None, int, CaptureError | None]:
         """Return the batch of packets in the complete blocks of `buf`, how many bytes those blocks
-        span, and the corruption that stopped the walk, if any (`base` is `buf`'s offset in the stream)."""
+        span, and the corruption that stopped the walk, if any (`base`: `buf`'s stream offset)."""
         self._base = base
         offsets: list[int] = []
         caplens: list[int] = []
@@ -88,8 +89,8 @@ class PcapngParser:
         end = len(buf)
         pos = 0
         error = None
-        self.need = BLOCK_HEADER_SIZE
-        while end - pos >= BLOCK_HEADER_SIZE:
+        self.need = MIN_BLOCK_LENGTH
+        while end - pos >= MIN_BLOCK_LENGTH:
             try:
                 length = self._block_length(buf, pos)
                 if end - pos < length:
@@ -97,7 +98,7 @@ class PcapngParser:
                     break
                 layouts = self._layouts
                 if layouts.u32(buf, pos + length - 4)[0] != length:
-                    raise self._corrupt(pos, f"corrupt block: trailing length differs from leading length {length}")
+                    raise self._corrupt(pos, f"corrupt block: trailing length differs from length {length}")
                 block_type = layouts.u32(buf, pos)[0]
                 if block_type == ENHANCED_PACKET or block_type == OBSOLETE_PACKET:
                     if length < PACKET_DATA_START + 4:
@@ -109,9 +110,10 @@ class PcapngParser:
                     if caplen > MAX_CAPLEN:
                         raise self._too_large(pos, caplen)
                     if PACKET_DATA_START + caplen > length - 4:
-                        raise self._corrupt(pos, f"corrupt record: captured length {caplen} overruns block of {length} bytes")
+                        raise self._corrupt(pos, f"corrupt record: captured length {caplen} overruns its block")
                     interface = self._interface(pos, interface_id)
-                    timestamp = ((high << 32) | low) * interface.scale // interface.divisor + interface.offset_ns
+                    units = high << 32 | low
+                    timestamp = units * interface.scale // interface.divisor + interface.offset_ns
                     if not INT64_MIN <= timestamp <= INT64_MAX:
                         raise self._corrupt(pos, "corrupt record: timestamp out of range")
                     self._last_timestamp = timestamp
@@ -156,37 +158,39 @@ class PcapngParser:
 
     def cut_short(self, tail: bytes) -> str:
         """Describe a stream that ended inside the block `tail` starts."""
-        if len(tail) < BLOCK_HEADER_SIZE:
-            return f"capture cut short: block header has only {len(tail)} of {BLOCK_HEADER_SIZE} bytes"
-        return f"capture cut short: block header says {self._block_length(tail, 0)} bytes but only {len(tail)} remain"
+        if len(tail) < MIN_BLOCK_LENGTH:
+            return f"capture cut short: block header has only {len(tail)} of {MIN_BLOCK_LENGTH} bytes"
+        length = self._block_length(tail, 0)
+        return f"capture cut short: block header says {length} bytes but only {len(tail)} remain"
 
     def _block_length(self, buf: bytes, pos: int) -> int:
         """Read and check the leading length of the block at `pos`; a Section Header Block first
         switches to its own byte order, which its length is written in."""
         if buf[pos : pos + 4] == MAGIC:
-            order = BYTE_ORDER_MAGICS.get(buf[pos + 8 : pos + 12])
+            byte_order_magic = buf[pos + 8 : pos + 12]
+            order = BYTE_ORDER_MAGICS.get(byte_order_magic)
             if order is None:
-                raise self._corrupt(pos, f"corrupt section header: byte-order magic {buf[pos + 8 : pos + 12].hex()}")
+                raise self._corrupt(pos, f"corrupt section header: byte-order magic {byte_order_magic.hex()}")
             self._layouts = _LAYOUTS[order]
         length = self._layouts.u32(buf, pos + 4)[0]
-        if length % 4 or length < BLOCK_HEADER_SIZE or length > MAX_BLOCK_LENGTH:
+        if length % 4 or length < MIN_BLOCK_LENGTH or length > MAX_BLOCK_LENGTH:
             raise self._corrupt(pos, f"corrupt block: length {length}")
         return length
 
     def _interface(self, pos: int, interface_id: int) -> Interface:
         if interface_id >= len(self._interfaces):
-            raise self._corrupt(pos, f"corrupt record: interface {interface_id} not described in this section")
+            raise self._corrupt(pos, f"corrupt record: interface {interface_id} not described in its section")
         return self._interfaces[interface_id]
 
     def _describe_interface(self, buf: bytes, pos: int, length: int) -> Interface:
         """Read an Interface Description Block's link type and the options that fix how its
         packets' timestamps convert to nanoseconds (default unit: microseconds)."""
         layouts = self._layouts
-        if length < 20:
+        if length < INTERFACE_OPTIONS_START + 4:
             raise self._corrupt(pos, f"corrupt interface description: length {length}")
-        linktype = layouts.interface(buf, pos + 8)[0]
+        linktype = layouts.u16(buf, pos + 8)[0]
         scale, divisor, offset_ns = 1000, 1, 0
-        option = pos + 16
+        option = pos + INTERFACE_OPTIONS_START
         options_end = pos + length - 4
         while option + 4 <= options_end:
             code, size = layouts.option(buf, option)
@@ -204,7 +208,7 @@ class PcapngParser:
                     scale, divisor = 1, 10 ** (resolution - 9)
             elif code == OPTION_TSOFFSET and size >= 8:
                 offset_ns = layouts.i64(buf, option + 4)[0] * 1_000_000_000
-            option += 4 + (size + 3 & ~3)
+            option += 4 + ((size + 3) & ~3)
         return Interface(linktype, scale, divisor, offset_ns)
 
     def _too_large(self, pos: int, caplen: int) -> CaptureError:

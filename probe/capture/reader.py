@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import select
 import sys
 import zlib
 from collections.abc import Iterator
@@ -38,6 +39,26 @@ class _Prepended:
             self._head = head[size:]
             return head[:size]
         return head + self._stream.read(size - len(head))
+
+    def read_available(self, size: int) -> bytes:
+        """Up to `size` bytes, returning as soon as the pipe has nothing more ready: a slow feed
+        (a live `tcpdump -w -` upstream) reaches the matcher at once, a fast one in big chunks."""
+        parts = [self._head] if self._head else []
+        total = len(self._head)
+        self._head = b""
+        try:
+            descriptor = self._stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            return b"".join(parts) + self._stream.read(size - total)
+        while total < size:
+            if parts and not select.select([descriptor], [], [], 0)[0]:
+                break
+            part = self._stream.read1(size - total) if hasattr(self._stream, "read1") else os.read(descriptor, size - total)
+            if not part:
+                break
+            parts.append(part)
+            total += len(part)
+        return b"".join(parts)
 
 
 class _GzipStream:
@@ -142,7 +163,13 @@ class CaptureReader:
             # Reading the tail again costs far less than copying each chunk behind it.
             self._file.seek(-len(pending), os.SEEK_CUR)
             return self._read(len(pending) + size, offset)
-        chunk = self._read(size, offset)
+        if isinstance(self._stream, _Prepended):
+            try:
+                chunk = self._stream.read_available(size)
+            except OSError as exc:
+                raise CaptureError(self.path, offset, f"read failed: {exc.strerror or exc}") from exc
+        else:
+            chunk = self._read(size, offset)
         return pending + chunk if pending else chunk
 
     def _read(self, size: int, offset: int) -> bytes:

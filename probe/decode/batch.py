@@ -50,9 +50,34 @@ class FastFrames:
     """The classified frames of one batch, as parallel arrays, plus the frames left to the
     per-frame decoder (`others`, indices into the batch)."""
 
+    ARRAYS = ("frames", "timestamps", "wirelens", "protos", "sports", "dports", "vlans", "flags", "seqs", "payload_offsets", "payload_lengths", "first_words", "sixth_bytes", "src_is_a", "keys")
+
     def __init__(self, others: np.ndarray) -> None:
         self.others = others
         self.count = 0
+        self.frames = np.empty(0, dtype=np.int64)
+        """Batch index of each classified frame, ascending."""
+
+    def runs(self, minimum: int) -> list[tuple[int, int]]:
+        """Ranges [start, end) of batch indices where at least `minimum` consecutive frames were
+        classified: those go through the vector route, everything between them frame by frame, so
+        that packets are accounted in capture order whichever route they take."""
+        if not self.count:
+            return []
+        breaks = np.flatnonzero(np.diff(self.frames) != 1) + 1
+        starts = np.concatenate(([0], breaks))
+        ends = np.concatenate((breaks, [self.count]))
+        long_enough = ends - starts >= minimum
+        return list(zip(self.frames[starts[long_enough]].tolist(), (self.frames[ends[long_enough] - 1] + 1).tolist()))
+
+    def between(self, start: int, end: int) -> FastFrames:
+        """The classified frames whose batch index lies in [start, end)."""
+        low, high = np.searchsorted(self.frames, [start, end])
+        subset = FastFrames(self.others)
+        for name in self.ARRAYS:
+            setattr(subset, name, getattr(self, name)[low:high])
+        subset.count = int(high - low)
+        return subset
 
     def columns(self, packets: np.ndarray, names: tuple[str, ...]) -> list[list]:
         """The named fields of the given packets as Python lists, ready to zip: one conversion per
@@ -100,6 +125,7 @@ def classify_batch(batch: FrameBatch) -> FastFrames:
     fast_index = np.flatnonzero(fast)
     frames = FastFrames(np.flatnonzero(~fast))
     frames.count = len(fast_index)
+    frames.frames = fast_index
     if not frames.count:
         return frames
 

@@ -1,0 +1,68 @@
+"""Helpers shared by the tests that compare the probe with the tshark ground truth of the shared
+captures (`../shared/captures/truth/*.json`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from probe.config import Config
+from probe.decode.packet import address_text
+from probe.errors import CaptureError
+from probe.capture.reader import read_capture
+from probe.match.markers import Marker
+from probe.pipeline import Pipeline
+from probe.record.events import EventWriter
+
+SHARED_CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "captures"
+
+
+def shared_captures() -> list[Path]:
+    if not SHARED_CAPTURES.is_dir():
+        pytest.skip(f"shared captures not found at {SHARED_CAPTURES} (they sit beside the project root)")
+    return sorted(path for path in SHARED_CAPTURES.iterdir() if path.suffix in (".pcap", ".pcapng"))
+
+
+def truth_of(capture: Path) -> dict:
+    return json.loads((capture.parent / "truth" / f"{capture.name}.json").read_text())
+
+
+class RecordingPipeline(Pipeline):
+    """The real pipeline, also noting every name it tried to match and every flow's addresses, so a
+    test can compare what was decoded with tshark's dissection."""
+
+    def __init__(self, markers: list[Marker] | None = None, writer: EventWriter | None = None) -> None:
+        super().__init__(Config(), markers or [], writer or EventWriter(_Discard()))
+        self.names: dict[str, set[str]] = {"dns.query": set(), "tls.sni": set(), "http.host": set()}
+        self.addresses: set[str] = set()
+
+    def _match_names(self, flow, names, matched_on, *rest) -> None:
+        names = list(names)
+        self.names[matched_on].update(names)
+        super()._match_names(flow, names, matched_on, *rest)
+
+    def _end_flow(self, flow) -> None:
+        self.addresses.add(address_text(flow.key[0:16]))
+        self.addresses.add(address_text(flow.key[18:34]))
+        super()._end_flow(flow)
+
+
+class _Discard:
+    def write(self, text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+def replay_capture(pipeline: Pipeline, capture: Path) -> CaptureError | None:
+    error = None
+    try:
+        for batch in read_capture(str(capture)):
+            pipeline.process_batch(batch)
+    except CaptureError as failure:
+        error = failure
+    pipeline.finish()
+    return error
