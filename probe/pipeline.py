@@ -138,34 +138,40 @@ class Pipeline:
     def _fast_packets(self, data: bytes, fast: FastFrames) -> None:
         """Account the classifier's packets per flow, then inspect the few that need it."""
         groups = group_flows(fast)
-        flows_by_group = []
-        buffering = []
-        table = self.flows.flows
-        index = self.index
-        if index.has_address_markers:
-            keys = groups.key_matrix
-            may_hit = (index.address_candidates(keys[:, 0:16]) | index.address_candidates(keys[:, 18:34])).tolist()
-        else:
-            may_hit = [False] * len(groups.keys)
-        firsts = zip(groups.keys, may_hit, groups.counts.tolist(), groups.bytes.tolist(), groups.last_seen.tolist(), *fast.columns(groups.first, ("src_is_a", "timestamps", "flags", "sports", "dports", "vlans")))
-        for group, (key, check_addresses, count, byte_count, last_seen, src_is_a, timestamp, flags, sport, dport, vlan) in enumerate(firsts):
-            flow = table.get(key)
-            if flow is None or (flow.timeout_class == CLASS_CLOSED and flags & (TCP_SYN | TCP_ACK) == TCP_SYN):
-                if flow is not None:
-                    self.flows.remove(flow)
-                flow = self._new_flow(key, src_is_a, timestamp, flags, sport, dport, vlan_encapsulation(vlan), check_addresses)
-            elif flow.inspect == INSPECT_BUFFERING:
-                buffering.append(group)
+        get = self.flows.flows.get
+        flows_by_group: list[Flow] = [get(key) for key in groups.keys]  # type: ignore[misc]
+        opening = np.array([group for group, flow in enumerate(flows_by_group) if flow is None or flow.timeout_class == CLASS_CLOSED], dtype=np.int64)
+        if len(opening):
+            self._open_flows(fast, groups, opening, flows_by_group)
+        for flow, count, byte_count, last_seen in zip(flows_by_group, groups.counts.tolist(), groups.bytes.tolist(), groups.last_seen.tolist()):
             flow.packets += count
             flow.bytes += byte_count
             if last_seen > flow.last_seen:
                 flow.last_seen = last_seen
-            flows_by_group.append(flow)
+        buffering = [group for group, flow in enumerate(flows_by_group) if flow.inspect == INSPECT_BUFFERING]
         self._inspect_fast(data, fast, groups, flows_by_group, buffering)
         for group in groups.ending().tolist():
             flow = flows_by_group[group]
             if flow.timeout_class != CLASS_CLOSED:
                 self._tcp_end(flow, bool(groups.fin_a[group]), bool(groups.fin_b[group]), bool(groups.reset[group]))
+
+    def _open_flows(self, fast: FastFrames, groups: FlowGroups, opening: np.ndarray, flows_by_group: list[Flow]) -> None:
+        """Create the flows first seen in this batch (or reopened by a SYN after a close)."""
+        index = self.index
+        if index.has_address_markers:
+            keys = groups.key_matrix[opening]
+            may_hit = (index.address_candidates(keys[:, 0:16]) | index.address_candidates(keys[:, 18:34])).tolist()
+        else:
+            may_hit = [False] * len(opening)
+        firsts = fast.columns(groups.first[opening], ("src_is_a", "timestamps", "flags", "sports", "dports", "vlans"))
+        keys = groups.keys
+        for group, check_addresses, src_is_a, timestamp, flags, sport, dport, vlan in zip(opening.tolist(), may_hit, *firsts):
+            flow = flows_by_group[group]
+            if flow is not None:
+                if flags & (TCP_SYN | TCP_ACK) != TCP_SYN:
+                    continue  # late packets of a closed flow
+                self.flows.remove(flow)
+            flows_by_group[group] = self._new_flow(keys[group], src_is_a, timestamp, flags, sport, dport, vlan_encapsulation(vlan), check_addresses)
 
     def _inspect_fast(self, data: bytes, fast: FastFrames, groups: FlowGroups, flows_by_group: list[Flow], buffering: list[int]) -> None:
         """Per-packet inspection of the classifier's packets that may carry a name, in capture order

@@ -520,6 +520,19 @@ def test_truncated_gzip_is_exit_2_with_events_before(tmp_path: Path, address_bun
     assert marker_ids(events_of(result.stdout)) == {"m-first"}
 
 
+def test_pcapng_capture_works(tmp_path: Path, address_bundle: Path):
+    from scapy.utils import wrpcapng
+
+    capture = tmp_path / "capture.pcapng"
+    wrpcapng(str(capture), udp_packets("192.0.2.10", "203.0.113.1", count=3))
+    assert capture.read_bytes()[:4] == b"\x0a\x0d\x0d\x0a"
+    result = run_probe("replay", capture, "--markers", address_bundle)
+    assert result.returncode == 0, result.stderr
+    events = events_of(result.stdout)
+    assert marker_ids(events) == {"m-first"}
+    assert events[0]["first_seen"] == "2023-11-14T22:13:20.000000Z"
+
+
 def test_stdin_dash_reads_a_piped_capture(tmp_path: Path, address_bundle: Path):
     data = capture_hitting(tmp_path, "piped.pcap", "203.0.113.1").read_bytes()
     result = run_probe("replay", "-", "--markers", address_bundle, stdin=data)
@@ -741,11 +754,31 @@ def test_a_marker_valid_during_the_capture_gives_no_warning(tmp_path: Path, any_
 
 
 def test_event_written_before_end_of_piped_input(tmp_path: Path):
-    bundle = write_bundle(tmp_path / "markers.json", [{"id": "m-stream", "type": "domain", "value": "stream.example"}])
-    out = tmp_path / "events.jsonl"
+    """A complete TCP flow hitting a marker, then packets of another flow, arrive on a pipe that
+    stays open: the flow's event must be written without waiting for the end of the input."""
     packets = tcp_session("192.0.2.10", 43000, "192.0.2.80", 80, http_get("www.stream.example"))
     packets += udp_packets("192.0.2.20", "192.0.2.21", count=5, start=EPOCH + 1)
     data = pcap_bytes(packets, tmp_path)
+    header, records = data[:24], data[24:]
+    seen, stderr, exited_early, code = stream_until_event(tmp_path, [header, records], "m-stream")
+    assert exited_early is None, f"probe exited (code {exited_early}) while its input was still open: {stderr}"
+    assert "m-stream" in seen, (
+        "no event line written within 10 s while stdin stayed open: the capture reader waits to fill "
+        "a whole chunk from the pipe instead of handing on the bytes that have arrived"
+    )
+    assert code == 0, stderr
+    events = events_of((tmp_path / "stream-events.jsonl").read_text(encoding="utf-8"))
+    assert marker_ids(events) == {"m-stream"}
+    assert len(events) == 1
+    assert events[0]["matched_on"] == "http.host" and events[0]["packets"] == 9
+
+
+def stream_until_event(tmp_path: Path, chunks: list[bytes], marker_id: str, wait: float = 10) -> tuple[str, str, int | None, int]:
+    """Feed `chunks` to `probe replay -` through a pipe kept open; poll the events file until it
+    holds `marker_id` (or `wait` runs out); then close stdin. Return (events seen while stdin was
+    open, stderr, exit code if the probe exited early, final exit code)."""
+    bundle = write_bundle(tmp_path / "stream-markers.json", [{"id": marker_id, "type": "domain", "value": "stream.example"}])
+    out = tmp_path / "stream-events.jsonl"
     process = subprocess.Popen(
         [str(PROBE), "replay", "-", "--markers", str(bundle), "--events", str(out)],
         stdin=subprocess.PIPE,
@@ -754,19 +787,21 @@ def test_event_written_before_end_of_piped_input(tmp_path: Path):
         cwd=PROJECT_ROOT,
     )
     seen = ""
+    exited_early = None
     try:
-        process.stdin.write(data)
+        for chunk in chunks:
+            process.stdin.write(chunk)
         process.stdin.flush()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if out.exists():
                 seen = out.read_text(encoding="utf-8")
-                if seen.endswith("\n") and "m-stream" in seen:
+                if seen.endswith("\n") and marker_id in seen:
                     break
             if process.poll() is not None:
+                exited_early = process.returncode
                 break
             time.sleep(0.05)
-        exited_early = process.returncode
     finally:
         try:
             _, stderr = process.communicate(timeout=30)  # closes stdin: end of input
@@ -774,16 +809,56 @@ def test_event_written_before_end_of_piped_input(tmp_path: Path):
             process.kill()
             process.communicate()
             raise
-    assert exited_early is None, f"probe exited (code {exited_early}) while its input was still open: {stderr.decode()}"
-    assert "m-stream" in seen, (
-        "no event line written within 10 s while stdin stayed open (after stdin was closed the events file held "
-        f"{out.read_text(encoding='utf-8') if out.exists() else 'nothing'!r}): the capture reader waits to fill a whole "
-        "chunk from the pipe instead of handing on the bytes that have arrived"
+    return seen, stderr.decode(), exited_early, process.returncode
+
+
+def test_event_written_before_end_of_piped_gzip_input(tmp_path: Path):
+    """The same with a gzip stream flushed (Z_SYNC_FLUSH) after the packets: every byte needed to
+    decompress them has arrived, so the event can be written before the input ends."""
+    import zlib
+
+    packets = tcp_session("192.0.2.10", 43000, "192.0.2.80", 80, http_get("www.stream.example"))
+    packets += udp_packets("192.0.2.20", "192.0.2.21", count=5, start=EPOCH + 1)
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)  # gzip framing
+    flushed = compressor.compress(pcap_bytes(packets, tmp_path)) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    seen, stderr, exited_early, code = stream_until_event(tmp_path, [flushed], "m-gzip-stream")
+    assert exited_early is None, (exited_early, stderr)
+    assert "m-gzip-stream" in seen, (
+        "no event within 10 s while a gzip-compressed stdin stayed open: the gzip reader waits to fill "
+        "its read buffer from the pipe instead of decompressing the bytes that have arrived"
     )
+    # the stream was never finished (no gzip trailer): exit 2 naming stdin is the right end
+    assert code == 2 and "probe: error: -:" in stderr, stderr
+
+
+def test_piped_capture_in_pieces_gives_the_same_events_as_the_file(tmp_path: Path):
+    """Flow timeouts are a property of the capture's timestamps, not of how its bytes arrived.
+    Flow A (hitting a marker) is silent for 101 s, longer than the default udp_timeout of 60 s,
+    while flow B has a packet at 100 s; A then sends again at 101 s. Read from a file and read from
+    a pipe that delivers the capture in two pieces (cut after B's packet), the events must be the
+    same: the same flows, the same ids."""
+    bundle = write_bundle(tmp_path / "net.json", [{"id": "m-net", "type": "cidr", "value": "203.0.113.0/24"}])
+    packets = udp_packets("192.0.2.10", "203.0.113.1", count=1, start=EPOCH)
+    packets += udp_packets("192.0.2.11", "198.51.100.1", count=1, start=EPOCH + 100)
+    packets += udp_packets("192.0.2.10", "203.0.113.1", count=1, start=EPOCH + 101)
+    capture = write_pcap(tmp_path / "gap.pcap", packets)
+    data = capture.read_bytes()
+    from_file = run_probe("replay", capture, "--markers", bundle)
+    assert from_file.returncode == 0, from_file.stderr
+    process = subprocess.Popen([str(PROBE), "replay", "-", "--markers", str(bundle)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=PROJECT_ROOT)
+    cut = 24 + 2 * (16 + len(bytes(packets[0])))
+    try:
+        process.stdin.write(data[:cut])
+        process.stdin.flush()
+        time.sleep(1)
+        process.stdin.write(data[cut:])
+    finally:
+        stdout, stderr = process.communicate(timeout=30)
     assert process.returncode == 0, stderr.decode()
-    events = events_of(out.read_text(encoding="utf-8"))
-    assert marker_ids(events) == {"m-stream"}
-    assert len(events) == 1
+    file_events = sorted((e["event_id"], e["packets"], e["first_seen"]) for e in events_of(from_file.stdout))
+    pipe_events = sorted((e["event_id"], e["packets"], e["first_seen"]) for e in events_of(stdout.decode()))
+    flows_line = lambda text: next(line for line in text.splitlines() if line.startswith("probe: flows: "))  # noqa: E731
+    assert pipe_events == file_events, (flows_line(from_file.stderr), flows_line(stderr.decode()))
 
 
 # --- help ---------------------------------------------------------------------------------------

@@ -121,7 +121,8 @@ def classify_batch(batch: FrameBatch) -> FastFrames:
     sports = _u16(buffer, l4)
     dports = _u16(buffer, l4 + 2)
     tunnel = udp & ((dports == VXLAN_PORT) | (dports == GENEVE_PORT) | (sports == VXLAN_PORT) | (sports == GENEVE_PORT))
-    fast = whole & ((ipv4 & not_fragment) | ipv6) & (tcp | udp) & ~tunnel & (udp | (header_length >= 20)) & (l4 + header_length <= ip_end) & (ip_end <= end) & (ip_end > l4)
+    udp_length_agrees = _u16(buffer, l4 + 4) == ip_end - l4  # else the per-frame decoder judges it
+    fast = whole & ((ipv4 & not_fragment) | ipv6) & (tcp | (udp & udp_length_agrees)) & ~tunnel & (udp | (header_length >= 20)) & (l4 + header_length <= ip_end) & (ip_end <= end) & (ip_end > l4)
     fast_index = np.flatnonzero(fast)
     frames = FastFrames(np.flatnonzero(~fast))
     frames.count = len(fast_index)

@@ -16,7 +16,7 @@ MAX_DATAGRAM_BYTES = 65_535
 
 
 class _Datagram:
-    __slots__ = ("first", "source", "started", "pieces", "total", "size")
+    __slots__ = ("first", "source", "started", "pieces", "total", "size", "cut")
 
     def __init__(self, first: Packet, source: bytes, started: int) -> None:
         self.first = first  # the packet of the first fragment to arrive carries addresses and encapsulation
@@ -25,6 +25,7 @@ class _Datagram:
         self.pieces: dict[int, bytes] = {}
         self.total = -1  # known once the last fragment (more-fragments clear) arrives
         self.size = 0
+        self.cut = False  # a fragment was cut by the snap length: the datagram's end is not its true end
 
 
 class FragmentReassembler:
@@ -44,8 +45,9 @@ class FragmentReassembler:
         self.dropped = 0
         self.timed_out = 0
 
-    def add(self, version: int, key: tuple, offset: int, more: bool, payload: bytes, packet: Packet) -> tuple[Packet, bytes] | None:
-        """Add one fragment; return (packet, datagram payload) when this fragment completes it."""
+    def add(self, version: int, key: tuple, offset: int, more: bool, payload: bytes, packet: Packet, cut: bool = False) -> tuple[Packet, bytes, bool] | None:
+        """Add one fragment (`cut`: the snap length shortened it); return (packet, datagram payload,
+        whether it is complete) when this fragment completes it."""
         full_key = (version, *key)
         datagram = self._datagrams.get(full_key)
         if datagram is None:
@@ -53,7 +55,7 @@ class FragmentReassembler:
             if self._per_source.get(source, 0) >= self.max_per_source:
                 self.dropped += 1
                 return None
-            while len(self._datagrams) >= self.max_datagrams or (self._datagrams and self.bytes_held + len(payload) > self.max_bytes):
+            while len(self._datagrams) >= self.max_datagrams:
                 self._discard(next(iter(self._datagrams)))
                 self.dropped += 1
             datagram = self._datagrams[full_key] = _Datagram(packet, source, packet.timestamp)
@@ -69,6 +71,13 @@ class FragmentReassembler:
         existing = datagram.pieces.get(offset)
         if existing is not None and existing == payload:
             return None  # the same fragment twice, as a SPAN port sending ingress and egress copies
+        while self.bytes_held + len(payload) > self.max_bytes:
+            victim = next((other for other in self._datagrams if other != full_key), None)
+            self._discard(victim or full_key)
+            self.dropped += 1
+            if victim is None:  # this datagram alone would exceed the limit
+                return None
+        datagram.cut |= cut
         for start, piece in datagram.pieces.items():
             if start < end and offset < start + len(piece):
                 self._discard(full_key)
@@ -84,7 +93,7 @@ class FragmentReassembler:
         whole = b"".join(datagram.pieces[start] for start in sorted(datagram.pieces))
         self._discard(full_key)
         self.reassembled += 1
-        return datagram.first, whole
+        return datagram.first, whole, not datagram.cut
 
     def expire(self, now: int) -> list[tuple[Packet, bytes]]:
         """Release datagrams older than the timeout; return the first-fragment prefixes to inspect."""

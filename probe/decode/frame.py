@@ -101,6 +101,7 @@ class FrameDecoder:
                 self.malformed["frame_too_short"] += 1
                 return None
             self.truncated += 1
+            packet.truncated = True
             return packet if packet.src else None
         except Malformed as error:
             self.malformed[error.kind] += 1
@@ -164,6 +165,8 @@ class FrameDecoder:
         return self._ethertype(packet, data, _u16(data, position + 12)[0], position + 14, end, depth)
 
     def _ethertype(self, packet: Packet, data: bytes, ethertype: int, position: int, end: int, depth: int) -> Packet | None:
+        if depth > MAX_LAYERS:
+            raise Malformed("too_many_layers")
         while ethertype in (ETHERTYPE_VLAN, ETHERTYPE_QINQ, ETHERTYPE_QINQ_OLD):
             self._need(position + 4, end)
             tci, ethertype = struct.unpack_from("!HH", data, position)
@@ -271,15 +274,17 @@ class FrameDecoder:
 
     def _fragment(self, packet: Packet, version: int, key: tuple, offset: int, more: bool, payload: bytes) -> Packet | None:
         """Hand a fragment to the reassembler; decode the datagram when it is complete."""
-        done = self.reassembler.add(version, key, offset, more, payload, packet)
+        done = self.reassembler.add(version, key, offset, more, payload, packet, self._cut_by_snaplen)
         if done is None:
             return None
-        first, whole = done
-        return self.decode_reassembled(first, version, whole)
+        first, whole, complete = done
+        return self.decode_reassembled(first, version, whole, complete)
 
     def _transport(self, packet: Packet, data: bytes, proto: int, position: int, end: int, version: int, depth: int) -> Packet | None:
         packet.proto = proto
         if proto == PROTO_TCP:
+            self._need(position + 4, end)
+            packet.sport, packet.dport = _ports(data, position)
             self._need(position + 14, end)
             packet.sport, packet.dport, packet.tcp_seq, offset, packet.tcp_flags = _tcp_header(data, position)
             header_length = (offset >> 4) * 4
