@@ -28,6 +28,12 @@ def main() -> None:
     """Detect technical threat markers in network traffic (CPCE art. L33-14).
 
     Events hold network metadata and the marker's identity, never payload content.
+
+    \b
+    Exit codes of every command:
+      0  done
+      1  events found and --fail-on-event given (replay)
+      2  usage or input error, reported on one line
     """
 
 

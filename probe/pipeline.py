@@ -60,6 +60,12 @@ class Pipeline:
         self.now = 0
         self.handshake_overflows = 0
         self._closing: list[Flow] = []
+        # Per protocol, the longest silence inside one flow that the batch route may account
+        # without checking timeouts packet by packet.
+        limits = config.flows
+        self._gap_limits = np.full(256, int(limits.other_timeout * NANOSECONDS), dtype=np.int64)
+        self._gap_limits[PROTO_TCP] = int(min(limits.tcp_timeout, limits.tcp_closed_timeout) * NANOSECONDS)
+        self._gap_limits[PROTO_UDP] = int(limits.udp_timeout * NANOSECONDS)
 
     def process_batch(self, batch: FrameBatch) -> None:
         if not len(batch):
@@ -71,10 +77,10 @@ class Pipeline:
         fast = classify_batch(batch)
         position = 0
         for start, end in fast.runs(MIN_VECTOR_RUN):
-            self._decode_frames(batch, position, start)
-            self._fast_packets(batch.data, fast.between(start, end))
+            self._decode_frames(batch, np.arange(position, start))
+            self._fast_packets(batch, fast.between(start, end))
             position = end
-        self._decode_frames(batch, position, len(batch))
+        self._decode_frames(batch, np.arange(position, len(batch)))
         self.now = max(self.now, int(batch.timestamps.max()))
         for packet in self.decoder.expire_fragments(self.now):
             self.handle_packet(packet)
@@ -82,13 +88,14 @@ class Pipeline:
         for flow in self.flows.expire(self.now):
             self._end_flow(flow)
 
-    def _decode_frames(self, batch: FrameBatch, start: int, end: int) -> None:
-        """The per-frame route, for frames the classifier left out and short runs between them."""
-        if start >= end:
+    def _decode_frames(self, batch: FrameBatch, frames: np.ndarray) -> None:
+        """The per-frame route, in capture order: frames the classifier left out, short runs
+        between them, and flows whose packets straddle an idle timeout."""
+        if not len(frames):
             return
         data = batch.data
         decode = self.decoder.decode
-        rows = zip(batch.offsets[start:end].tolist(), batch.caplens[start:end].tolist(), batch.wirelens[start:end].tolist(), batch.linktypes[start:end].tolist(), batch.timestamps[start:end].tolist())
+        rows = zip(batch.offsets[frames].tolist(), batch.caplens[frames].tolist(), batch.wirelens[frames].tolist(), batch.linktypes[frames].tolist(), batch.timestamps[frames].tolist())
         for offset, caplen, wirelen, linktype, timestamp in rows:
             packet = decode(data, offset, caplen, wirelen, linktype, timestamp)
             if packet is not None:
@@ -108,6 +115,9 @@ class Pipeline:
         key, src_is_a = canonical_key(packet.src, packet.sport, packet.dst, packet.dport, proto)
         flow = self.flows.flows.get(key)
         flags = packet.tcp_flags
+        if flow is not None and packet.timestamp - flow.last_seen > self.flows.timeouts[flow.timeout_class]:
+            self._expire(flow)
+            flow = None
         if flow is None or (flow.timeout_class == CLASS_CLOSED and flags & (TCP_SYN | TCP_ACK) == TCP_SYN):
             if flow is not None:
                 self.flows.remove(flow)
@@ -135,14 +145,31 @@ class Pipeline:
         elif proto == PROTO_TCP and from_client and flow.inspect != INSPECT_DONE and (flow.inspect == INSPECT_BUFFERING or dns_port or starts_like_handshake(payload)):
             self._inspect_client_stream(flow, seq, payload, timestamp, encapsulation, dns_port)
 
-    def _fast_packets(self, data: bytes, fast: FastFrames) -> None:
+    def _fast_packets(self, batch: FrameBatch, fast: FastFrames) -> None:
         """Account the classifier's packets per flow, then inspect the few that need it."""
         groups = group_flows(fast)
+        straddling = np.flatnonzero(groups.longest_gap > self._gap_limits[groups.protos])
+        if len(straddling):  # a flow idle past its timeout inside the batch ends there: exactly, per frame
+            packets = np.sort(np.concatenate([groups.packets_of(group) for group in straddling.tolist()]))
+            self._decode_frames(batch, fast.frames[packets])
+            fast = fast.without(packets)
+            if not fast.count:
+                return
+            groups = group_flows(fast)
+        data = batch.data
         get = self.flows.flows.get
+        timeouts = self.flows.timeouts
         flows_by_group: list[Flow] = [get(key) for key in groups.keys]  # type: ignore[misc]
-        opening = np.array([group for group, flow in enumerate(flows_by_group) if flow is None or flow.timeout_class == CLASS_CLOSED], dtype=np.int64)
-        if len(opening):
-            self._open_flows(fast, groups, opening, flows_by_group)
+        opening = []
+        for group, flow, first_timestamp in zip(range(len(flows_by_group)), flows_by_group, groups.first_timestamps.tolist()):
+            if flow is None or flow.timeout_class == CLASS_CLOSED:
+                opening.append(group)
+            elif first_timestamp - flow.last_seen > timeouts[flow.timeout_class]:
+                self._expire(flow)
+                flows_by_group[group] = None  # type: ignore[call-overload]
+                opening.append(group)
+        if opening:
+            self._open_flows(fast, groups, np.array(opening, dtype=np.int64), flows_by_group)
         for flow, count, byte_count, last_seen in zip(flows_by_group, groups.counts.tolist(), groups.bytes.tolist(), groups.last_seen.tolist()):
             flow.packets += count
             flow.bytes += byte_count
@@ -168,7 +195,7 @@ class Pipeline:
         for group, check_addresses, src_is_a, timestamp, flags, sport, dport, vlan in zip(opening.tolist(), may_hit, *firsts):
             flow = flows_by_group[group]
             if flow is not None:
-                if flags & (TCP_SYN | TCP_ACK) != TCP_SYN:
+                if flags & (TCP_SYN | TCP_ACK) != TCP_SYN and timestamp - flow.last_seen <= self.flows.timeouts[CLASS_CLOSED]:
                     continue  # late packets of a closed flow
                 self.flows.remove(flow)
             flows_by_group[group] = self._new_flow(keys[group], src_is_a, timestamp, flags, sport, dport, vlan_encapsulation(vlan), check_addresses)
@@ -301,6 +328,12 @@ class Pipeline:
                 self._end_flow(flow)
                 self.flows.close(flow)
         self._closing = []
+
+    def _expire(self, flow: Flow) -> None:
+        """End a flow found idle for longer than its timeout when its next packet arrives."""
+        self.flows.remove(flow)
+        self.flows.expired += 1
+        self._end_flow(flow)
 
     def _end_flow(self, flow: Flow) -> None:
         """Write the flow's events and drop everything it held."""

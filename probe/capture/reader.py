@@ -22,6 +22,7 @@ from probe.errors import CaptureError
 CHUNK_SIZE = 4 * 1024 * 1024
 """Bytes read per step: large enough to amortise per-batch costs, small enough to keep memory flat."""
 GZIP_MAGIC = b"\x1f\x8b"
+GZIP_STEP = 256 * 1024
 STDIN_PATH = "-"
 
 
@@ -67,27 +68,44 @@ class _GzipStream:
     damaged or truncated stretch still get delivered."""
 
     def __init__(self, compressed: BinaryIO | _Prepended) -> None:
-        self._gzip = gzip.GzipFile(fileobj=compressed, mode="rb")
+        self._live = isinstance(compressed, _Prepended)
+        self._gzip = gzip.GzipFile(fileobj=_AvailableBytes(compressed) if self._live else compressed, mode="rb")
         self._fault: OSError | None = None
+        self._leftover = b""
 
     def read(self, size: int) -> bytes:
-        if self._fault is not None:
-            raise self._fault
-        parts: list[bytes] = []
-        remaining = size
-        while remaining > 0:
-            try:
-                part = self._gzip.read1(remaining)
-            except (OSError, EOFError, zlib.error) as exc:
-                self._fault = OSError(f"gzip: {exc}")
+        """Up to `size` bytes. Decompression always asks for a large step (small ones leave output
+        inside zlib until more input arrives, which on a pipe may be never); what exceeds `size`
+        waits for the next call. On a pipe it returns as soon as something was decompressed."""
+        parts = [self._leftover[:size]] if self._leftover else []
+        self._leftover = self._leftover[size:]
+        remaining = size - sum(map(len, parts))
+        while remaining > 0 and not (self._live and parts):
+            if self._fault is not None:
                 if parts:
                     break
-                raise self._fault from exc
+                raise self._fault
+            try:
+                part = self._gzip.read1(max(remaining, GZIP_STEP))
+            except (OSError, EOFError, zlib.error) as exc:
+                self._fault = OSError(f"gzip: {exc}")
+                continue
             if not part:
                 break
-            parts.append(part)
-            remaining -= len(part)
+            self._leftover = part[remaining:]
+            parts.append(part[:remaining])
+            remaining -= len(parts[-1])
         return b"".join(parts)
+
+
+class _AvailableBytes:
+    """Lets the gzip decompressor read a pipe without blocking for more than has arrived."""
+
+    def __init__(self, stream: _Prepended) -> None:
+        self._stream = stream
+
+    def read(self, size: int = -1) -> bytes:
+        return self._stream.read_available(size if size >= 0 else CHUNK_SIZE)
 
 
 class CaptureReader:
@@ -109,19 +127,19 @@ class CaptureReader:
         if is_gzip:
             self._stream = _GzipStream(self._stream)
         self._rereads = seekable and not is_gzip
-        magic = self._read(4, 0)
+        magic = self._read_exact(4)
         if not magic:
             raise CaptureError(path, 0, "empty file")
         if magic in pcap.MAGICS:
             self.format = "pcap"
-            header = magic + self._read(pcap.HEADER_SIZE - len(magic), 0)
+            header = magic + self._read_exact(pcap.HEADER_SIZE - len(magic))
             self._check_header(header, pcap.HEADER_SIZE)
             self._parser: pcap.PcapParser | pcapng.PcapngParser = pcap.PcapParser(path, header)
             self._pending = b""
             self._offset = pcap.HEADER_SIZE
         elif magic == pcapng.MAGIC:
             self.format = "pcapng"
-            header = magic + self._read(pcapng.HEADER_SIZE - len(magic), 0)
+            header = magic + self._read_exact(pcapng.HEADER_SIZE - len(magic))
             self._check_header(header, pcapng.HEADER_SIZE)
             self._parser = pcapng.PcapngParser(path)
             self._pending = header  # the Section Header Block is parsed like any other block
@@ -177,6 +195,17 @@ class CaptureReader:
             return self._stream.read(size)
         except OSError as exc:
             raise CaptureError(self.path, offset, f"read failed: {exc.strerror or exc}") from exc
+
+    def _read_exact(self, size: int) -> bytes:
+        """A header: `size` bytes unless the stream ends first, however a pipe delivers them."""
+        parts = []
+        while size > 0:
+            part = self._read(size, 0)
+            if not part:
+                break
+            parts.append(part)
+            size -= len(part)
+        return b"".join(parts)
 
     def _check_header(self, header: bytes, size: int) -> None:
         if len(header) < size:

@@ -74,9 +74,21 @@ class FastFrames:
         """The classified frames whose batch index lies in [start, end)."""
         low, high = np.searchsorted(self.frames, [start, end])
         subset = FastFrames(self.others)
+        subset.buffer = self.buffer
         for name in self.ARRAYS:
             setattr(subset, name, getattr(self, name)[low:high])
         subset.count = int(high - low)
+        return subset
+
+    def without(self, packets: np.ndarray) -> FastFrames:
+        """These frames minus the given rows (which the caller handles frame by frame)."""
+        keep = np.ones(self.count, dtype=bool)
+        keep[packets] = False
+        subset = FastFrames(self.others)
+        subset.buffer = self.buffer
+        for name in self.ARRAYS:
+            setattr(subset, name, getattr(self, name)[keep])
+        subset.count = int(keep.sum())
         return subset
 
     def columns(self, packets: np.ndarray, names: tuple[str, ...]) -> list[list]:
@@ -127,6 +139,7 @@ def classify_batch(batch: FrameBatch) -> FastFrames:
     frames = FastFrames(np.flatnonzero(~fast))
     frames.count = len(fast_index)
     frames.frames = fast_index
+    frames.buffer = buffer
     if not frames.count:
         return frames
 
@@ -197,17 +210,21 @@ class FlowGroups:
         self.fin_a = np.bincount(self.inverse, weights=fin & frames.src_is_a, minlength=groups) > 0
         self.fin_b = np.bincount(self.inverse, weights=fin & ~frames.src_is_a, minlength=groups) > 0
         self.reset = np.bincount(self.inverse, weights=reset, minlength=groups) > 0
-        self._order: np.ndarray | None = None
+        self.first_timestamps = frames.timestamps[self.first]
+        self.protos = frames.protos[self.first]
+        self._order = np.argsort(self.inverse, kind="stable")
+        self._starts = np.concatenate(([0], np.cumsum(self.counts)))
+        ordered_groups = self.inverse[self._order]
+        gaps = np.abs(np.diff(frames.timestamps[self._order]))
+        self.longest_gap = np.zeros(groups, dtype=np.int64)
+        np.maximum.at(self.longest_gap, ordered_groups[1:], np.where(ordered_groups[1:] == ordered_groups[:-1], gaps, 0))
 
     def ending(self) -> np.ndarray:
         """Groups with a FIN or RST in this batch."""
         return np.flatnonzero(self.fin_a | self.fin_b | self.reset)
 
     def packets_of(self, group: int) -> np.ndarray:
-        """The group's packets in capture order (sorting is done once, the first time it is asked)."""
-        if self._order is None:
-            self._order = np.argsort(self.inverse, kind="stable")
-            self._starts = np.concatenate(([0], np.cumsum(self.counts)))
+        """The group's packets in capture order."""
         return self._order[self._starts[group] : self._starts[group + 1]]
 
 
