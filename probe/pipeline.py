@@ -29,12 +29,13 @@ from probe.record.events import EventWriter, Hit, event_record
 MIN_VECTOR_RUN = 32
 """Fewer consecutive classified frames than this cost less frame by frame than in vector setup."""
 INSPECTED_COLUMNS = ("payload_offsets", "payload_lengths", "src_is_a", "protos", "sports", "dports", "seqs", "timestamps", "vlans")
+HANDSHAKE_COLUMNS = ("payload_offsets", "payload_lengths", "src_is_a", "dports", "sports", "seqs", "timestamps", "vlans")
 NO_ENCAPSULATION: list[dict] = []
 """Shared by every untagged packet; never mutated."""
 
 
 def vlan_encapsulation(vlan: int) -> list[dict]:
-    return [{"type": "vlan", "id": vlan}] if vlan >= 0 else NO_ENCAPSULATION
+    return NO_ENCAPSULATION if vlan < 0 else [{"type": "vlan", "id": vlan}]
 
 
 def starts_like_handshake(payload: bytes) -> bool:
@@ -206,15 +207,31 @@ class Pipeline:
         inspected: set[int] = set()
         for group in buffering:
             self._drain_buffering(data, fast, groups, group, flows_by_group[group], -1, inspected)
-        candidates = fast.candidates()
-        inspect = self._inspect
-        for packet, group, start, length, src_is_a, proto, sport, dport, seq, timestamp, vlan in zip(candidates.tolist(), groups.inverse[candidates].tolist(), *fast.columns(candidates, INSPECTED_COLUMNS)):
+        names, handshakes = fast.candidates()
+        if len(names):
+            self._dns_fast(data, fast, groups, flows_by_group, names)
+        inspect_stream = self._inspect_client_stream
+        for packet, group, start, length, src_is_a, dport, sport, seq, timestamp, vlan in zip(handshakes.tolist(), groups.inverse[handshakes].tolist(), *fast.columns(handshakes, HANDSHAKE_COLUMNS)):
             flow = flows_by_group[group]
-            if flow.inspect == INSPECT_DONE or (inspected and packet in inspected):
+            if flow.inspect == INSPECT_DONE or src_is_a != flow.client_is_a or (inspected and packet in inspected):
                 continue
-            inspect(flow, proto, src_is_a == flow.client_is_a, sport, dport, seq, data[start : start + length], timestamp, vlan_encapsulation(vlan) if vlan >= 0 else NO_ENCAPSULATION)
+            inspect_stream(flow, seq, data[start : start + length], timestamp, vlan_encapsulation(vlan), dport in DNS_PORTS or sport in DNS_PORTS)
             if flow.inspect == INSPECT_BUFFERING:
                 self._drain_buffering(data, fast, groups, group, flow, packet, inspected)
+
+    def _dns_fast(self, data: bytes, fast: FastFrames, groups: FlowGroups, flows_by_group: list[Flow], packets: np.ndarray) -> None:
+        """DNS messages over UDP, the most numerous candidates: decode and match first, and look up
+        what a hit records only for the rare message that hits."""
+        query_names = dns.dns_query_names
+        match_name = self.index.match_name
+        for packet, start, length in zip(packets.tolist(), fast.payload_offsets[packets].tolist(), fast.payload_lengths[packets].tolist()):
+            for name in query_names(data[start : start + length]):
+                numbers = match_name(name)
+                if numbers:
+                    flow = flows_by_group[int(groups.inverse[packet])]
+                    timestamp, encapsulation = int(fast.timestamps[packet]), vlan_encapsulation(int(fast.vlans[packet]))
+                    for number in numbers:
+                        self._hit(flow, number, "dns.query", bool(fast.src_is_a[packet]) == flow.client_is_a, timestamp, encapsulation)
 
     def _drain_buffering(self, data: bytes, fast: FastFrames, groups: FlowGroups, group: int, flow: Flow, after: int, inspected: set[int]) -> None:
         packets = groups.packets_of(group)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
 from probe.config import Config
+from probe.decode import dns
 from probe.decode.packet import address_text
 from probe.errors import CaptureError
 from probe.capture.reader import read_capture
@@ -58,11 +60,22 @@ class _Discard:
 
 
 def replay_capture(pipeline: Pipeline, capture: Path) -> CaptureError | None:
+    """Replay a capture; a RecordingPipeline also notes every DNS question name decoded (the
+    pipeline matches those without going through `_match_names`)."""
+    decode_names = dns.dns_query_names
+
+    def recording(message: bytes) -> list[str]:
+        names = decode_names(message)
+        if isinstance(pipeline, RecordingPipeline):
+            pipeline.names["dns.query"].update(names)
+        return names
+
     error = None
-    try:
-        for batch in read_capture(str(capture)):
-            pipeline.process_batch(batch)
-    except CaptureError as failure:
-        error = failure
-    pipeline.finish()
+    with mock.patch.object(dns, "dns_query_names", recording):
+        try:
+            for batch in read_capture(str(capture)):
+                pipeline.process_batch(batch)
+        except CaptureError as failure:
+            error = failure
+        pipeline.finish()
     return error

@@ -96,17 +96,16 @@ class FastFrames:
         column instead of one numpy scalar per field and packet."""
         return [getattr(self, name)[packets].tolist() for name in names]
 
-    def candidates(self) -> np.ndarray:
-        """Packets that may carry a name: DNS messages, and TCP segments starting like a TLS
-        handshake record or an HTTP request (content decides, not the port)."""
+    def candidates(self) -> tuple[np.ndarray, np.ndarray]:
+        """Packets that may carry a name: (DNS messages over UDP, TCP segments that may start or
+        continue a ClientHello, HTTP request or DNS message). TCP content decides, not the port."""
         lengths = self.payload_lengths
-        dns = np.isin(self.sports, _DNS_PORT_ARRAY) | np.isin(self.dports, _DNS_PORT_ARRAY)
+        tcp = self.protos == PROTO_TCP
+        dns = (np.isin(self.sports, _DNS_PORT_ARRAY) | np.isin(self.dports, _DNS_PORT_ARRAY)) & (lengths > 0)
         client_hello = (self.first_words >> 24 == 0x16) & ((self.first_words >> 16) & 0xFF == 3) & (self.sixth_bytes == 1)
         request = np.isin(self.first_words, HTTP_METHOD_WORDS)
         tiny = lengths < MIN_CLASSIFIED_PAYLOAD
-        tcp = self.protos == PROTO_TCP
-        return np.flatnonzero((lengths > 0) & (dns | (tcp & (client_hello | request | tiny))))
-
+        return np.flatnonzero(dns & ~tcp), np.flatnonzero(tcp & (lengths > 0) & (dns | client_hello | request | tiny))
 
 def classify_batch(batch: FrameBatch) -> FastFrames:
     data = batch.data if len(batch.data) >= HEADER_REACH else batch.data.ljust(HEADER_REACH, b"\0")
@@ -190,34 +189,45 @@ class FlowGroups:
     """The classified packets of a batch grouped by flow key."""
 
     def __init__(self, frames: FastFrames) -> None:
+        """One stable sort of the keys' hashes gives everything: groups, each group's packets in
+        capture order, and per-group sums and extremes as reductions over contiguous runs."""
         keys = frames.keys
-        _, self.first, self.inverse, self.counts = np.unique(_key_hashes(keys), return_index=True, return_inverse=True, return_counts=True)
-        self.inverse = self.inverse.ravel()
-        self.key_matrix = keys[self.first]
-        if not (keys == self.key_matrix[self.inverse]).all():  # two keys share a hash: group exactly
-            packed = np.ascontiguousarray(keys).view(np.dtype((np.void, KEY_BYTES))).ravel()
-            _, self.first, self.inverse, self.counts = np.unique(packed, return_index=True, return_inverse=True, return_counts=True)
-            self.inverse = self.inverse.ravel()
-            self.key_matrix = keys[self.first]
+        hashes = _key_hashes(keys)
+        order = np.argsort(hashes, kind="stable")
+        sorted_keys = keys[order]
+        new_group = np.empty(len(order), dtype=bool)
+        new_group[0] = True
+        np.any(sorted_keys[1:] != sorted_keys[:-1], axis=1, out=new_group[1:])
+        sorted_hashes = hashes[order]
+        if (new_group[1:] & (sorted_hashes[1:] == sorted_hashes[:-1])).any():  # two keys share a hash
+            order = np.argsort(np.ascontiguousarray(keys).view(np.dtype((np.void, KEY_BYTES))).ravel(), kind="stable")
+            sorted_keys = keys[order]
+            np.any(sorted_keys[1:] != sorted_keys[:-1], axis=1, out=new_group[1:])
+        starts = np.flatnonzero(new_group)
+        self._order = order
+        self._starts = np.append(starts, len(order))
+        self.counts = np.diff(self._starts)
+        self.first = order[starts]
+        self.inverse = np.empty(len(order), dtype=np.int64)
+        self.inverse[order] = np.cumsum(new_group) - 1
+        self.key_matrix = sorted_keys[starts]
         raw = self.key_matrix.tobytes()
         self.keys = [raw[position : position + KEY_BYTES] for position in range(0, len(raw), KEY_BYTES)]
-        groups = len(self.keys)
-        self.bytes = np.bincount(self.inverse, weights=frames.wirelens, minlength=groups).astype(np.int64)
-        self.last_seen = np.full(groups, np.iinfo(np.int64).min, dtype=np.int64)
-        np.maximum.at(self.last_seen, self.inverse, frames.timestamps)
-        fin = (frames.flags & 0x01) != 0
-        reset = (frames.flags & 0x04) != 0
-        self.fin_a = np.bincount(self.inverse, weights=fin & frames.src_is_a, minlength=groups) > 0
-        self.fin_b = np.bincount(self.inverse, weights=fin & ~frames.src_is_a, minlength=groups) > 0
-        self.reset = np.bincount(self.inverse, weights=reset, minlength=groups) > 0
+        timestamps = frames.timestamps[order]
+        self.bytes = np.add.reduceat(frames.wirelens[order], starts)
+        self.last_seen = np.maximum.reduceat(timestamps, starts)
         self.first_timestamps = frames.timestamps[self.first]
+        gaps = np.zeros(len(order), dtype=np.int64)
+        gaps[1:] = np.abs(np.diff(timestamps))
+        gaps[starts] = 0
+        self.longest_gap = np.maximum.reduceat(gaps, starts)
+        flags = frames.flags[order]
+        from_a = frames.src_is_a[order]
+        fin = (flags & 0x01) != 0
+        self.fin_a = np.logical_or.reduceat(fin & from_a, starts)
+        self.fin_b = np.logical_or.reduceat(fin & ~from_a, starts)
+        self.reset = np.logical_or.reduceat((flags & 0x04) != 0, starts)
         self.protos = frames.protos[self.first]
-        self._order = np.argsort(self.inverse, kind="stable")
-        self._starts = np.concatenate(([0], np.cumsum(self.counts)))
-        ordered_groups = self.inverse[self._order]
-        gaps = np.abs(np.diff(frames.timestamps[self._order]))
-        self.longest_gap = np.zeros(groups, dtype=np.int64)
-        np.maximum.at(self.longest_gap, ordered_groups[1:], np.where(ordered_groups[1:] == ordered_groups[:-1], gaps, 0))
 
     def ending(self) -> np.ndarray:
         """Groups with a FIN or RST in this batch."""
@@ -232,8 +242,8 @@ _HASH_MULTIPLIERS = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B1
 
 
 def _key_hashes(keys: np.ndarray) -> np.ndarray:
-    """64-bit hash of each 37-byte key: sorting these is far cheaper than sorting the keys; the
-    caller checks the grouping against the keys themselves."""
+    """64-bit hash of each 37-byte key: sorting these is far cheaper than sorting the keys (the
+    caller sorts the keys themselves in the rare batch where two share a hash)."""
     words = np.zeros((len(keys), 40), dtype=np.uint8)
     words[:, :KEY_BYTES] = keys
     lanes = words.view(np.uint64)
