@@ -1,0 +1,113 @@
+"""Flow state: bounded, expired on time, and released when flows end (the law's "destroyed
+immediately": nothing of a non-matching flow outlives it)."""
+
+from __future__ import annotations
+
+import gc
+import io
+import json
+import sys
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from probe.config import Config, FlowsSection, parse_config
+from probe.flows.table import CLASS_CLOSED, FlowTable, canonical_key
+from probe.replay import replay
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from mixed_capture import generate  # noqa: E402
+
+SECOND = 1_000_000_000
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 30,000-packet capture of ~3,000 interleaved flows, made by the benchmark's generator."""
+    directory = tmp_path_factory.mktemp("mixed")
+    generate(directory, packets=30_000, seed=3)
+    return directory
+
+
+def test_memory_of_ended_flows_is_returned(mixed: Path) -> None:
+    from probe.match.loader import load_marker_file
+    from probe.pipeline import Pipeline
+    from probe.capture.reader import read_capture
+    from probe.record.events import EventWriter
+
+    markers = load_marker_file(str(mixed / "markers.json")).markers
+    writer = EventWriter(io.StringIO())
+    gc.collect()
+    tracemalloc.start()
+    pipeline = Pipeline(Config(), markers, writer)
+    baseline, _ = tracemalloc.get_traced_memory()
+    for batch in read_capture(str(mixed / "mixed.pcap")):
+        pipeline.process_batch(batch)
+        del batch
+    during, _ = tracemalloc.get_traced_memory()
+    flows_during = len(pipeline.flows)
+    pipeline.finish()
+    gc.collect()
+    after, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert flows_during > 1000
+    assert len(pipeline.flows) == 0 and len(pipeline.reassembler) == 0
+    assert during - baseline > 1_000_000, "the flows should have used memory while they lived"
+    # What remains is the events written (in the StringIO) and counters, not flow state.
+    print(f"flow state: {during - baseline} bytes during the replay, {after - baseline} after")
+    assert after - baseline < 0.05 * (during - baseline) + len(writer.stream.getvalue()) * 2, (baseline, during, after)
+
+
+def test_events_equal_the_generators_ground_truth(mixed: Path) -> None:
+    events = io.StringIO()
+    replay(Config(), [str(mixed / "mixed.pcap")], [str(mixed / "markers.json")], events)
+    found: dict[str, int] = {}
+    for line in events.getvalue().splitlines():
+        marker = json.loads(line)["marker"]["id"]
+        found[marker] = found.get(marker, 0) + 1
+    expected = json.loads((mixed / "expected.json").read_text())["events_by_marker"]
+    assert expected and found == expected
+
+
+def test_flow_table_evicts_the_longest_idle_flow_when_full() -> None:
+    table = FlowTable(FlowsSection(max_flows=3))
+    keys = [canonical_key(bytes(15) + bytes((number,)), 1000, bytes(16), 80, 6)[0] for number in range(4)]
+    flows = [table.create(key, True, number * SECOND)[0] for number, key in enumerate(keys[:3])]
+    flows[0].last_seen = 10 * SECOND  # the first flow is active again: the second is now the idlest
+    _, evicted = table.create(keys[3], True, 11 * SECOND)
+    assert evicted is flows[1]
+    assert table.evicted == 1 and len(table) == 3
+
+
+def test_flows_expire_by_their_protocol_timeout() -> None:
+    table = FlowTable(FlowsSection(tcp_timeout=300, udp_timeout=60, tcp_closed_timeout=10))
+    tcp = table.create(canonical_key(bytes(16), 1, bytes(15) + b"\x01", 2, 6)[0], True, 0)[0]
+    udp = table.create(canonical_key(bytes(16), 1, bytes(15) + b"\x01", 2, 17)[0], True, 0)[0]
+    closed = table.create(canonical_key(bytes(16), 3, bytes(15) + b"\x01", 4, 6)[0], True, 0)[0]
+    table.close(closed)
+    assert closed.timeout_class == CLASS_CLOSED
+    assert table.expire(5 * SECOND) == []
+    assert table.expire(11 * SECOND) == [closed]
+    assert table.expire(61 * SECOND) == [udp]
+    tcp.last_seen = 200 * SECOND  # active since it was queued: requeued, not expired
+    assert table.expire(301 * SECOND) == []
+    assert table.expire(501 * SECOND) == [tcp]
+    assert len(table) == 0 and table.expired == 3
+
+
+def test_idle_timeout_splits_a_flow_the_same_way_in_any_batching(tmp_path: Path) -> None:
+    """Two packets of one UDP 5-tuple 90 s apart are two flows (udp_timeout 60 s), whether they
+    arrive in one batch or two."""
+    from scapy.all import IP, UDP, Ether, Raw, wrpcap
+
+    packets = [Ether() / IP(src="192.0.2.1", dst="198.51.100.9") / UDP(sport=4000, dport=9999) / Raw(b"x" * 10) for _ in range(2)]
+    packets[0].time, packets[1].time = 1_700_000_000, 1_700_000_090
+    wrpcap(str(tmp_path / "gap.pcap"), packets)
+    (tmp_path / "m.json").write_text(json.dumps({"id": "t", "markers": [{"id": "m", "type": "ipv4", "value": "198.51.100.9"}]}))
+    config = parse_config({"flows": {"udp_timeout": 60}})
+    events = io.StringIO()
+    replay(config, [str(tmp_path / "gap.pcap")], [str(tmp_path / "m.json")], events)
+    records = [json.loads(line) for line in events.getvalue().splitlines()]
+    assert len(records) == 2 and len({record["event_id"] for record in records}) == 2
+    assert all(record["packets"] == 1 for record in records)
