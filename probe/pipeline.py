@@ -178,10 +178,11 @@ class Pipeline:
                 flow.last_seen = last_seen
         buffering = [group for group, flow in enumerate(flows_by_group) if flow.inspect == INSPECT_BUFFERING]
         self._inspect_fast(data, fast, groups, flows_by_group, buffering)
-        for group in groups.ending().tolist():
+        ending = groups.ending()
+        for group, fin_a, fin_b, reset in zip(ending.tolist(), groups.fin_a[ending].tolist(), groups.fin_b[ending].tolist(), groups.reset[ending].tolist()):
             flow = flows_by_group[group]
             if flow.timeout_class != CLASS_CLOSED:
-                self._tcp_end(flow, bool(groups.fin_a[group]), bool(groups.fin_b[group]), bool(groups.reset[group]))
+                self._tcp_end(flow, fin_a, fin_b, reset)
 
     def _open_flows(self, fast: FastFrames, groups: FlowGroups, opening: np.ndarray, flows_by_group: list[Flow]) -> None:
         """Create the flows first seen in this batch (or reopened by a SYN after a close)."""
