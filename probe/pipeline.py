@@ -23,6 +23,7 @@ from probe.decode.packet import PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST,
 from probe.flows.stream import SEQUENCE_SPACE, ClientStream
 from probe.flows.table import CLASS_CLOSED, INSPECT_BUFFERING, INSPECT_DONE, INSPECT_WATCH, NANOSECONDS, Flow, FlowTable, canonical_key
 from probe.match.index import MarkerIndex
+from probe.match.name_filter import NameFilter
 from probe.match.markers import Marker
 from probe.record.events import EventWriter, Hit, event_record
 
@@ -49,6 +50,7 @@ class Pipeline:
         self.config = config
         self.markers = markers
         self.index = MarkerIndex(markers)
+        self.name_filter = NameFilter(self.index)
         self.writer = writer
         fragments = config.fragments
         self.reassembler = FragmentReassembler(int(fragments.timeout * NANOSECONDS), fragments.max_datagrams, fragments.max_per_source, fragments.max_bytes)
@@ -208,7 +210,7 @@ class Pipeline:
         inspected: set[int] = set()
         for group in buffering:
             self._drain_buffering(data, fast, groups, group, flows_by_group[group], -1, inspected)
-        names, handshakes = fast.candidates()
+        names, handshakes = fast.candidates(self.name_filter)
         if len(names):
             self._dns_fast(data, fast, groups, flows_by_group, names)
         inspect_stream = self._inspect_client_stream
@@ -285,7 +287,7 @@ class Pipeline:
                     break
                 if hello.status == tls.DONE and hello.server_name:
                     self._match_names(flow, (hello.server_name,), "tls.sni", True, timestamp, encapsulation)
-                self._stop_buffering(flow, INSPECT_DONE if hello.status == tls.DONE else INSPECT_WATCH)
+                self._stop_buffering(flow, INSPECT_WATCH)  # a second ClientHello (after a HelloRetryRequest) is read too
                 return
             request = http.http_request_host(data)
             if request.status == http.NEED_MORE:

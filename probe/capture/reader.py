@@ -19,7 +19,7 @@ from probe.capture import pcap, pcapng
 from probe.capture.frames import FrameBatch
 from probe.errors import CaptureError
 
-CHUNK_SIZE = 4 * 1024 * 1024
+CHUNK_SIZE = 16 * 1024 * 1024
 """Bytes read per step: large enough to amortise per-batch costs, small enough to keep memory flat."""
 GZIP_MAGIC = b"\x1f\x8b"
 GZIP_STEP = 256 * 1024

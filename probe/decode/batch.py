@@ -15,6 +15,7 @@ import numpy as np
 from probe.capture.frames import FrameBatch
 from probe.decode.frame import GENEVE_PORT, LINKTYPE_ETHERNET, VXLAN_PORT
 from probe.decode.packet import PROTO_TCP, PROTO_UDP
+from probe.match.name_filter import NAME_COLUMNS, NameFilter
 
 KEY_BYTES = 37  # address A (16), port A (2), address B (16), port B (2), protocol (1)
 DNS_PORTS = frozenset((53, 5353, 5355))
@@ -27,6 +28,9 @@ HEADER_REACH = 72
 """Bytes past a frame's start that the header gathers may touch (Ethernet, one tag, IPv6, TCP to
 its flags). Frames too close to the buffer's end are left to the per-frame decoder, so the buffer
 is never copied to pad it."""
+DNS_HEADER = 12
+MAX_EXTENSIONS_WALKED = 24
+MAX_LABELS_WALKED = 10
 MIN_CLASSIFIED_PAYLOAD = 6
 """Shorter client segments are always inspected: a ClientHello or request sent a few bytes per
 segment must not slip past the prefix test."""
@@ -96,16 +100,90 @@ class FastFrames:
         column instead of one numpy scalar per field and packet."""
         return [getattr(self, name)[packets].tolist() for name in names]
 
-    def candidates(self) -> tuple[np.ndarray, np.ndarray]:
-        """Packets that may carry a name: (DNS messages over UDP, TCP segments that may start or
-        continue a ClientHello, HTTP request or DNS message). TCP content decides, not the port."""
+    def candidates(self, names: NameFilter) -> tuple[np.ndarray, np.ndarray]:
+        """Packets that may carry a name a marker knows: (DNS messages over UDP, TCP segments that
+        may start or continue a ClientHello, HTTP request or DNS message). TCP content decides, not
+        the port. The questions of DNS messages and the server names of ClientHellos found whole
+        in their segment are read here for the whole batch, and only those `names` cannot rule
+        out go on."""
         lengths = self.payload_lengths
         tcp = self.protos == PROTO_TCP
         dns = (np.isin(self.sports, _DNS_PORT_ARRAY) | np.isin(self.dports, _DNS_PORT_ARRAY)) & (lengths > 0)
-        client_hello = (self.first_words >> 24 == 0x16) & ((self.first_words >> 16) & 0xFF == 3) & (self.sixth_bytes == 1)
+        client_hello = tcp & (self.first_words >> 24 == 0x16) & ((self.first_words >> 16) & 0xFF == 3) & (self.sixth_bytes == 1)
         request = np.isin(self.first_words, HTTP_METHOD_WORDS)
         tiny = lengths < MIN_CLASSIFIED_PAYLOAD
-        return np.flatnonzero(dns & ~tcp), np.flatnonzero(tcp & (lengths > 0) & (dns | client_hello | request | tiny))
+        questions = np.flatnonzero(dns & ~tcp)
+        questions = questions[names.may_hit(*dns_question_names(self.buffer, self.payload_offsets[questions], lengths[questions]))]
+        hellos = np.flatnonzero(client_hello)
+        hellos = hellos[names.may_hit(*client_hello_server_names(self.buffer, self.payload_offsets[hellos], lengths[hellos]))]
+        others = np.flatnonzero(tcp & (lengths > 0) & ~client_hello & (dns | request | tiny))
+        return questions, np.union1d(hellos, others)
+
+def _bytes_at(buffer: np.ndarray, positions: np.ndarray, limits: np.ndarray, width: int) -> np.ndarray:
+    """`width` bytes from each position, never read past each row's limit (repeats its last byte)."""
+    return buffer[np.minimum(positions[:, None] + np.arange(width), limits[:, None] - 1)]
+
+
+def dns_question_names(buffer: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dotted question names of single-question DNS messages, as NameFilter takes them; length -1
+    where the name uses compression, is longer than the filter reads, or the message is odd."""
+    count = len(offsets)
+    ends = offsets + lengths
+    judged = (lengths > DNS_HEADER) & (buffer[np.minimum(offsets + 4, ends - 1)] == 0) & (buffer[np.minimum(offsets + 5, ends - 1)] == 1)
+    wire = _bytes_at(buffer, offsets + DNS_HEADER, ends, NAME_COLUMNS + 2).astype(np.int64)
+    rows = np.arange(count)
+    position = np.zeros(count, dtype=np.int64)
+    open_name = judged.copy()
+    boundaries = np.zeros((count, NAME_COLUMNS + 2), dtype=bool)
+    for _ in range(MAX_LABELS_WALKED + 1):
+        length = wire[rows, np.minimum(position, NAME_COLUMNS + 1)]
+        judged &= ~open_name | ((length < 64) & (position <= NAME_COLUMNS) & (offsets + DNS_HEADER + position < ends))
+        open_name &= judged & (length != 0)
+        if not open_name.any():
+            break
+        boundaries[rows[open_name], position[open_name]] = True
+        position = np.where(open_name, position + length + 1, position)
+    judged &= ~open_name & (position > 0)
+    names = wire[:, 1 : NAME_COLUMNS + 1].astype(np.uint8)
+    names[boundaries[:, 1 : NAME_COLUMNS + 1]] = ord(".")
+    return names, np.where(judged, position - 1, -1)
+
+
+def client_hello_server_names(buffer: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Server names of ClientHellos whose server_name extension lies whole in this segment, as
+    NameFilter takes them; length -1 where that is not the case or anything looks odd."""
+    count = len(offsets)
+    ends = offsets + np.minimum(lengths, 5 + _u16(buffer, offsets + 3))  # this segment's part of the first record
+    safe = np.maximum(ends - 1, offsets)
+    judged = (lengths >= 48) & (buffer[offsets + 5] == 1)
+
+    def byte(position: np.ndarray) -> np.ndarray:
+        return buffer[np.minimum(position, safe)].astype(np.int64)
+
+    def word(position: np.ndarray) -> np.ndarray:
+        return (byte(position) << 8) | byte(position + 1)
+
+    position = offsets + 9 + 34
+    position = position + 1 + byte(position)  # session id
+    position = position + 2 + word(position)  # cipher suites
+    position = position + 1 + byte(position)  # compression methods
+    extensions_end = np.minimum(position + 2 + word(position), ends)
+    position = position + 2
+    server_name = np.full(count, -1, dtype=np.int64)
+    for _ in range(MAX_EXTENSIONS_WALKED):
+        walking = judged & (server_name < 0) & (position + 4 <= extensions_end)
+        if not walking.any():
+            break
+        found = walking & (word(position) == 0)
+        server_name = np.where(found, position + 4, server_name)
+        position = np.where(walking & ~found, position + 4 + word(position + 2), position)
+    # server_name_list length (2), name_type (1) = host_name, name length (2), name
+    name_start = server_name + 5
+    name_length = word(server_name + 3)
+    judged &= (server_name >= 0) & (byte(server_name + 2) == 0) & (name_start + name_length <= ends)
+    names = _bytes_at(buffer, np.where(judged, name_start, offsets), np.maximum(ends, offsets + 1), NAME_COLUMNS)
+    return names, np.where(judged, name_length, -1)
+
 
 def classify_batch(batch: FrameBatch) -> FastFrames:
     data = batch.data if len(batch.data) >= HEADER_REACH else batch.data.ljust(HEADER_REACH, b"\0")

@@ -26,7 +26,7 @@ INSPECT_WATCH = 0
 INSPECT_BUFFERING = 1
 """A ClientHello, HTTP header block or DNS message is incomplete: every client segment is needed."""
 INSPECT_DONE = 2
-"""Every decision this flow allows is made: its later packets cost only a table lookup."""
+"""The flow is closed: its late packets are counted, never inspected."""
 
 CLASS_TCP, CLASS_UDP, CLASS_OTHER, CLASS_CLOSED = range(4)
 

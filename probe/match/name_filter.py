@@ -1,0 +1,78 @@
+"""Vector pre-filter for names: which of a batch's DNS questions and ClientHello server names could
+hit a domain marker at all.
+
+Most names on a network belong to nothing the markers know, yet decoding each in Python costs more
+than the rest of its packet's journey. The batch classifier extracts the names of the common cases
+with numpy; here each name, and each of its parents (one per dot), is hashed with a polynomial
+hash computed for the whole batch from one cumulative sum, and compared with the hashes of the
+markers' names. Only names whose own hash or a parent's matches go on to the exact per-packet path
+(`MarkerIndex.match_name`); a collision only costs that path a lookup, and nothing that could hit
+is dropped. Names this filter cannot judge (too long, non-ASCII, oddly formed) always go on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from probe.match.index import MarkerIndex
+
+NAME_COLUMNS = 64
+"""Names longer than this take the exact path."""
+_MODULUS = 1 << 64
+_BASE = 0x100000001B3
+_POWERS = np.array([pow(_BASE, column, _MODULUS) for column in range(NAME_COLUMNS)], dtype=np.uint64)
+_INVERSE_POWERS = np.array([pow(_BASE, -column, _MODULUS) for column in range(NAME_COLUMNS)], dtype=np.uint64)
+_DOT = ord(".")
+
+
+def name_hashes(names: list[str]) -> np.ndarray:
+    """Sorted unique hashes of marker names, computed by the same vector code as the traffic's.
+    Names longer than NAME_COLUMNS are left out: a name the filter reads is never longer, nor is
+    any of its parents."""
+    encoded = [name.encode("utf-8", "surrogateescape") for name in names]
+    encoded = [name for name in encoded if len(name) <= NAME_COLUMNS]
+    matrix = np.zeros((len(encoded), NAME_COLUMNS), dtype=np.uint8)
+    for row, name in enumerate(encoded):
+        matrix[row, : len(name)] = np.frombuffer(name, dtype=np.uint8)
+    lengths = np.array([len(name) for name in encoded], dtype=np.int64)
+    prefix = np.cumsum(matrix.astype(np.uint64) * _POWERS, axis=1)
+    return np.unique(prefix[np.arange(len(encoded)), np.maximum(lengths - 1, 0)])
+
+
+class NameFilter:
+    def __init__(self, index: MarkerIndex) -> None:
+        self._names = name_hashes(list(index.exact_names))
+        self._parents = name_hashes(list(index.parent_names))
+
+    def may_hit(self, names: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """For an (n, NAME_COLUMNS) uint8 matrix of dotted names (bytes past each length are
+        ignored), whether each may name a marked domain or a child of one. Rows whose length is 0
+        or above NAME_COLUMNS, or that hold bytes the exact path would decode differently, are
+        reported True: the caller sends them on."""
+        count = len(lengths)
+        if not len(self._names):
+            return np.zeros(count, dtype=bool)
+        columns = np.arange(NAME_COLUMNS)
+        inside = columns[None, :] < lengths[:, None]
+        text = np.where(inside, names, 0)
+        upper = (text >= 65) & (text <= 90)
+        text = text + upper * np.uint8(32)
+        unjudged = (lengths <= 0) | (lengths > NAME_COLUMNS) | (text >= 0x80).any(axis=1) | (text[np.arange(count), np.clip(lengths - 1, 0, NAME_COLUMNS - 1)] == _DOT)
+        prefix = np.cumsum(text.astype(np.uint64) * _POWERS, axis=1)
+        whole = prefix[np.arange(count), np.clip(lengths - 1, 0, NAME_COLUMNS - 1)]
+        hit = _contains(self._names, whole)
+        if len(self._parents):
+            # A parent starts after each dot: hash(name[j:]) = (whole - prefix[j-1]) / BASE**j.
+            dots = (text[:, :-1] == _DOT) & inside[:, 1:]
+            rows, starts = np.nonzero(dots)
+            starts += 1
+            parents = (whole[rows] - prefix[rows, starts - 1]) * _INVERSE_POWERS[starts]
+            hit[rows[_contains(self._parents, parents)]] = True
+        return hit | unjudged
+
+
+def _contains(sorted_values: np.ndarray, probes: np.ndarray) -> np.ndarray:
+    if not len(probes):
+        return np.zeros(0, dtype=bool)
+    position = np.minimum(np.searchsorted(sorted_values, probes), len(sorted_values) - 1)
+    return sorted_values[position] == probes
