@@ -3,10 +3,11 @@
 `Pipeline.process_batch` takes one `FrameBatch`. The batch classifier decodes the common frames
 (Ethernet, VLAN, IPv4/IPv6, TCP/UDP) for the whole batch at once and aggregates them per flow, so
 that a packet which can hit no marker costs a few vector operations and a share of one flow-table
-update. Only packets that may carry a name (DNS messages, the start of a TLS ClientHello or HTTP
-request, the rest of an incomplete one) and frames the classifier does not handle (tunnels,
-fragments, MPLS, other link types, anything odd) go through per-packet Python code. Both routes end
-in the same flow table, marker index and event records.
+update. Only packets that may carry a name a marker knows (DNS questions and ClientHello server
+names the vector name filter cannot rule out, HTTP requests, the rest of an incomplete handshake)
+and frames the classifier does not handle (tunnels, fragments, MPLS, other link types, anything
+odd) go through per-packet Python code. Both routes end in the same flow table, marker index and
+event records, and packets are accounted in capture order whichever route they take.
 """
 
 from __future__ import annotations
@@ -276,9 +277,8 @@ class Pipeline:
             return
         while data:
             if dns_port:
-                messages, consumed = dns.dns_tcp_messages(data)
-                for message in messages:
-                    self._match_names(flow, dns.dns_query_names(message), "dns.query", True, timestamp, encapsulation)
+                names, consumed = dns.dns_tcp_query_names(data)
+                self._match_names(flow, names, "dns.query", True, timestamp, encapsulation)
                 data = data[consumed:]
                 break
             if data[0] == 0x16:

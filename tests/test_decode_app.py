@@ -21,9 +21,9 @@ import pytest
 from probe.decode import dns as dns_mod
 from probe.decode import http as http_mod
 from probe.decode import tls as tls_mod
-from probe.decode.dns import dns_query_names, dns_tcp_messages, dns_tcp_query_names
-from probe.decode.http import http_request_host, looks_like_http_request
-from probe.decode.tls import client_hello_server_name, looks_like_client_hello
+from probe.decode.dns import dns_query_names, dns_tcp_query_names
+from probe.decode.http import http_request_host
+from probe.decode.tls import client_hello_server_name
 
 CAPTURES = Path(__file__).parents[2] / "shared" / "captures"
 
@@ -248,17 +248,14 @@ def test_dns_tcp_framing():
     m1 = dns_message(wire_name(b"one.example"))
     m2 = dns_message(wire_name(b"two.example"))
     stream = struct.pack("!H", len(m1)) + m1 + b"\x00\x00" + struct.pack("!H", len(m2)) + m2
-    assert dns_tcp_messages(stream) == ([m1, m2], len(stream))
     assert dns_tcp_query_names(stream) == (["one.example", "two.example"], len(stream))
     for cut in range(len(stream) + 1):
-        msgs, used = dns_tcp_messages(stream[:cut])
-        rest_msgs, rest_used = dns_tcp_messages(stream[used:])
-        assert msgs + rest_msgs == [m1, m2]
+        names, used = dns_tcp_query_names(memoryview(stream)[:cut])
+        rest_names, rest_used = dns_tcp_query_names(stream[used:])
+        assert names + rest_names == ["one.example", "two.example"]
         assert used + rest_used == len(stream)
-        names, used2 = dns_tcp_query_names(memoryview(stream)[:cut])
-        assert used2 == used and names == [n for m in msgs for n in dns_query_names(m)]
-    assert dns_tcp_messages(b"\x01") == ([], 0)
-    assert dns_tcp_messages(b"\xff\xff" + bytes(100)) == ([], 0)
+    assert dns_tcp_query_names(b"\x01") == ([], 0)
+    assert dns_tcp_query_names(b"\xff\xff" + bytes(100)) == ([], 0)
 
 
 def test_dns_scapy_tcp_stream():
@@ -386,10 +383,7 @@ def test_tls_not_tls():
         b"\x00",
     ):
         assert client_hello_server_name(data) == (tls_mod.NOT_TLS, None, 0), data
-        assert not looks_like_client_hello(data)
     assert client_hello_server_name(b"").status == tls_mod.NEED_MORE
-    assert looks_like_client_hello(b"") and looks_like_client_hello(b"\x16\x03")
-    assert looks_like_client_hello(client_hello())
 
 
 def test_tls_malformed():
@@ -526,10 +520,8 @@ def test_http_not_http():
         b"GET / HTTP/1.1\rX",
     ):
         assert http_request_host(data).status == http_mod.NOT_HTTP, data
-        assert not looks_like_http_request(data), data
     for data in (b"", b"G", b"GET", b"GET ", b"GET /", b"GET / HTTP/1.", b"A" * http_mod.MAX_METHOD_LEN):
         assert http_request_host(data).status == http_mod.NEED_MORE, data
-        assert looks_like_http_request(data)
 
 
 def test_http_head_size_limit():
@@ -582,7 +574,7 @@ def _check_dns(data: bytes) -> None:
     names = dns_mod._query_names(data)
     assert isinstance(names, list) and all(isinstance(n, str) and n for n in names)
     assert len(names) <= dns_mod.MAX_QUESTIONS
-    msgs, used = dns_tcp_messages(data)
+    names, used = dns_tcp_query_names(data)
     assert 0 <= used <= len(data)
 
 
@@ -748,7 +740,7 @@ def _names_in_capture(path: Path) -> tuple[set[str], set[str], set[str]]:
                     sni.add(hello.server_name)
                 break
             # Skip a body: resume at the next line that starts like a request.
-            while pos < len(stream) and not looks_like_http_request(stream[pos : pos + 32]):
+            while pos < len(stream) and http_request_host(stream[pos : pos + 32]).status == http_mod.NOT_HTTP:
                 nl = stream.find(b"\n", pos)
                 pos = len(stream) if nl < 0 else nl + 1
     return dns_names, sni, http_hosts

@@ -24,7 +24,6 @@ __all__ = [
     "MAX_POINTER_HOPS",
     "MAX_STEPS",
     "dns_query_names",
-    "dns_tcp_messages",
     "dns_tcp_query_names",
 ]
 
@@ -129,35 +128,12 @@ def _query_names(buf) -> list[str]:
     return names
 
 
-def dns_tcp_messages(stream: bytes | bytearray | memoryview) -> tuple[list[bytes], int]:
-    """Split the start of a DNS-over-TCP byte stream into its complete messages.
-
-    Returns (messages, consumed): `consumed` is the offset of the first byte not yet used, so the
-    caller keeps `stream[consumed:]` (a partial length prefix or message) and calls again once more
-    bytes arrived. Zero-length messages are consumed and dropped. The work is linear in the input.
-    """
-    try:
-        end = len(stream)
-        pos = 0
-        messages: list[bytes] = []
-        while pos + 2 <= end:
-            length = (stream[pos] << 8) | stream[pos + 1]
-            stop = pos + 2 + length
-            if stop > end:
-                break
-            if length:
-                messages.append(bytes(stream[pos + 2 : stop]))
-            pos = stop
-        return messages, pos
-    except Exception:  # pragma: no cover - defensive
-        return [], 0
-
-
 def dns_tcp_query_names(stream: bytes | bytearray | memoryview) -> tuple[list[str], int]:
     """Question names of every complete message at the start of a DNS-over-TCP stream.
 
-    Same `consumed` contract as `dns_tcp_messages`, without materialising the messages: the names
-    are read in place.
+    Returns (names, consumed): `consumed` is the offset of the first byte not yet used, so the
+    caller keeps `stream[consumed:]` (a partial length prefix or message) and calls again once more
+    bytes arrived. The messages are read in place, not copied.
     """
     try:
         end = len(stream)

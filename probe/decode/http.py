@@ -32,7 +32,6 @@ __all__ = [
     "MAX_METHOD_LEN",
     "HttpRequest",
     "http_request_host",
-    "looks_like_http_request",
 ]
 
 NOT_HTTP = 0
@@ -77,18 +76,6 @@ class HttpRequest(NamedTuple):
 _RESULT_NOT_HTTP = HttpRequest(NOT_HTTP, None, False, 0, None)
 _RESULT_NEED_MORE = HttpRequest(NEED_MORE, None, False, 0, None)
 _RESULT_MALFORMED = HttpRequest(MALFORMED, None, False, 0, None)
-
-
-def looks_like_http_request(first_bytes: bytes | bytearray | memoryview) -> bool:
-    """Whether the stream may start with an HTTP/1.x request (True also when too short to tell).
-
-    Lets a flow table stop buffering a stream for HTTP after its first segment.
-    """
-    try:
-        buf = _as_bytes(first_bytes)
-        return _request_line(buf, len(buf))[0] != NOT_HTTP
-    except Exception:  # pragma: no cover - defensive
-        return False
 
 
 def http_request_host(stream: bytes | bytearray | memoryview) -> HttpRequest:

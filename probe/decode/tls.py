@@ -29,7 +29,6 @@ __all__ = [
     "MAX_RECORDS",
     "ClientHello",
     "client_hello_server_name",
-    "looks_like_client_hello",
 ]
 
 NOT_TLS = 0
@@ -73,24 +72,6 @@ class ClientHello(NamedTuple):
 
 _RESULT_NOT_TLS = ClientHello(NOT_TLS, None, 0)
 _RESULT_MALFORMED = ClientHello(MALFORMED, None, 0)
-
-
-def looks_like_client_hello(first_bytes: bytes | bytearray | memoryview) -> bool:
-    """Whether the stream may start with a TLS ClientHello (True also when too short to tell).
-
-    Lets a flow table drop TLS tracking for a stream after its first segment without a full parse.
-    """
-    try:
-        n = len(first_bytes)
-        if n >= 1 and first_bytes[0] != _CONTENT_HANDSHAKE:
-            return False
-        if n >= 2 and first_bytes[1] != 3:
-            return False
-        if n >= 6 and first_bytes[5] != _HS_CLIENT_HELLO:
-            return False
-        return True
-    except Exception:  # pragma: no cover - defensive
-        return False
 
 
 def client_hello_server_name(stream: bytes | bytearray | memoryview) -> ClientHello:
