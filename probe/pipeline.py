@@ -165,20 +165,27 @@ class Pipeline:
         timeouts = self.flows.timeouts
         flows_by_group: list[Flow] = [get(key) for key in groups.keys]  # type: ignore[misc]
         opening = []
-        for group, flow, first_timestamp in zip(range(len(flows_by_group)), flows_by_group, groups.first_timestamps.tolist()):
+        counts, byte_counts, last_seens = groups.counts.tolist(), groups.bytes.tolist(), groups.last_seen.tolist()
+        for group, flow, first_timestamp, count, byte_count, last_seen in zip(range(len(counts)), flows_by_group, groups.first_timestamps.tolist(), counts, byte_counts, last_seens):
             if flow is None or flow.timeout_class == CLASS_CLOSED:
                 opening.append(group)
             elif first_timestamp - flow.last_seen > timeouts[flow.timeout_class]:
                 self._expire(flow)
                 flows_by_group[group] = None  # type: ignore[call-overload]
                 opening.append(group)
+            else:  # counted before any flow is opened, so that eviction never takes a flow active now
+                flow.packets += count
+                flow.bytes += byte_count
+                if last_seen > flow.last_seen:
+                    flow.last_seen = last_seen
         if opening:
             self._open_flows(fast, groups, np.array(opening, dtype=np.int64), flows_by_group)
-        for flow, count, byte_count, last_seen in zip(flows_by_group, groups.counts.tolist(), groups.bytes.tolist(), groups.last_seen.tolist()):
-            flow.packets += count
-            flow.bytes += byte_count
-            if last_seen > flow.last_seen:
-                flow.last_seen = last_seen
+            for group in opening:
+                flow = flows_by_group[group]
+                flow.packets += counts[group]
+                flow.bytes += byte_counts[group]
+                if last_seens[group] > flow.last_seen:
+                    flow.last_seen = last_seens[group]
         buffering = [group for group, flow in enumerate(flows_by_group) if flow.inspect == INSPECT_BUFFERING]
         self._inspect_fast(data, fast, groups, flows_by_group, buffering)
         ending = groups.ending()
