@@ -112,27 +112,26 @@ class Pipeline:
         self._close_ended_flows()
         for flow in self.flows.drain():
             self._end_flow(flow)
+        self.flows.shrink()
 
     def handle_packet(self, packet: Packet) -> None:
         """Account and inspect one packet decoded by the per-frame decoder."""
         proto = packet.proto
         key, src_is_a = canonical_key(packet.src, packet.sport, packet.dst, packet.dport, proto)
-        flow = self.flows.flows.get(key)
+        table = self.flows
+        flow = table.flows.get(key)
         flags = packet.tcp_flags
-        if flow is not None and packet.timestamp - flow.last_seen > self.flows.timeouts[flow.timeout_class]:
+        if flow is not None and table.idle_for(flow, packet.timestamp):
             self._expire(flow)
             flow = None
         if flow is None or (flow.timeout_class == CLASS_CLOSED and flags & (TCP_SYN | TCP_ACK) == TCP_SYN):
             if flow is not None:
-                self.flows.remove(flow)
+                table.remove(flow)
+            for evicted in table.reserve(1):
+                self._end_flow(evicted)
             flow = self._new_flow(key, src_is_a, packet.timestamp, flags, packet.sport, packet.dport, packet.encapsulation, self.index.has_address_markers)
         from_client = src_is_a == flow.client_is_a
-        flow.packets += 1
-        flow.bytes += packet.wirelen
-        if packet.timestamp > flow.last_seen:
-            flow.last_seen = packet.timestamp
-        elif packet.timestamp < flow.first_seen:  # the batch route created the flow from a later packet
-            flow.first_seen = packet.timestamp
+        table.account(flow, packet.wirelen, packet.timestamp)
         if packet.payload:
             self._inspect(flow, proto, from_client, packet.sport, packet.dport, packet.tcp_seq, packet.payload, packet.timestamp, packet.encapsulation)
         if flags & (TCP_FIN | TCP_RST) and proto == PROTO_TCP:
@@ -161,31 +160,25 @@ class Pipeline:
                 return
             groups = group_flows(fast)
         data = batch.data
-        get = self.flows.flows.get
-        timeouts = self.flows.timeouts
+        table = self.flows
+        get = table.flows.get
         flows_by_group: list[Flow] = [get(key) for key in groups.keys]  # type: ignore[misc]
-        opening = []
-        counts, byte_counts, last_seens = groups.counts.tolist(), groups.bytes.tolist(), groups.last_seen.tolist()
-        for group, flow, first_timestamp, count, byte_count, last_seen in zip(range(len(counts)), flows_by_group, groups.first_timestamps.tolist(), counts, byte_counts, last_seens):
-            if flow is None or flow.timeout_class == CLASS_CLOSED:
-                opening.append(group)
-            elif first_timestamp - flow.last_seen > timeouts[flow.timeout_class]:
-                self._expire(flow)
-                flows_by_group[group] = None  # type: ignore[call-overload]
-                opening.append(group)
-            else:  # counted before any flow is opened, so that eviction never takes a flow active now
-                flow.packets += count
-                flow.bytes += byte_count
-                if last_seen > flow.last_seen:
-                    flow.last_seen = last_seen
-        if opening:
-            self._open_flows(fast, groups, np.array(opening, dtype=np.int64), flows_by_group)
-            for group in opening:
-                flow = flows_by_group[group]
-                flow.packets += counts[group]
-                flow.bytes += byte_counts[group]
-                if last_seens[group] > flow.last_seen:
-                    flow.last_seen = last_seens[group]
+        slots = np.array([-1 if flow is None else flow.slot for flow in flows_by_group], dtype=np.int64)
+        known = slots >= 0
+        closed, idle = table.states(np.where(known, slots, 0), groups.first_timestamps)
+        closed &= known
+        idle &= known & ~closed
+        for group in np.flatnonzero(idle).tolist():  # silent past its timeout: that flow ended
+            self._expire(flows_by_group[group])
+            flows_by_group[group] = None  # type: ignore[call-overload]
+        # Flows active in this batch are counted before any is opened, so eviction never takes them.
+        counted = known & ~closed & ~idle
+        table.account_groups(slots[counted], groups.counts[counted], groups.bytes[counted], groups.last_seen[counted])
+        opening = np.flatnonzero(~counted)
+        if len(opening):
+            self._open_flows(fast, groups, opening, flows_by_group)
+            opened = np.array([flows_by_group[group].slot for group in opening.tolist()], dtype=np.int64)
+            table.account_groups(opened, groups.counts[opening], groups.bytes[opening], groups.last_seen[opening])
         buffering = [group for group, flow in enumerate(flows_by_group) if flow.inspect == INSPECT_BUFFERING]
         self._inspect_fast(data, fast, groups, flows_by_group, buffering)
         ending = groups.ending()
@@ -204,12 +197,18 @@ class Pipeline:
             may_hit = [False] * len(opening)
         firsts = fast.columns(groups.first[opening], ("src_is_a", "timestamps", "flags", "sports", "dports", "vlans"))
         keys = groups.keys
+        table = self.flows
+        for evicted in table.reserve(len(opening)):
+            self._end_flow(evicted)
+            for group in opening.tolist():  # an evicted closed flow is no longer there to reopen
+                if flows_by_group[group] is evicted:
+                    flows_by_group[group] = None  # type: ignore[call-overload]
         for group, check_addresses, src_is_a, timestamp, flags, sport, dport, vlan in zip(opening.tolist(), may_hit, *firsts):
             flow = flows_by_group[group]
             if flow is not None:
-                if flags & (TCP_SYN | TCP_ACK) != TCP_SYN and timestamp - flow.last_seen <= self.flows.timeouts[CLASS_CLOSED]:
+                if flags & (TCP_SYN | TCP_ACK) != TCP_SYN and not table.idle_for(flow, timestamp):
                     continue  # late packets of a closed flow
-                self.flows.remove(flow)
+                table.remove(flow)
             flows_by_group[group] = self._new_flow(keys[group], src_is_a, timestamp, flags, sport, dport, vlan_encapsulation(vlan), check_addresses)
 
     def _inspect_fast(self, data: bytes, fast: FastFrames, groups: FlowGroups, flows_by_group: list[Flow], buffering: list[int]) -> None:
@@ -261,9 +260,7 @@ class Pipeline:
             client_is_a = src_is_a if not flags & TCP_ACK else not src_is_a
         else:  # picked up mid-stream: a well-known source port answering a high port is the server
             client_is_a = not src_is_a if sport < 1024 <= dport else src_is_a
-        flow, evicted = self.flows.create(key, client_is_a, timestamp)
-        if evicted is not None:
-            self._end_flow(evicted)
+        flow = self.flows.create(key, client_is_a, timestamp)
         if check_addresses:
             index = self.index
             to_server = src_is_a == client_is_a
@@ -367,5 +364,6 @@ class Pipeline:
         flow.stream = None
         if flow.hits:
             probe = self.config.probe
-            self.writer.write([event_record(flow, self.markers[number], hit, probe) for number, hit in flow.hits.items()])
+            counters = self.flows.counters(flow)
+            self.writer.write([event_record(flow, counters, self.markers[number], hit, probe) for number, hit in flow.hits.items()])
         flow.hits = None

@@ -73,27 +73,38 @@ def test_events_equal_the_generators_ground_truth(mixed: Path) -> None:
 def test_flow_table_evicts_the_longest_idle_flow_when_full() -> None:
     table = FlowTable(FlowsSection(max_flows=3))
     keys = [canonical_key(bytes(15) + bytes((number,)), 1000, bytes(16), 80, 6)[0] for number in range(4)]
-    flows = [table.create(key, True, number * SECOND)[0] for number, key in enumerate(keys[:3])]
-    flows[0].last_seen = 10 * SECOND  # the first flow is active again: the second is now the idlest
-    _, evicted = table.create(keys[3], True, 11 * SECOND)
-    assert evicted is flows[1]
+    flows = [table.create(key, True, number * SECOND) for number, key in enumerate(keys[:3])]
+    table.account(flows[0], 60, 10 * SECOND)  # the first flow is active again: the second is now the idlest
+    assert table.reserve(1) == [flows[1]]
+    table.create(keys[3], True, 11 * SECOND)
     assert table.evicted == 1 and len(table) == 3
+    assert table.counters(flows[0]) == (1, 60, 10 * SECOND)
 
 
 def test_flows_expire_by_their_protocol_timeout() -> None:
     table = FlowTable(FlowsSection(tcp_timeout=300, udp_timeout=60, tcp_closed_timeout=10))
-    tcp = table.create(canonical_key(bytes(16), 1, bytes(15) + b"\x01", 2, 6)[0], True, 0)[0]
-    udp = table.create(canonical_key(bytes(16), 1, bytes(15) + b"\x01", 2, 17)[0], True, 0)[0]
-    closed = table.create(canonical_key(bytes(16), 3, bytes(15) + b"\x01", 4, 6)[0], True, 0)[0]
+    tcp = table.create(canonical_key(bytes(16), 1, bytes(15) + b"\x01", 2, 6)[0], True, 0)
+    udp = table.create(canonical_key(bytes(16), 1, bytes(15) + b"\x01", 2, 17)[0], True, 0)
+    closed = table.create(canonical_key(bytes(16), 3, bytes(15) + b"\x01", 4, 6)[0], True, 0)
     table.close(closed)
     assert closed.timeout_class == CLASS_CLOSED
     assert table.expire(5 * SECOND) == []
     assert table.expire(11 * SECOND) == [closed]
     assert table.expire(61 * SECOND) == [udp]
-    tcp.last_seen = 200 * SECOND  # active since it was queued: requeued, not expired
+    table.account(tcp, 60, 200 * SECOND)
     assert table.expire(301 * SECOND) == []
     assert table.expire(501 * SECOND) == [tcp]
     assert len(table) == 0 and table.expired == 3
+
+
+def test_the_table_grows_and_gives_memory_back() -> None:
+    table = FlowTable(FlowsSection())
+    flows = [table.create(canonical_key(number.to_bytes(16, "big"), 1, bytes(16), 2, 17)[0], True, number) for number in range(5000)]
+    assert len(table) == 5000 and len({flow.slot for flow in flows}) == 5000
+    assert table.drain() == flows and len(table) == 0
+    assert table.counters(flows[-1])[2] == 4999  # still readable until the slots are reused
+    table.shrink()
+    assert table.create(b"k" * 37, True, 1).slot == 0
 
 
 def test_idle_timeout_splits_a_flow_the_same_way_in_any_batching(tmp_path: Path) -> None:

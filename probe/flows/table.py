@@ -1,16 +1,18 @@
 """The flow table: the one owner of per-flow state and of its limits.
 
 A flow is keyed by its canonical 5-tuple (the lower (address, port) side first), so both directions
-reach the same entry. Flows are kept in one OrderedDict per timeout class; a flow is not
-moved when a packet touches it (that would cost every packet), instead expiry and eviction look at
-the oldest entries and requeue those that were active since. Everything a flow holds is released
-when it ends: nothing of a non-matching flow outlives its timeout.
+reach the same entry. What every packet touches (packet and byte counters, last activity, timeout
+class) lives in numpy arrays indexed by the flow's slot, so that a batch's flows are counted, timed
+out and evicted with a handful of vector operations; what only some flows need (a handshake buffer,
+the markers they hit) lives on the `Flow` object. Everything a flow holds is released when it ends:
+nothing of a non-matching flow outlives its timeout.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from probe.config import FlowsSection
 from probe.decode.packet import PROTO_TCP, PROTO_UDP
@@ -29,6 +31,11 @@ INSPECT_DONE = 2
 """The flow is closed: its late packets are counted, never inspected."""
 
 CLASS_TCP, CLASS_UDP, CLASS_OTHER, CLASS_CLOSED = range(4)
+FREE = -1
+INITIAL_SLOTS = 1024
+EVICTION_SHARE = 100
+"""When the table is full, 1/EVICTION_SHARE of it (the longest idle flows) is evicted at once, so
+that a flood of new flows does not pay a full scan each."""
 
 
 def canonical_key(src: bytes, sport: int, dst: bytes, dport: int, proto: int) -> tuple[bytes, bool]:
@@ -43,35 +50,16 @@ def canonical_key(src: bytes, sport: int, dst: bytes, dport: int, proto: int) ->
 class Flow:
     """One bidirectional flow. `client_is_a` says which key side opened it (events' `src`)."""
 
-    __slots__ = (
-        "key",
-        "client_is_a",
-        "first_seen",
-        "last_seen",
-        "queued_at",
-        "packets",
-        "bytes",
-        "timeout_class",
-        "inspect",
-        "stream",
-        "client_isn",
-        "hits",
-        "fin_a",
-        "fin_b",
-    )
+    __slots__ = ("key", "slot", "client_is_a", "first_seen", "timeout_class", "inspect", "stream", "hits", "fin_a", "fin_b")
 
-    def __init__(self, key: bytes, client_is_a: bool, timestamp: int, timeout_class: int) -> None:
+    def __init__(self, key: bytes, slot: int, client_is_a: bool, timestamp: int, timeout_class: int) -> None:
         self.key = key
+        self.slot = slot
         self.client_is_a = client_is_a
         self.first_seen = timestamp
-        self.last_seen = timestamp
-        self.queued_at = timestamp
-        self.packets = 0
-        self.bytes = 0
         self.timeout_class = timeout_class
         self.inspect = INSPECT_WATCH
         self.stream: ClientStream | None = None
-        self.client_isn = -1
         self.hits: dict[int, Hit] | None = None
         self.fin_a = False
         self.fin_b = False
@@ -90,86 +78,136 @@ class Flow:
 
 
 class FlowTable:
-    """Creates, finds, expires and evicts flows within the configured limits."""
+    """Creates, finds, counts, expires and evicts flows within the configured limits."""
 
     def __init__(self, limits: FlowsSection) -> None:
         self.max_flows = limits.max_flows
-        self.timeouts = [
-            int(limits.tcp_timeout * NANOSECONDS),
-            int(limits.udp_timeout * NANOSECONDS),
-            int(limits.other_timeout * NANOSECONDS),
-            int(limits.tcp_closed_timeout * NANOSECONDS),
-        ]
+        self.timeouts = [int(seconds * NANOSECONDS) for seconds in (limits.tcp_timeout, limits.udp_timeout, limits.other_timeout, limits.tcp_closed_timeout)]
+        self._timeout_of_class = np.array(self.timeouts, dtype=np.int64)
         self.flows: dict[bytes, Flow] = {}
-        self._queues: list[OrderedDict[bytes, Flow]] = [OrderedDict() for _ in range(4)]
         self.created = 0
         self.evicted = 0
         self.expired = 0
+        self._allocate(INITIAL_SLOTS)
 
-    def create(self, key: bytes, client_is_a: bool, timestamp: int) -> tuple[Flow, Flow | None]:
-        """Add a flow; when the table is full, the longest-idle flow is evicted and returned so its
-        events can be written."""
-        evicted = self._evict_one() if len(self.flows) >= self.max_flows else None
+    def _allocate(self, size: int) -> None:
+        self._class = np.full(size, FREE, dtype=np.int64)
+        self._last_seen = np.zeros(size, dtype=np.int64)
+        self._packets = np.zeros(size, dtype=np.int64)
+        self._bytes = np.zeros(size, dtype=np.int64)
+        self._slot_flows: list[Flow | None] = [None] * size
+        self._free = list(range(size - 1, -1, -1))
+
+    def _grow(self) -> None:
+        old = len(self._class)
+        for name in ("_class", "_last_seen", "_packets", "_bytes"):
+            array = getattr(self, name)
+            grown = np.full(2 * old, FREE, dtype=np.int64) if name == "_class" else np.zeros(2 * old, dtype=np.int64)
+            grown[:old] = array
+            setattr(self, name, grown)
+        self._slot_flows += [None] * old
+        self._free = list(range(2 * old - 1, old - 1, -1)) + self._free
+
+    def reserve(self, count: int) -> list[Flow]:
+        """Make room for `count` new flows, evicting the longest idle ones if the table would
+        overflow; return the evicted flows so that their events can be written."""
+        excess = len(self.flows) + count - self.max_flows
+        if excess <= 0:
+            return []
+        live = np.flatnonzero(self._class != FREE)
+        victims = min(len(live), max(excess, self.max_flows // EVICTION_SHARE))
+        oldest = live[np.argpartition(self._last_seen[live], victims - 1)[:victims]] if victims < len(live) else live
+        evicted = [self._slot_flows[slot] for slot in oldest.tolist()]
+        for flow in evicted:
+            self.remove(flow)  # type: ignore[arg-type]
+        self.evicted += len(evicted)
+        return evicted  # type: ignore[return-value]
+
+    def create(self, key: bytes, client_is_a: bool, timestamp: int) -> Flow:
+        """Add a flow (the caller has made room with `reserve`)."""
+        if not self._free:
+            self._grow()
+        slot = self._free.pop()
         proto = key[36]
         timeout_class = CLASS_TCP if proto == PROTO_TCP else CLASS_UDP if proto == PROTO_UDP else CLASS_OTHER
-        flow = Flow(key, client_is_a, timestamp, timeout_class)
+        flow = Flow(key, slot, client_is_a, timestamp, timeout_class)
         self.flows[key] = flow
-        self._queues[timeout_class][key] = flow
+        self._slot_flows[slot] = flow
+        self._class[slot] = timeout_class
+        self._last_seen[slot] = timestamp
+        self._packets[slot] = 0
+        self._bytes[slot] = 0
         self.created += 1
-        return flow, evicted
+        return flow
+
+    def account(self, flow: Flow, wirelen: int, timestamp: int) -> None:
+        """Count one packet (the per-frame route)."""
+        slot = flow.slot
+        self._packets[slot] += 1
+        self._bytes[slot] += wirelen
+        if timestamp > self._last_seen[slot]:
+            self._last_seen[slot] = timestamp
+        elif timestamp < flow.first_seen:  # the batch route created the flow from a later packet
+            flow.first_seen = timestamp
+
+    def account_groups(self, slots: np.ndarray, packets: np.ndarray, byte_counts: np.ndarray, last_seen: np.ndarray) -> None:
+        """Count a batch's packets of distinct flows at once."""
+        self._packets[slots] += packets
+        self._bytes[slots] += byte_counts
+        self._last_seen[slots] = np.maximum(self._last_seen[slots], last_seen)
+
+    def idle_for(self, flow: Flow, timestamp: int) -> bool:
+        """Whether a packet at `timestamp` comes after the flow's idle timeout (it ended before)."""
+        return timestamp - int(self._last_seen[flow.slot]) > self.timeouts[flow.timeout_class]
+
+    def states(self, slots: np.ndarray, first_timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For the flows in `slots`: (closed, idle past their timeout at `first_timestamps`)."""
+        classes = self._class[slots]
+        return classes == CLASS_CLOSED, first_timestamps - self._last_seen[slots] > self._timeout_of_class[classes]
+
+    def counters(self, flow: Flow) -> tuple[int, int, int]:
+        """(packets, bytes, last seen) of a flow."""
+        slot = flow.slot
+        return int(self._packets[slot]), int(self._bytes[slot]), int(self._last_seen[slot])
 
     def close(self, flow: Flow) -> None:
         """A TCP flow ended by FIN or RST is kept briefly, so that its last ACKs and retransmissions
         do not open a second flow with the same key."""
-        del self._queues[flow.timeout_class][flow.key]
         flow.timeout_class = CLASS_CLOSED
-        flow.queued_at = flow.last_seen
-        self._queues[CLASS_CLOSED][flow.key] = flow
+        self._class[flow.slot] = CLASS_CLOSED
         flow.stream = None
         flow.inspect = INSPECT_DONE
 
     def remove(self, flow: Flow) -> None:
+        """Forget a flow; its counters stay readable until its slot is reused."""
         del self.flows[flow.key]
-        del self._queues[flow.timeout_class][flow.key]
+        slot = flow.slot
+        self._class[slot] = FREE
+        self._slot_flows[slot] = None
+        self._free.append(slot)
 
     def expire(self, now: int) -> list[Flow]:
         """Remove and return the flows idle for longer than their class's timeout."""
-        ended = []
-        for timeout_class, queue in enumerate(self._queues):
-            limit = now - self.timeouts[timeout_class]
-            while queue:
-                key, flow = next(iter(queue.items()))
-                if flow.queued_at > limit:
-                    break
-                if flow.last_seen > limit:
-                    flow.queued_at = flow.last_seen
-                    queue.move_to_end(key)
-                else:
-                    del queue[key]
-                    del self.flows[key]
-                    self.expired += 1
-                    ended.append(flow)
-        return ended
+        live = self._class != FREE
+        idle = np.flatnonzero(live & (now - self._last_seen > self._timeout_of_class[np.where(live, self._class, 0)]))
+        ended = [self._slot_flows[slot] for slot in idle.tolist()]
+        for flow in ended:
+            self.remove(flow)  # type: ignore[arg-type]
+        self.expired += len(ended)
+        return ended  # type: ignore[return-value]
 
     def drain(self) -> list[Flow]:
-        """Remove and return every flow (end of input)."""
+        """Remove and return every flow (end of input). As after any removal, a flow's counters stay
+        readable until its slot is reused; `shrink` then gives the memory back."""
         ended = list(self.flows.values())
-        self.flows = {}
-        self._queues = [OrderedDict() for _ in range(4)]
+        for flow in ended:
+            self.remove(flow)
         return ended
 
-    def _evict_one(self) -> Flow:
-        while True:
-            oldest = min((queue for queue in self._queues if queue), key=lambda queue: next(iter(queue.values())).queued_at)
-            key, flow = next(iter(oldest.items()))
-            if flow.last_seen > flow.queued_at:
-                flow.queued_at = flow.last_seen
-                oldest.move_to_end(key)
-                continue
-            del oldest[key]
-            del self.flows[key]
-            self.evicted += 1
-            return flow
+    def shrink(self) -> None:
+        """Return the slot arrays to their first size once the table is empty."""
+        if not self.flows:
+            self._allocate(INITIAL_SLOTS)
 
     def __len__(self) -> int:
         return len(self.flows)

@@ -49,8 +49,10 @@ def event_id(marker: Marker, flow: Flow) -> str:
     return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
 
 
-def event_record(flow: Flow, marker: Marker, hit: Hit, probe: ProbeSection) -> dict:
+def event_record(flow: Flow, counters: tuple[int, int, int], marker: Marker, hit: Hit, probe: ProbeSection) -> dict:
+    """`counters`: the flow's (packets, bytes, last seen) from the flow table."""
     client, client_port, server, server_port = flow.endpoints()
+    packets, byte_count, last_seen = counters
     return {
         "event_id": event_id(marker, flow),
         "timestamp": rfc3339(hit.timestamp),
@@ -67,9 +69,9 @@ def event_record(flow: Flow, marker: Marker, hit: Hit, probe: ProbeSection) -> d
         "marker": {"id": marker.id, "type": marker.type, "value": marker.value, "bundle": marker.bundle, "bundle_version": marker.bundle_version},
         "encapsulation": hit.encapsulation,
         "first_seen": rfc3339(flow.first_seen),
-        "last_seen": rfc3339(flow.last_seen),
-        "packets": flow.packets,
-        "bytes": flow.bytes,
+        "last_seen": rfc3339(last_seen),
+        "packets": packets,
+        "bytes": byte_count,
         "hits": hit.count,
         "probe": {"name": probe.name, "site": probe.site},
     }
