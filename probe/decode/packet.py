@@ -7,6 +7,7 @@ share one key layout, one flow table and one address index.
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 IPV4_MAPPED_PREFIX = b"\0" * 10 + b"\xff\xff"
 
@@ -69,7 +70,7 @@ def address_text(address: bytes) -> str:
 
 def address_key(text: str) -> bytes:
     """16-byte flow address of an IPv4 or IPv6 address in text form."""
-    parsed = ipaddress.ip_address(text)
-    if parsed.version == 4:
-        return IPV4_MAPPED_PREFIX + parsed.packed
-    return parsed.packed
+    try:
+        return IPV4_MAPPED_PREFIX + socket.inet_pton(socket.AF_INET, text)
+    except OSError:
+        return socket.inet_pton(socket.AF_INET6, text)

@@ -31,9 +31,7 @@ def name_hashes(names: list[str]) -> np.ndarray:
     any of its parents."""
     encoded = [name.encode("utf-8", "surrogateescape") for name in names]
     encoded = [name for name in encoded if len(name) <= NAME_COLUMNS]
-    matrix = np.zeros((len(encoded), NAME_COLUMNS), dtype=np.uint8)
-    for row, name in enumerate(encoded):
-        matrix[row, : len(name)] = np.frombuffer(name, dtype=np.uint8)
+    matrix = np.frombuffer(b"".join(name.ljust(NAME_COLUMNS, b"\0") for name in encoded), dtype=np.uint8).reshape(-1, NAME_COLUMNS)
     lengths = np.array([len(name) for name in encoded], dtype=np.int64)
     prefix = np.cumsum(matrix.astype(np.uint64) * _POWERS, axis=1)
     return np.unique(prefix[np.arange(len(encoded)), np.maximum(lengths - 1, 0)])
