@@ -17,7 +17,7 @@ import numpy as np
 from probe.capture.frames import FrameBatch
 from probe.config import Config
 from probe.decode import dns, http, tls
-from probe.decode.batch import DNS_PORTS, HTTP_METHOD_PREFIXES, MIN_CLASSIFIED_PAYLOAD, FastFrames, FlowGroups, classify_batch, group_flows
+from probe.decode.batch import DNS_PORTS, HTTP_METHOD_PREFIXES, MIN_CLASSIFIED_PAYLOAD, FastFrames, FlowGroups, classify_batch
 from probe.decode.fragments import FragmentReassembler
 from probe.decode.frame import FrameDecoder
 from probe.decode.packet import PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Packet
@@ -150,7 +150,7 @@ class Pipeline:
 
     def _fast_packets(self, batch: FrameBatch, fast: FastFrames) -> None:
         """Account the classifier's packets per flow, then inspect the few that need it."""
-        groups = group_flows(fast)
+        groups = FlowGroups(fast)
         straddling = np.flatnonzero(groups.longest_gap > self._gap_limits[groups.protos])
         if len(straddling):  # a flow idle past its timeout inside the batch ends there: exactly, per frame
             packets = np.sort(np.concatenate([groups.packets_of(group) for group in straddling.tolist()]))
@@ -158,7 +158,7 @@ class Pipeline:
             fast = fast.without(packets)
             if not fast.count:
                 return
-            groups = group_flows(fast)
+            groups = FlowGroups(fast)
         data = batch.data
         table = self.flows
         get = table.flows.get

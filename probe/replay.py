@@ -94,7 +94,7 @@ def write_summary(result: ReplayResult, stream: IO[str] = sys.stderr) -> None:
         f"decode errors: {sum(decoder.malformed.values())}" + (" (" + ", ".join(f"{kind} {count}" for kind, count in sorted(decoder.malformed.items())) + ")" if decoder.malformed else ""),
         f"truncated packets: {decoder.truncated}  non-IP frames: {decoder.not_ip}" + (f"  unsupported link types: {dict(decoder.unsupported_linktypes)}" if decoder.unsupported_linktypes else ""),
         f"fragments: {reassembler.reassembled} datagrams reassembled, {reassembler.timed_out} incomplete, {reassembler.overlaps} dropped for overlap, {reassembler.dropped} dropped at limits",
-        f"flows: {flows.created} created, {flows.evicted} evicted, {pipeline.handshake_overflows} handshake buffers overflowed",
+        f"flows: {flows.created} created, {flows.expired} ended by idle timeout, {flows.evicted} evicted, {pipeline.handshake_overflows} handshake buffers overflowed",
         f"markers: {len(pipeline.markers)} loaded from {len(result.marker_files)} file(s)",
         f"events: {result.writer.written}" + (" (" + ", ".join(f"{kind} {count}" for kind, count in sorted(result.writer.by_marker_type.items())) + ")" if result.writer.written else ""),
         f"elapsed: {result.elapsed:.2f} s  ({rate:,.0f} packets/s, {pipeline.bytes * 8 / result.elapsed / 1e6 if result.elapsed else 0:,.1f} Mbit/s)",

@@ -367,7 +367,7 @@ def test_max_flows_evicts(tmp_path: Path, capture: Path, bundle_a: Path):
     config = write_config(tmp_path / "probe.toml", "[flows]\nmax_flows = 2\n")
     result = run_probe("replay", capture, "--markers", bundle_a, "--config", config)
     assert result.returncode == 0, result.stderr
-    assert summary_line(result.stderr, "flows: ").startswith("probe: flows: 5 created, 3 evicted,")
+    assert summary_line(result.stderr, "flows: ").startswith("probe: flows: 5 created, 0 ended by idle timeout, 3 evicted,")
     events = events_of(result.stdout)
     assert len(events) == 5  # an evicted flow's events are written, not lost
     assert {event["dest_ip"] for event in events} == {f"203.0.113.{n}" for n in range(1, 6)}
@@ -377,7 +377,7 @@ def test_max_flows_evicts(tmp_path: Path, capture: Path, bundle_a: Path):
 def test_default_max_flows_evicts_nothing(capture: Path, bundle_a: Path):
     result = run_probe("replay", capture, "--markers", bundle_a)
     assert result.returncode == 0, result.stderr
-    assert summary_line(result.stderr, "flows: ").startswith("probe: flows: 5 created, 0 evicted,")
+    assert summary_line(result.stderr, "flows: ").startswith("probe: flows: 5 created, 0 ended by idle timeout, 0 evicted,")
 
 
 def split_http_request(tmp_path: Path) -> Path:

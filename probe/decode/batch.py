@@ -329,6 +329,3 @@ def _key_hashes(keys: np.ndarray) -> np.ndarray:
         mixed = lanes * _HASH_MULTIPLIERS
         return np.bitwise_xor.reduce(mixed ^ (mixed >> np.uint64(29)), axis=1)
 
-
-def group_flows(frames: FastFrames) -> FlowGroups:
-    return FlowGroups(frames)

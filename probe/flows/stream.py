@@ -46,7 +46,3 @@ class ClientStream:
         if len(self.data) > self.limit:
             self.data = self.data[: self.limit]
         return True
-
-    def skip(self, count: int) -> None:
-        """Forget the first `count` bytes (a parsed CONNECT request or DNS message)."""
-        self.data = self.data[count:]
