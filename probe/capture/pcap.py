@@ -7,6 +7,7 @@ touching several fields per packet cannot keep up with the probe's target packet
 
 from __future__ import annotations
 
+import mmap
 import struct
 
 import numpy as np
@@ -50,18 +51,20 @@ class PcapParser:
         self.need = RECORD_HEADER_SIZE
         """Size of the first record not completely in the last buffer parsed (header size if unknown)."""
 
-    def parse(self, buf: bytes, base: int) -> tuple[FrameBatch | None, int, CaptureError | None]:
-        """Return the batch of complete records in `buf`, how many bytes they span, and the
-        corruption that stopped the walk, if any (`base` is `buf`'s offset in the stream)."""
+    def parse(self, buf: bytes | mmap.mmap, base: int, start: int = 0, stop: int | None = None) -> tuple[FrameBatch | None, int, CaptureError | None]:
+        """Return the batch of complete records in `buf[start:stop]` (a record boundary at
+        `start`), how many bytes they span, and the corruption that stopped the walk, if any
+        (`base` is `buf`'s offset in the stream). Frame offsets index `buf` itself, so a mapped
+        file is never copied."""
         # The walk tracks each record's caplen field rather than its start, which saves an addition
         # per record; an unpack running off the buffer's end ends the walk instead of a bounds test
         # per record.
-        end = len(buf)
+        end = len(buf) if stop is None else stop
         past_end = end + CAPLEN_FIELD
         caplen_at = self._caplen_at
         caplen_fields: list[int] = []
         append = caplen_fields.append
-        field = CAPLEN_FIELD
+        field = start + CAPLEN_FIELD
         try:
             while True:
                 next_field = field + RECORD_HEADER_SIZE + caplen_at(buf, field)[0]
@@ -106,7 +109,7 @@ class PcapParser:
             timestamps=seconds * 1_000_000_000 + fractions * self._fraction_ns,
             linktypes=np.full(len(starts), self._linktype, dtype=np.int64),
         )
-        return batch, pos, error
+        return batch, pos - start, error
 
     def cut_short(self, tail: bytes) -> str:
         """Describe a stream that ended inside the record `tail` starts."""

@@ -8,6 +8,8 @@ at its end starts the next chunk.
 from __future__ import annotations
 
 import gzip
+import io
+import mmap
 import os
 import select
 import sys
@@ -116,6 +118,7 @@ class CaptureReader:
         self.path = path
         self._file = file
         self._stream: BinaryIO | _Prepended | _GzipStream = file
+        self._map: mmap.mmap | None = None
         seekable = file.seekable()
         start_position = file.tell() if seekable else 0
         start = self._read(len(GZIP_MAGIC), 0)
@@ -137,6 +140,7 @@ class CaptureReader:
             self._parser: pcap.PcapParser | pcapng.PcapngParser = pcap.PcapParser(path, header)
             self._pending = b""
             self._offset = pcap.HEADER_SIZE
+            self._map = self._map_file() if self._rereads else None
         elif magic == pcapng.MAGIC:
             self.format = "pcapng"
             header = magic + self._read_exact(pcapng.HEADER_SIZE - len(magic))
@@ -148,7 +152,39 @@ class CaptureReader:
             self._check_header(magic, 4)
             raise CaptureError(path, 0, f"not a pcap or pcapng capture (magic {magic.hex()})")
 
+    def _map_file(self) -> mmap.mmap | None:
+        """A regular file is mapped rather than read: its frames are then never copied."""
+        try:
+            return mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError, io.UnsupportedOperation):
+            return None
+
+    def _mapped_batches(self, data: mmap.mmap) -> Iterator[FrameBatch]:
+        """Batches of a mapped file. Pages behind the last batch are handed back to the kernel
+        once it is processed, so the process holds about one chunk of the file at a time (a batch
+        kept longer still reads correctly: its pages come back from the page cache)."""
+        parser = self._parser
+        offset, size = self._offset, len(data)
+        released = 0
+        while offset < size:
+            stop = min(size, offset + max(CHUNK_SIZE, parser.need))
+            batch, consumed, error = parser.parse(data, 0, offset, stop)  # type: ignore[call-arg]
+            if batch is not None:
+                yield batch
+            if error is not None:
+                raise error
+            if not consumed and stop == size:
+                raise CaptureError(self.path, offset, parser.cut_short(data[offset:size]))
+            offset += consumed
+            behind = offset - offset % mmap.PAGESIZE
+            if behind > released:
+                data.madvise(mmap.MADV_DONTNEED, released, behind - released)
+                released = behind
+
     def __iter__(self) -> Iterator[FrameBatch]:
+        if self._map is not None:
+            yield from self._mapped_batches(self._map)
+            return
         parser = self._parser
         pending, offset = self._pending, self._offset
         while True:
@@ -166,6 +202,7 @@ class CaptureReader:
             offset += consumed
 
     def close(self) -> None:
+        self._map = None  # batches still in use keep the mapping alive; it goes with the last of them
         if self.path != STDIN_PATH:
             self._file.close()
 

@@ -186,7 +186,7 @@ def client_hello_server_names(buffer: np.ndarray, offsets: np.ndarray, lengths: 
 
 
 def classify_batch(batch: FrameBatch) -> FastFrames:
-    data = batch.data if len(batch.data) >= HEADER_REACH else batch.data.ljust(HEADER_REACH, b"\0")
+    data = batch.data if len(batch.data) >= HEADER_REACH else bytes(batch.data).ljust(HEADER_REACH, b"\0")
     buffer = np.frombuffer(data, dtype=np.uint8)
     start = batch.offsets
     end = start + batch.caplens
