@@ -294,6 +294,7 @@ def main() -> int:
     parser.add_argument("--skip-baselines", action="store_true", help="do not run tcpdump and tshark")
     parser.add_argument("--regenerate", action="store_true", help="generate the capture even if a matching one exists")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help=f"seconds allowed to each process (default: {DEFAULT_TIMEOUT:.0f})")
+    parser.add_argument("--runs", type=int, default=3, help="probe runs; the median wall time is reported, the largest peak memory (default: 3)")
     parser.add_argument("--probe", metavar="PATH", help="probe executable (default: `probe` next to the Python interpreter, else on PATH)")
     args = parser.parse_args()
 
@@ -309,8 +310,11 @@ def main() -> int:
     events_path.unlink(missing_ok=True)
     command = [find_probe(args.probe), "replay", str(out / "mixed.pcap"), "--markers", str(out / "markers.json"), "--events", str(events_path)]
     floor = measurement_floor()
-    print(f"\n$ {' '.join(command)}", flush=True)
-    probe = run_measured(command, args.timeout)
+    print(f"\n$ {' '.join(command)}   (x{args.runs})", flush=True)
+    runs = [run_measured(command, args.timeout) for _ in range(max(1, args.runs))]
+    probe = next((run for run in runs if not run.ok), sorted(runs, key=lambda run: run.wall)[len(runs) // 2])
+    probe.maxrss_kib = max(run.maxrss_kib for run in runs)
+    print(f"probe wall times: {', '.join(f'{run.wall:.2f} s' for run in runs)}; the median run's summary:")
     print(probe.stderr.rstrip() or "(nothing on stderr)")
     failed = False
     events_found: int | None = None
