@@ -292,9 +292,9 @@ def test_pcapng_written_by_scapy(tmp_path: Path) -> None:
     from scapy.utils import PcapNgWriter
 
     packets = [
-        Ether() / IP() / TCP(),
+        Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP() / TCP(),
         CookedLinux() / IP() / TCP(dport=443),
-        Ether() / IP() / TCP(dport=80) / b"GET / HTTP/1.1\r\n\r\n",
+        Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP() / TCP(dport=80) / b"GET / HTTP/1.1\r\n\r\n",
     ]
     for index, packet in enumerate(packets):
         packet.time = Decimal(EPOCH + index) + Decimal("0.25")

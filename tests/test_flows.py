@@ -112,7 +112,7 @@ def test_idle_timeout_splits_a_flow_the_same_way_in_any_batching(tmp_path: Path)
     arrive in one batch or two."""
     from scapy.all import IP, UDP, Ether, Raw, wrpcap
 
-    packets = [Ether() / IP(src="192.0.2.1", dst="198.51.100.9") / UDP(sport=4000, dport=9999) / Raw(b"x" * 10) for _ in range(2)]
+    packets = [Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="192.0.2.1", dst="198.51.100.9") / UDP(sport=4000, dport=9999) / Raw(b"x" * 10) for _ in range(2)]
     packets[0].time, packets[1].time = 1_700_000_000, 1_700_000_090
     wrpcap(str(tmp_path / "gap.pcap"), packets)
     (tmp_path / "m.json").write_text(json.dumps({"id": "t", "markers": [{"id": "m", "type": "ipv4", "value": "198.51.100.9"}]}))
