@@ -69,9 +69,7 @@ class MarkerIndex:
         value = addresses[:, 12:16].astype(np.int64)
         value = (value[:, 0] << 24) | (value[:, 1] << 16) | (value[:, 2] << 8) | value[:, 3]
         candidates = np.zeros(len(addresses), dtype=bool)
-        if len(self._ipv4_values):
-            position = np.minimum(np.searchsorted(self._ipv4_values, value), len(self._ipv4_values) - 1)
-            candidates |= self._ipv4_values[position] == value
+        candidates |= sorted_contains(self._ipv4_values, value)
         if len(self._ipv4_range_starts):
             position = np.searchsorted(self._ipv4_range_starts, value, side="right") - 1
             candidates |= (position >= 0) & (value < self._ipv4_range_ends[np.maximum(position, 0)])
@@ -111,6 +109,14 @@ class MarkerIndex:
                 hits += found
             position = name.find(".", position + 1)
         return hits
+
+
+def sorted_contains(sorted_values: np.ndarray, probes: np.ndarray) -> np.ndarray:
+    """Whether each probe is in a sorted array: one binary search per probe."""
+    if not len(sorted_values) or not len(probes):
+        return np.zeros(len(probes), dtype=bool)
+    position = np.minimum(np.searchsorted(sorted_values, probes), len(sorted_values) - 1)
+    return sorted_values[position] == probes
 
 
 def _flatten(networks: list[tuple[int, int, int]]) -> tuple[list[int], list[tuple[int, ...]]]:

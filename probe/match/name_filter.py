@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from probe.match.index import MarkerIndex
+from probe.match.index import MarkerIndex, sorted_contains
 
 NAME_COLUMNS = 64
 """Names longer than this take the exact path."""
@@ -58,19 +58,13 @@ class NameFilter:
         unjudged = (lengths <= 0) | (lengths > NAME_COLUMNS) | (text >= 0x80).any(axis=1) | (text[np.arange(count), np.clip(lengths - 1, 0, NAME_COLUMNS - 1)] == _DOT)
         prefix = np.cumsum(text.astype(np.uint64) * _POWERS, axis=1)
         whole = prefix[np.arange(count), np.clip(lengths - 1, 0, NAME_COLUMNS - 1)]
-        hit = _contains(self._names, whole)
+        hit = sorted_contains(self._names, whole)
         if len(self._parents):
             # A parent starts after each dot: hash(name[j:]) = (whole - prefix[j-1]) / BASE**j.
             dots = (text[:, :-1] == _DOT) & inside[:, 1:]
             rows, starts = np.nonzero(dots)
             starts += 1
             parents = (whole[rows] - prefix[rows, starts - 1]) * _INVERSE_POWERS[starts]
-            hit[rows[_contains(self._parents, parents)]] = True
+            hit[rows[sorted_contains(self._parents, parents)]] = True
         return hit | unjudged
 
-
-def _contains(sorted_values: np.ndarray, probes: np.ndarray) -> np.ndarray:
-    if not len(probes):
-        return np.zeros(0, dtype=bool)
-    position = np.minimum(np.searchsorted(sorted_values, probes), len(sorted_values) - 1)
-    return sorted_values[position] == probes
