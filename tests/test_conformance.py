@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import probe.decode.batch
 import probe.pipeline
 from probe.config import Config
 from probe.decode.batch import FastFrames
@@ -120,3 +121,17 @@ def test_batch_classifier_and_per_frame_decoder_agree(tmp_path: Path, monkeypatc
     per_frame = _events(captures, tmp_path / "planted.json")
     assert len(batched) > 100
     assert batched == per_frame
+
+
+def test_grouping_stays_exact_when_flow_hashes_collide(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flows are grouped by a 64-bit hash of their key; were every key to collide, the grouping
+    falls back to sorting the keys themselves and the events must not change."""
+    captures = [capture for capture in shared_captures() if not truth_of(capture).get("tshark_rc")]
+    truth = {"dns_qnames": [], "tls_sni": [], "http_hosts": [], "inner_ipv4": [], "inner_ipv6": []}
+    for capture in captures:
+        for key in truth:
+            truth[key] += truth_of(capture)[key]
+    _planted_bundle(truth, tmp_path / "planted.json")
+    normal = _events(captures, tmp_path / "planted.json")
+    monkeypatch.setattr(probe.decode.batch, "_lane_hashes", lambda lanes: np.zeros(len(lanes), dtype=np.uint64))
+    assert _events(captures, tmp_path / "planted.json") == normal

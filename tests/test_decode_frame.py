@@ -23,7 +23,7 @@ from scapy.layers.l2 import ARP, CookedLinux, Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
 
 from probe.capture.frames import FrameBatch
-from probe.decode.batch import HEADER_REACH, KEY_BYTES, classify_batch
+from probe.decode.batch import HEADER_REACH, KEY_BYTES, classify_batch, flow_keys
 from probe.decode.fragments import FragmentReassembler
 from probe.decode.frame import FrameDecoder
 from probe.decode.packet import Packet, address_text
@@ -1160,9 +1160,10 @@ def fast_results(batch: FrameBatch) -> tuple[set[int], dict[int, tuple]]:
     results = {}
     if not fast.count:
         return others, results
-    assert fast.keys.shape == (fast.count, KEY_BYTES)
+    keys = flow_keys(fast.lanes)
+    assert keys.itemsize == KEY_BYTES and len(keys) == fast.count
     for row, index in enumerate(fast_indices):
-        key = fast.keys[row].tobytes()
+        key = keys[row].tobytes()
         side_a = (key[0:16], int.from_bytes(key[16:18], "big"))
         side_b = (key[18:34], int.from_bytes(key[34:36], "big"))
         (src, sport), (dst, dport) = (side_a, side_b) if fast.src_is_a[row] else (side_b, side_a)

@@ -34,16 +34,17 @@ MAX_LABELS_WALKED = 10
 MIN_CLASSIFIED_PAYLOAD = 6
 """Shorter client segments are always inspected: a ClientHello or request sent a few bytes per
 segment must not slip past the prefix test."""
-_IPV4_MAPPED = np.array([0] * 10 + [0xFF, 0xFF], dtype=np.uint8)
-_RANGE = {width: np.arange(width) for width in (2, 4, 16)}
-
-
-def _gather(buffer: np.ndarray, positions: np.ndarray, width: int) -> np.ndarray:
-    return buffer[positions[:, None] + _RANGE[width]]
+_IPV4_MAPPED_LOW = np.uint64(0xFFFF_0000_0000)
+"""Low half of ::ffff:0.0.0.0, to which an IPv4 address is added."""
+_EIGHT_BYTES = np.arange(8)
 
 
 def _u16(buffer: np.ndarray, positions: np.ndarray) -> np.ndarray:
     return (buffer[positions].astype(np.int64) << 8) | buffer[positions + 1]
+
+
+def _u64(buffer: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(buffer[positions[:, None] + _EIGHT_BYTES]).view(">u8").ravel().astype(np.uint64)
 
 
 def _u32(buffer: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -54,7 +55,7 @@ class FastFrames:
     """The classified frames of one batch, as parallel arrays, plus the frames left to the
     per-frame decoder (`others`, indices into the batch)."""
 
-    ARRAYS = ("frames", "timestamps", "wirelens", "protos", "sports", "dports", "vlans", "flags", "seqs", "payload_offsets", "payload_lengths", "first_words", "sixth_bytes", "src_is_a", "keys")
+    ARRAYS = ("frames", "timestamps", "wirelens", "protos", "sports", "dports", "vlans", "flags", "seqs", "payload_offsets", "payload_lengths", "first_words", "sixth_bytes", "src_is_a", "lanes")
 
     def __init__(self, others: np.ndarray) -> None:
         self.others = others
@@ -237,29 +238,27 @@ def classify_batch(batch: FrameBatch) -> FastFrames:
     frames.first_words = np.where(classified, _u32(buffer, first_byte), -1)
     frames.sixth_bytes = np.where(classified, buffer[first_byte + 5], -1)
 
+    # Addresses as two big-endian 64-bit halves (IPv4 mapped into ::ffff:0:0/96), so that the
+    # canonical order of the two sides and the grouping work on integers, not on byte strings.
     count = frames.count
-    source = np.empty((count, 18), dtype=np.uint8)
-    destination = np.empty((count, 18), dtype=np.uint8)
+    source_high, source_low = np.zeros(count, dtype=np.uint64), np.zeros(count, dtype=np.uint64)
+    destination_high, destination_low = np.zeros(count, dtype=np.uint64), np.zeros(count, dtype=np.uint64)
     v4 = np.flatnonzero(ipv4)
     v6 = np.flatnonzero(~ipv4)
-    source[v4, :12] = _IPV4_MAPPED
-    destination[v4, :12] = _IPV4_MAPPED
-    source[v4, 12:16] = _gather(buffer, l3[v4] + 12, 4)
-    destination[v4, 12:16] = _gather(buffer, l3[v4] + 16, 4)
-    source[v6, :16] = _gather(buffer, l3[v6] + 8, 16)
-    destination[v6, :16] = _gather(buffer, l3[v6] + 24, 16)
-    source[:, 16:18] = _gather(buffer, l4, 2)
-    destination[:, 16:18] = _gather(buffer, l4 + 2, 2)
-    differs = source != destination
-    first_difference = differs.argmax(axis=1)
-    rows = np.arange(count)
-    src_is_a = (source[rows, first_difference] < destination[rows, first_difference]) | ~differs.any(axis=1)
-    keys = np.empty((count, KEY_BYTES), dtype=np.uint8)
-    keys[:, :18] = np.where(src_is_a[:, None], source, destination)
-    keys[:, 18:36] = np.where(src_is_a[:, None], destination, source)
-    keys[:, 36] = frames.protos
+    source_low[v4] = _IPV4_MAPPED_LOW | _u32(buffer, l3[v4] + 12).astype(np.uint64)
+    destination_low[v4] = _IPV4_MAPPED_LOW | _u32(buffer, l3[v4] + 16).astype(np.uint64)
+    source_high[v6], source_low[v6] = _u64(buffer, l3[v6] + 8), _u64(buffer, l3[v6] + 16)
+    destination_high[v6], destination_low[v6] = _u64(buffer, l3[v6] + 24), _u64(buffer, l3[v6] + 32)
+    sports, dports = frames.sports, frames.dports
+    src_is_a = (source_high < destination_high) | ((source_high == destination_high) & ((source_low < destination_low) | ((source_low == destination_low) & (sports <= dports))))
+    lanes = np.empty((count, 5), dtype=np.uint64)
+    lanes[:, 0] = np.where(src_is_a, source_high, destination_high)
+    lanes[:, 1] = np.where(src_is_a, source_low, destination_low)
+    lanes[:, 2] = np.where(src_is_a, destination_high, source_high)
+    lanes[:, 3] = np.where(src_is_a, destination_low, source_low)
+    lanes[:, 4] = ((np.where(src_is_a, sports, dports) << 24) | (np.where(src_is_a, dports, sports) << 8) | frames.protos).astype(np.uint64)
     frames.src_is_a = src_is_a
-    frames.keys = keys
+    frames.lanes = lanes
     return frames
 
 
@@ -269,18 +268,18 @@ class FlowGroups:
     def __init__(self, frames: FastFrames) -> None:
         """One stable sort of the keys' hashes gives everything: groups, each group's packets in
         capture order, and per-group sums and extremes as reductions over contiguous runs."""
-        keys = frames.keys
-        hashes = _key_hashes(keys)
+        lanes = frames.lanes
+        hashes = _lane_hashes(lanes)
         order = np.argsort(hashes, kind="stable")
-        sorted_keys = keys[order]
+        sorted_lanes = lanes[order]
         new_group = np.empty(len(order), dtype=bool)
         new_group[0] = True
-        np.any(sorted_keys[1:] != sorted_keys[:-1], axis=1, out=new_group[1:])
+        np.any(sorted_lanes[1:] != sorted_lanes[:-1], axis=1, out=new_group[1:])
         sorted_hashes = hashes[order]
         if (new_group[1:] & (sorted_hashes[1:] == sorted_hashes[:-1])).any():  # two keys share a hash
-            order = np.argsort(np.ascontiguousarray(keys).view(np.dtype((np.void, KEY_BYTES))).ravel(), kind="stable")
-            sorted_keys = keys[order]
-            np.any(sorted_keys[1:] != sorted_keys[:-1], axis=1, out=new_group[1:])
+            order = np.lexsort(lanes.T[::-1])
+            sorted_lanes = lanes[order]
+            np.any(sorted_lanes[1:] != sorted_lanes[:-1], axis=1, out=new_group[1:])
         starts = np.flatnonzero(new_group)
         self._order = order
         self._starts = np.append(starts, len(order))
@@ -288,8 +287,9 @@ class FlowGroups:
         self.first = order[starts]
         self.inverse = np.empty(len(order), dtype=np.int64)
         self.inverse[order] = np.cumsum(new_group) - 1
-        self.key_matrix = sorted_keys[starts]
-        raw = self.key_matrix.tobytes()
+        records = flow_keys(sorted_lanes[starts])
+        self.key_matrix = records.view(np.uint8).reshape(-1, KEY_BYTES)
+        raw = records.tobytes()
         self.keys = [raw[position : position + KEY_BYTES] for position in range(0, len(raw), KEY_BYTES)]
         timestamps = frames.timestamps[order]
         self.bytes = np.add.reduceat(frames.wirelens[order], starts)
@@ -317,15 +317,25 @@ class FlowGroups:
 
 
 _HASH_MULTIPLIERS = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD], dtype=np.uint64)
+KEY_RECORD = np.dtype([("a_high", ">u8"), ("a_low", ">u8"), ("a_port", ">u2"), ("b_high", ">u8"), ("b_low", ">u8"), ("b_port", ">u2"), ("proto", "u1")])
+"""The flow key's byte layout (as `probe.flows.table.canonical_key` builds it), as a record."""
 
 
-def _key_hashes(keys: np.ndarray) -> np.ndarray:
-    """64-bit hash of each 37-byte key: sorting these is far cheaper than sorting the keys (the
-    caller sorts the keys themselves in the rare batch where two share a hash)."""
-    words = np.zeros((len(keys), 40), dtype=np.uint8)
-    words[:, :KEY_BYTES] = keys
-    lanes = words.view(np.uint64)
+def flow_keys(lanes: np.ndarray) -> np.ndarray:
+    """Flow keys (KEY_RECORD records, 37 bytes each) of rows of canonical lanes."""
+    records = np.empty(len(lanes), dtype=KEY_RECORD)
+    records["a_high"], records["a_low"], records["b_high"], records["b_low"] = lanes[:, 0], lanes[:, 1], lanes[:, 2], lanes[:, 3]
+    records["a_port"] = lanes[:, 4] >> np.uint64(24)
+    records["b_port"] = (lanes[:, 4] >> np.uint64(8)) & np.uint64(0xFFFF)
+    records["proto"] = lanes[:, 4] & np.uint64(0xFF)
+    return records
+
+
+def _lane_hashes(lanes: np.ndarray) -> np.ndarray:
+    """64-bit hash of each row of lanes: sorting these is far cheaper than sorting the rows (the
+    caller sorts the rows themselves in the rare batch where two share a hash)."""
     with np.errstate(over="ignore"):
         mixed = lanes * _HASH_MULTIPLIERS
-        return np.bitwise_xor.reduce(mixed ^ (mixed >> np.uint64(29)), axis=1)
+        mixed ^= mixed >> np.uint64(29)
+        return np.bitwise_xor.reduce(mixed, axis=1)
 
