@@ -48,23 +48,26 @@ class NameFilter:
         or above NAME_COLUMNS, or that hold bytes the exact path would decode differently, are
         reported True: the caller sends them on."""
         count = len(lengths)
-        if not len(self._names):
+        if not len(self._names) or not count:
             return np.zeros(count, dtype=bool)
-        columns = np.arange(NAME_COLUMNS)
+        width = int(np.clip(lengths, 1, NAME_COLUMNS).max())  # no longer than the longest name here
+        columns = np.arange(width)
+        last = np.clip(lengths - 1, 0, width - 1)
         inside = columns[None, :] < lengths[:, None]
-        text = np.where(inside, names, 0)
+        text = np.where(inside, names[:, :width], 0)
         upper = (text >= 65) & (text <= 90)
         text = text + upper * np.uint8(32)
-        unjudged = (lengths <= 0) | (lengths > NAME_COLUMNS) | (text >= 0x80).any(axis=1) | (text[np.arange(count), np.clip(lengths - 1, 0, NAME_COLUMNS - 1)] == _DOT)
-        prefix = np.cumsum(text.astype(np.uint64) * _POWERS, axis=1)
-        whole = prefix[np.arange(count), np.clip(lengths - 1, 0, NAME_COLUMNS - 1)]
+        rows = np.arange(count)
+        unjudged = (lengths <= 0) | (lengths > NAME_COLUMNS) | (text >= 0x80).any(axis=1) | (text[rows, last] == _DOT)
+        prefix = np.cumsum(text.astype(np.uint64) * _POWERS[:width], axis=1)
+        whole = prefix[rows, last]
         hit = sorted_contains(self._names, whole)
         if len(self._parents):
             # A parent starts after each dot: hash(name[j:]) = (whole - prefix[j-1]) / BASE**j.
             dots = (text[:, :-1] == _DOT) & inside[:, 1:]
-            rows, starts = np.nonzero(dots)
+            parent_rows, starts = np.nonzero(dots)
             starts += 1
-            parents = (whole[rows] - prefix[rows, starts - 1]) * _INVERSE_POWERS[starts]
-            hit[rows[sorted_contains(self._parents, parents)]] = True
+            parents = (whole[parent_rows] - prefix[parent_rows, starts - 1]) * _INVERSE_POWERS[starts]
+            hit[parent_rows[sorted_contains(self._parents, parents)]] = True
         return hit | unjudged
 
