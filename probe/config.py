@@ -72,6 +72,9 @@ class Config:
 
 
 POSITIVE_FIELDS = {"max_flows", "handshake_buffer_bytes", "max_datagrams", "max_per_source", "max_bytes", "tcp_timeout", "tcp_closed_timeout", "udp_timeout", "other_timeout", "timeout"}
+MAXIMUM_SECONDS = 7 * 24 * 3600.0
+"""No flow or fragment waits longer than a week of capture time."""
+MAXIMUM_COUNT = 1 << 40
 
 
 def load_config(path: str | None) -> Config:
@@ -125,7 +128,8 @@ def _parse_section(cls: type, raw: dict[str, Any], section: str, origin: str) ->
             if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
                 raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
             value = tuple(value)
-        if key in POSITIVE_FIELDS and value <= 0:
-            raise ConfigError(f"{where}: must be greater than 0, got {value!r}")
+        if key in POSITIVE_FIELDS and not 0 < value <= (MAXIMUM_SECONDS if expected == "float" else MAXIMUM_COUNT):
+            limit = f"{MAXIMUM_SECONDS:.0f} seconds" if expected == "float" else f"{MAXIMUM_COUNT}"
+            raise ConfigError(f"{where}: must be greater than 0 and at most {limit}, got {value!r}")
         values[key] = value
     return cls(**values)

@@ -280,7 +280,7 @@ class Pipeline:
         else:
             return
         while data:
-            if dns_port:
+            if dns_port and not ((data[0] == 0x16 and data[1:2] == b"\x03") or data[:4] in HTTP_METHOD_PREFIXES):  # TLS and HTTP on DNS ports too
                 names, consumed = dns.dns_tcp_query_names(data)
                 self._match_names(flow, names, "dns.query", True, timestamp, encapsulation)
                 data = data[consumed:]

@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -473,3 +474,9 @@ def test_udp_timeout_reaches_the_pipeline(tmp_path: Path, bundle_a: Path):
     assert short.returncode == 0, short.stderr
     assert summary_line(short.stderr, "flows: ").startswith("probe: flows: 2 created,"), short.stderr
     assert len(events_of(short.stdout)) == 2
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e12"])
+def test_timeouts_that_are_not_finite_or_absurd_are_refused(value: str) -> None:
+    with pytest.raises(ConfigError, match="flows.tcp_timeout"):
+        parse_config(tomllib.loads(f"[flows]\ntcp_timeout = {value}\n"))

@@ -1257,3 +1257,23 @@ def test_batch_classifier_checks_udp_length(udp_length: int) -> None:
     filler = CASE_BY_NAME["ether-tcp4"]
     frames = [BatchFrame(f"udp-length-{udp_length}", bad, len(bad), 1, False), BatchFrame(filler.name, filler.frame, len(filler.frame), 1, True)]
     assert_batch_agrees(frames)
+
+
+def test_zero_length_first_fragment_is_dropped_not_looped_on() -> None:
+    decoder = new_decoder()
+    assert decode(decoder, ether(IP(src=A4, dst=B4, flags="MF", frag=0, proto=17))) is None
+    assert decoder.flush_fragments() == [] and decoder.reassembler.dropped == 1
+
+
+def test_inner_icmp_in_vxlan_does_not_inherit_the_tunnel_ports() -> None:
+    frame = outer_udp4(51000, 4789, vxlan(7) + inner_ether(IP(src="10.0.0.5", dst="198.51.100.7") / ICMP()))
+    packet = decode(new_decoder(), frame)
+    assert packet is not None and packet.proto == 1 and (packet.sport, packet.dport) == (0, 0)
+
+
+def test_ipv6_extension_header_after_the_fragment_header_is_read_after_reassembly() -> None:
+    datagram = IPv6(src=A6, dst=B6) / IPv6ExtHdrFragment() / IPv6ExtHdrDestOpt() / UDP(sport=3333, dport=53) / Raw(b"q" * 120)
+    decoder = new_decoder()
+    results = [decode(decoder, ether(fragment)) for fragment in fragment6(datagram, 100)]
+    packet = [result for result in results if result is not None][-1]
+    assert (packet.proto, packet.sport, packet.dport, packet.payload) == (17, 3333, 53, b"q" * 120)

@@ -73,3 +73,22 @@ def test_a_retransmitted_hello_counts_as_one_event_with_two_hits(tmp_path: Path)
     packets.insert(3, packets[2].copy())  # the same segment twice, as a retransmission
     (event,) = events_for(tmp_path, packets, ["again.example"])
     assert event["hits"] == 2 and event["packets"] == len(packets)
+
+
+def test_tls_and_http_on_dns_ports_are_still_read(tmp_path: Path) -> None:
+    """DNS ports carry DNS over TCP, but an attacker may send a ClientHello or a request there."""
+    packets = session(40010, 53, [client_hello("port53.example", random.Random(5), post_quantum=False)])
+    packets += session(40011, 5353, [b"GET / HTTP/1.1\r\nHost: mdns-port.example\r\n\r\n"])
+    found = {(event["marker"]["value"], event["matched_on"]) for event in events_for(tmp_path, packets, ["port53.example", "mdns-port.example"])}
+    assert found == {("port53.example", "tls.sni"), ("mdns-port.example", "http.host")}
+
+
+def test_the_same_marker_id_in_two_bundles_gives_two_distinct_events(tmp_path: Path) -> None:
+    wrpcap(str(tmp_path / "capture.pcap"), session(40012, 443, [client_hello("twice.example", random.Random(6), post_quantum=False)]))
+    for name in ("one", "two"):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"id": name, "markers": [{"id": "m-001", "type": "domain", "value": "twice.example"}]}))
+    events = io.StringIO()
+    replay(Config(), [str(tmp_path / "capture.pcap")], [str(tmp_path / "one.json"), str(tmp_path / "two.json")], events)
+    records = [json.loads(line) for line in events.getvalue().splitlines()]
+    assert sorted(record["marker"]["bundle"] for record in records) == ["one", "two"]
+    assert len({record["event_id"] for record in records}) == 2

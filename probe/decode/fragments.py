@@ -48,6 +48,9 @@ class FragmentReassembler:
     def add(self, version: int, key: tuple, offset: int, more: bool, payload: bytes, packet: Packet, cut: bool = False) -> tuple[Packet, bytes, bool] | None:
         """Add one fragment (`cut`: the snap length shortened it); return (packet, datagram payload,
         whether it is complete) when this fragment completes it."""
+        if not payload:  # carries nothing, and a zero-length piece could never be stepped over
+            self.dropped += 1
+            return None
         full_key = (version, *key)
         datagram = self._datagrams.get(full_key)
         if datagram is None:

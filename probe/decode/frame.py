@@ -117,6 +117,8 @@ class FrameDecoder:
         self._cut_by_snaplen = not complete
         packet.truncated = not complete
         try:
+            if version == 6:
+                return self._ipv6_payload(packet, payload, packet.proto, 0, len(payload), len(payload), len(packet.encapsulation))
             return self._transport(packet, payload, packet.proto, 0, len(payload), version, len(packet.encapsulation))
         except CutShort:
             if not complete:
@@ -227,6 +229,7 @@ class FrameDecoder:
         packet.src = IPV4_MAPPED_PREFIX + src
         packet.dst = IPV4_MAPPED_PREFIX + dst
         packet.proto = proto
+        packet.sport = packet.dport = 0  # an outer UDP tunnel's ports are not the inner flow's
         self._need(position + header_length, end)
         payload_start = position + header_length
         if fragment & 0x3FFF:
@@ -243,8 +246,14 @@ class FrameDecoder:
         next_header = data[position + 6]
         packet.src = data[position + 8 : position + 24]
         packet.dst = data[position + 24 : position + 40]
+        packet.sport = packet.dport = 0
         position += 40
         datagram_end = self._datagram_end(position, payload_length, end)
+        return self._ipv6_payload(packet, data, next_header, position, datagram_end, end, depth)
+
+    def _ipv6_payload(self, packet: Packet, data: bytes, next_header: int, position: int, datagram_end: int, end: int, depth: int) -> Packet | None:
+        """Extension headers, then the transport; also where a reassembled datagram resumes, since
+        headers may follow the Fragment header."""
         for _ in range(MAX_LAYERS):
             if next_header in IPV6_EXTENSION_HEADERS:
                 self._need(position + 2, end)

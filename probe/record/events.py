@@ -45,7 +45,7 @@ def flow_id(flow: Flow) -> int:
 
 
 def event_id(marker: Marker, flow: Flow) -> str:
-    digest = hashlib.sha256(marker.id.encode() + b"\0" + flow.key + flow.first_seen.to_bytes(8, "big")).hexdigest()
+    digest = hashlib.sha256(marker.bundle.encode() + b"\0" + marker.id.encode() + b"\0" + flow.key + flow.first_seen.to_bytes(8, "big")).hexdigest()
     return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
 
 
