@@ -173,12 +173,12 @@ class Pipeline:
             flows_by_group[group] = None  # type: ignore[call-overload]
         # Flows active in this batch are counted before any is opened, so eviction never takes them.
         counted = known & ~closed & ~idle
-        table.account_groups(slots[counted], groups.counts[counted], groups.bytes[counted], groups.last_seen[counted])
+        table.account_groups(slots[counted], groups.counts[counted], groups.bytes[counted], groups.earliest[counted], groups.last_seen[counted])
         opening = np.flatnonzero(~counted)
         if len(opening):
             self._open_flows(fast, groups, opening, flows_by_group)
             opened = np.array([flows_by_group[group].slot for group in opening.tolist()], dtype=np.int64)
-            table.account_groups(opened, groups.counts[opening], groups.bytes[opening], groups.last_seen[opening])
+            table.account_groups(opened, groups.counts[opening], groups.bytes[opening], groups.earliest[opening], groups.last_seen[opening])
         buffering = [group for group, flow in enumerate(flows_by_group) if flow.inspect == INSPECT_BUFFERING]
         self._inspect_fast(data, fast, groups, flows_by_group, buffering)
         ending = groups.ending()

@@ -39,7 +39,13 @@ def load_markers(paths: list[str]) -> tuple[list[MarkerFile], list[Marker]]:
 
 
 def replay(config: Config, captures: list[str], marker_paths: list[str], events: IO[str], progress: Progress | None = None) -> ReplayResult:
-    marker_files, markers = load_markers(marker_paths)
+    return run_replay(config, captures, load_markers(marker_paths)[0], events, progress)
+
+
+def run_replay(config: Config, captures: list[str], marker_files: list[MarkerFile], events: IO[str], progress: Progress | None = None) -> ReplayResult:
+    """Replay with markers already loaded (so that a bad marker file is reported before the
+    events file is touched)."""
+    markers = [marker for marker_file in marker_files for marker in marker_file.markers]
     writer = EventWriter(events)
     pipeline = Pipeline(config, markers, writer)
     result = ReplayResult(pipeline, writer, marker_files)

@@ -885,3 +885,13 @@ def test_unknown_option_is_a_usage_error():
     result = run_probe("replay", "x.pcap", "--markers", "m.json", "--no-such-option")
     assert result.returncode == 2
     assert_no_traceback(result)
+
+
+def test_a_bad_marker_file_leaves_an_existing_events_file_untouched(tmp_path: Path, any_capture: Path):
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"kept": true}\n')
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"markers": [{"id": "x", "type": "bogus", "value": "y"}]}')
+    result = run_probe("replay", any_capture, "--markers", bad, "--events", events)
+    assert_only_error(result, str(bad))
+    assert events.read_text() == '{"kept": true}\n'

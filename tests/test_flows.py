@@ -78,7 +78,7 @@ def test_flow_table_evicts_the_longest_idle_flow_when_full() -> None:
     assert table.reserve(1) == [flows[1]]
     table.create(keys[3], True, 11 * SECOND)
     assert table.evicted == 1 and len(table) == 3
-    assert table.counters(flows[0]) == (1, 60, 10 * SECOND)
+    assert table.counters(flows[0]) == (1, 60, 0, 10 * SECOND)
 
 
 def test_flows_expire_by_their_protocol_timeout() -> None:
@@ -102,7 +102,7 @@ def test_the_table_grows_and_gives_memory_back() -> None:
     flows = [table.create(canonical_key(number.to_bytes(16, "big"), 1, bytes(16), 2, 17)[0], True, number) for number in range(5000)]
     assert len(table) == 5000 and len({flow.slot for flow in flows}) == 5000
     assert table.drain() == flows and len(table) == 0
-    assert table.counters(flows[-1])[2] == 4999  # still readable until the slots are reused
+    assert table.counters(flows[-1])[3] == 4999  # still readable until the slots are reused
     table.shrink()
     assert table.create(b"k" * 37, True, 1).slot == 0
 

@@ -294,6 +294,7 @@ class FlowGroups:
         timestamps = frames.timestamps[order]
         self.bytes = np.add.reduceat(frames.wirelens[order], starts)
         self.last_seen = np.maximum.reduceat(timestamps, starts)
+        self.earliest = np.minimum.reduceat(timestamps, starts)
         self.first_timestamps = frames.timestamps[self.first]
         gaps = np.zeros(len(order), dtype=np.int64)
         gaps[1:] = np.abs(np.diff(timestamps))

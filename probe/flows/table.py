@@ -50,13 +50,12 @@ def canonical_key(src: bytes, sport: int, dst: bytes, dport: int, proto: int) ->
 class Flow:
     """One bidirectional flow. `client_is_a` says which key side opened it (events' `src`)."""
 
-    __slots__ = ("key", "slot", "client_is_a", "first_seen", "timeout_class", "inspect", "stream", "hits", "fin_a", "fin_b")
+    __slots__ = ("key", "slot", "client_is_a", "timeout_class", "inspect", "stream", "hits", "fin_a", "fin_b")
 
-    def __init__(self, key: bytes, slot: int, client_is_a: bool, timestamp: int, timeout_class: int) -> None:
+    def __init__(self, key: bytes, slot: int, client_is_a: bool, timeout_class: int) -> None:
         self.key = key
         self.slot = slot
         self.client_is_a = client_is_a
-        self.first_seen = timestamp
         self.timeout_class = timeout_class
         self.inspect = INSPECT_WATCH
         self.stream: ClientStream | None = None
@@ -92,6 +91,7 @@ class FlowTable:
 
     def _allocate(self, size: int) -> None:
         self._class = np.full(size, FREE, dtype=np.int64)
+        self._first_seen = np.zeros(size, dtype=np.int64)
         self._last_seen = np.zeros(size, dtype=np.int64)
         self._packets = np.zeros(size, dtype=np.int64)
         self._bytes = np.zeros(size, dtype=np.int64)
@@ -100,7 +100,7 @@ class FlowTable:
 
     def _grow(self) -> None:
         old = len(self._class)
-        for name in ("_class", "_last_seen", "_packets", "_bytes"):
+        for name in ("_class", "_first_seen", "_last_seen", "_packets", "_bytes"):
             array = getattr(self, name)
             grown = np.full(2 * old, FREE, dtype=np.int64) if name == "_class" else np.zeros(2 * old, dtype=np.int64)
             grown[:old] = array
@@ -130,10 +130,11 @@ class FlowTable:
         slot = self._free.pop()
         proto = key[36]
         timeout_class = CLASS_TCP if proto == PROTO_TCP else CLASS_UDP if proto == PROTO_UDP else CLASS_OTHER
-        flow = Flow(key, slot, client_is_a, timestamp, timeout_class)
+        flow = Flow(key, slot, client_is_a, timeout_class)
         self.flows[key] = flow
         self._slot_flows[slot] = flow
         self._class[slot] = timeout_class
+        self._first_seen[slot] = timestamp
         self._last_seen[slot] = timestamp
         self._packets[slot] = 0
         self._bytes[slot] = 0
@@ -147,13 +148,14 @@ class FlowTable:
         self._bytes[slot] += wirelen
         if timestamp > self._last_seen[slot]:
             self._last_seen[slot] = timestamp
-        elif timestamp < flow.first_seen:  # the batch route created the flow from a later packet
-            flow.first_seen = timestamp
+        elif timestamp < self._first_seen[slot]:  # capture timestamps may step back
+            self._first_seen[slot] = timestamp
 
-    def account_groups(self, slots: np.ndarray, packets: np.ndarray, byte_counts: np.ndarray, last_seen: np.ndarray) -> None:
+    def account_groups(self, slots: np.ndarray, packets: np.ndarray, byte_counts: np.ndarray, first_seen: np.ndarray, last_seen: np.ndarray) -> None:
         """Count a batch's packets of distinct flows at once."""
         self._packets[slots] += packets
         self._bytes[slots] += byte_counts
+        self._first_seen[slots] = np.minimum(self._first_seen[slots], first_seen)
         self._last_seen[slots] = np.maximum(self._last_seen[slots], last_seen)
 
     def idle_for(self, flow: Flow, timestamp: int) -> bool:
@@ -165,10 +167,10 @@ class FlowTable:
         classes = self._class[slots]
         return classes == CLASS_CLOSED, first_timestamps - self._last_seen[slots] > self._timeout_of_class[classes]
 
-    def counters(self, flow: Flow) -> tuple[int, int, int]:
-        """(packets, bytes, last seen) of a flow."""
+    def counters(self, flow: Flow) -> tuple[int, int, int, int]:
+        """(packets, bytes, first seen, last seen) of a flow."""
         slot = flow.slot
-        return int(self._packets[slot]), int(self._bytes[slot]), int(self._last_seen[slot])
+        return int(self._packets[slot]), int(self._bytes[slot]), int(self._first_seen[slot]), int(self._last_seen[slot])
 
     def close(self, flow: Flow) -> None:
         """A TCP flow ended by FIN or RST is kept briefly, so that its last ACKs and retransmissions

@@ -38,26 +38,26 @@ def rfc3339(timestamp: int) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{nanoseconds // 1000:06d}Z"
 
 
-def flow_id(flow: Flow) -> int:
+def flow_id(flow: Flow, first_seen: int) -> int:
     """Suricata-style integer flow id, stable across runs and worker counts (fits a JSON double)."""
-    digest = hashlib.sha256(flow.key + flow.first_seen.to_bytes(8, "big")).digest()
+    digest = hashlib.sha256(flow.key + first_seen.to_bytes(8, "big")).digest()
     return int.from_bytes(digest[:7], "big") >> 3  # 53 bits: exact in every JSON reader
 
 
-def event_id(marker: Marker, flow: Flow) -> str:
-    digest = hashlib.sha256(marker.bundle.encode() + b"\0" + marker.id.encode() + b"\0" + flow.key + flow.first_seen.to_bytes(8, "big")).hexdigest()
+def event_id(marker: Marker, flow: Flow, first_seen: int) -> str:
+    digest = hashlib.sha256(marker.bundle.encode() + b"\0" + marker.id.encode() + b"\0" + flow.key + first_seen.to_bytes(8, "big")).hexdigest()
     return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
 
 
-def event_record(flow: Flow, counters: tuple[int, int, int], marker: Marker, hit: Hit, probe: ProbeSection) -> dict:
-    """`counters`: the flow's (packets, bytes, last seen) from the flow table."""
+def event_record(flow: Flow, counters: tuple[int, int, int, int], marker: Marker, hit: Hit, probe: ProbeSection) -> dict:
+    """`counters`: the flow's (packets, bytes, first seen, last seen) from the flow table."""
     client, client_port, server, server_port = flow.endpoints()
-    packets, byte_count, last_seen = counters
+    packets, byte_count, first_seen, last_seen = counters
     return {
-        "event_id": event_id(marker, flow),
+        "event_id": event_id(marker, flow, first_seen),
         "timestamp": rfc3339(hit.timestamp),
         "event_type": "marker",
-        "flow_id": flow_id(flow),
+        "flow_id": flow_id(flow, first_seen),
         "proto": PROTO_NAMES.get(flow.proto, str(flow.proto)),
         "src_ip": address_text(client),
         "src_port": client_port,
@@ -68,7 +68,7 @@ def event_record(flow: Flow, counters: tuple[int, int, int], marker: Marker, hit
         "matched_on": hit.matched_on,
         "marker": {"id": marker.id, "type": marker.type, "value": marker.value, "bundle": marker.bundle, "bundle_version": marker.bundle_version},
         "encapsulation": hit.encapsulation,
-        "first_seen": rfc3339(flow.first_seen),
+        "first_seen": rfc3339(first_seen),
         "last_seen": rfc3339(last_seen),
         "packets": packets,
         "bytes": byte_count,
