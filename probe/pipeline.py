@@ -124,8 +124,9 @@ class Pipeline:
         if flow is not None and table.idle_for(flow, packet.timestamp):
             self._expire(flow)
             flow = None
-        if flow is None or (flow.timeout_class == CLASS_CLOSED and flags & (TCP_SYN | TCP_ACK) == TCP_SYN):
-            if flow is not None:
+        if flow is None or (flags & (TCP_SYN | TCP_ACK) == TCP_SYN and flow.fin_a and flow.fin_b):
+            if flow is not None:  # a new connection on the ports of one that ended (FINs or RST)
+                self._end_flow(flow)
                 table.remove(flow)
             for evicted in table.reserve(1):
                 self._end_flow(evicted)
@@ -151,8 +152,15 @@ class Pipeline:
     def _fast_packets(self, batch: FrameBatch, fast: FastFrames) -> None:
         """Account the classifier's packets per flow, then inspect the few that need it."""
         groups = FlowGroups(fast)
-        straddling = np.flatnonzero(groups.longest_gap > self._gap_limits[groups.protos])
-        if len(straddling):  # a flow idle past its timeout inside the batch ends there: exactly, per frame
+        # Flows whose packets cross a flow boundary inside the batch (an idle timeout, or a new
+        # connection on the ports of one that ended) are accounted exactly, frame by frame.
+        exact = (groups.longest_gap > self._gap_limits[groups.protos]) | groups.restarts
+        get = self.flows.flows.get
+        for group in np.flatnonzero(groups.has_pure_syn & ~exact).tolist():
+            flow = get(groups.keys[group])
+            exact[group] = flow is not None and flow.fin_a and flow.fin_b
+        straddling = np.flatnonzero(exact)
+        if len(straddling):
             packets = np.sort(np.concatenate([groups.packets_of(group) for group in straddling.tolist()]))
             self._decode_frames(batch, fast.frames[packets])
             fast = fast.without(packets)
@@ -206,8 +214,8 @@ class Pipeline:
         for group, check_addresses, src_is_a, timestamp, flags, sport, dport, vlan in zip(opening.tolist(), may_hit, *firsts):
             flow = flows_by_group[group]
             if flow is not None:
-                if flags & (TCP_SYN | TCP_ACK) != TCP_SYN and not table.idle_for(flow, timestamp):
-                    continue  # late packets of a closed flow
+                if not table.idle_for(flow, timestamp):
+                    continue  # late packets of a closed flow (a new connection takes the exact route)
                 table.remove(flow)
             flows_by_group[group] = self._new_flow(keys[group], src_is_a, timestamp, flags, sport, dport, vlan_encapsulation(vlan), check_addresses)
 

@@ -92,3 +92,21 @@ def test_the_same_marker_id_in_two_bundles_gives_two_distinct_events(tmp_path: P
     records = [json.loads(line) for line in events.getvalue().splitlines()]
     assert sorted(record["marker"]["bundle"] for record in records) == ["one", "two"]
     assert len({record["event_id"] for record in records}) == 2
+
+
+def test_a_new_connection_on_the_ports_of_an_ended_one_is_a_new_flow(tmp_path: Path, monkeypatch) -> None:
+    """Two connections on one 5-tuple, one after the other: two events, whatever the batching."""
+    import probe.capture.reader
+    import probe.pipeline
+
+    first = session(40020, 443, [client_hello("reused.example", random.Random(7), post_quantum=False)])
+    second = session(40020, 443, [client_hello("reused.example", random.Random(8), post_quantum=False)])
+    for packet in second:
+        packet.time += 1
+    runs = []
+    for chunk, vector_run in ((16 << 20, 32), (800, 32), (16 << 20, 10**9)):
+        monkeypatch.setattr(probe.capture.reader, "CHUNK_SIZE", chunk)
+        monkeypatch.setattr(probe.pipeline, "MIN_VECTOR_RUN", vector_run)
+        runs.append(sorted((event["event_id"], event["packets"], event["first_seen"]) for event in events_for(tmp_path, first + second, ["reused.example"])))
+    assert len(runs[0]) == 2 and runs[0][0][2] != runs[0][1][2]
+    assert runs[0] == runs[1] == runs[2]

@@ -303,9 +303,15 @@ class FlowGroups:
         flags = frames.flags[order]
         from_a = frames.src_is_a[order]
         fin = (flags & 0x01) != 0
+        reset = (flags & 0x04) != 0
         self.fin_a = np.logical_or.reduceat(fin & from_a, starts)
         self.fin_b = np.logical_or.reduceat(fin & ~from_a, starts)
-        self.reset = np.logical_or.reduceat((flags & 0x04) != 0, starts)
+        self.reset = np.logical_or.reduceat(reset, starts)
+        # A SYN after both FINs or a RST of its group is a new connection on the same ports.
+        ended_before = ((_count_before(fin & from_a, starts, self.counts) > 0) & (_count_before(fin & ~from_a, starts, self.counts) > 0)) | (_count_before(reset, starts, self.counts) > 0)
+        pure_syn = (flags & 0x12) == 0x02
+        self.restarts = np.logical_or.reduceat(pure_syn & ended_before, starts)
+        self.has_pure_syn = np.logical_or.reduceat(pure_syn, starts)
         self.protos = frames.protos[self.first]
 
     def ending(self) -> np.ndarray:
@@ -315,6 +321,13 @@ class FlowGroups:
     def packets_of(self, group: int) -> np.ndarray:
         """The group's packets in capture order."""
         return self._order[self._starts[group] : self._starts[group + 1]]
+
+
+def _count_before(events: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """For rows sorted by group: how many of the group's earlier rows are True."""
+    running = np.cumsum(events, dtype=np.int64)
+    through = running - events
+    return through - np.repeat(through[starts], counts)
 
 
 _HASH_MULTIPLIERS = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD], dtype=np.uint64)
