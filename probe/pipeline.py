@@ -179,12 +179,15 @@ class Pipeline:
         for group in np.flatnonzero(idle).tolist():  # silent past its timeout: that flow ended
             self._expire(flows_by_group[group])
             flows_by_group[group] = None  # type: ignore[call-overload]
-        # Flows active in this batch are counted before any is opened, so eviction never takes them.
         counted = known & ~closed & ~idle
-        table.account_groups(slots[counted], groups.counts[counted], groups.bytes[counted], groups.earliest[counted], groups.last_seen[counted])
         opening = np.flatnonzero(~counted)
+        if len(table) + len(opening) - table.max_flows > len(table) - int(counted.sum()):
+            # The table cannot hold this run's new flows beside those active in it: exact route.
+            self._decode_frames(batch, fast.frames)
+            return
+        table.account_groups(slots[counted], groups.counts[counted], groups.bytes[counted], groups.earliest[counted], groups.last_seen[counted])
         if len(opening):
-            self._open_flows(fast, groups, opening, flows_by_group)
+            self._open_flows(fast, groups, opening, flows_by_group, slots[counted])
             opened = np.array([flows_by_group[group].slot for group in opening.tolist()], dtype=np.int64)
             table.account_groups(opened, groups.counts[opening], groups.bytes[opening], groups.earliest[opening], groups.last_seen[opening])
         buffering = [group for group, flow in enumerate(flows_by_group) if flow.inspect == INSPECT_BUFFERING]
@@ -195,8 +198,9 @@ class Pipeline:
             if flow.timeout_class != CLASS_CLOSED:
                 self._tcp_end(flow, fin_a, fin_b, reset)
 
-    def _open_flows(self, fast: FastFrames, groups: FlowGroups, opening: np.ndarray, flows_by_group: list[Flow]) -> None:
-        """Create the flows first seen in this batch (or reopened by a SYN after a close)."""
+    def _open_flows(self, fast: FastFrames, groups: FlowGroups, opening: np.ndarray, flows_by_group: list[Flow], active: np.ndarray) -> None:
+        """Create the flows first seen in this batch; `active` are the slots of flows this batch
+        already counted, which eviction must leave alone."""
         index = self.index
         if index.has_address_markers:
             keys = groups.key_matrix[opening]
@@ -206,7 +210,7 @@ class Pipeline:
         firsts = fast.columns(groups.first[opening], ("src_is_a", "timestamps", "flags", "sports", "dports", "vlans"))
         keys = groups.keys
         table = self.flows
-        for evicted in table.reserve(len(opening)):
+        for evicted in table.reserve(len(opening), keep=active):
             self._end_flow(evicted)
             for group in opening.tolist():  # an evicted closed flow is no longer there to reopen
                 if flows_by_group[group] is evicted:

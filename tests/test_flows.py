@@ -122,3 +122,30 @@ def test_idle_timeout_splits_a_flow_the_same_way_in_any_batching(tmp_path: Path)
     records = [json.loads(line) for line in events.getvalue().splitlines()]
     assert len(records) == 2 and len({record["event_id"] for record in records}) == 2
     assert all(record["packets"] == 1 for record in records)
+
+
+def test_a_batch_with_more_flows_than_the_table_loses_no_event_and_keeps_the_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from scapy.all import DNS, DNSQR, IP, UDP, Ether, wrpcap
+
+    packets = []
+    for round_number in range(2):
+        for number in range(15):
+            packet = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src=f"192.0.2.{number + 1}", dst="198.51.100.53") / UDP(sport=5000 + number, dport=53) / DNS(id=number, qd=DNSQR(qname="evil.example"))
+            packet.time = 1_700_000_000 + round_number + number / 100
+            packets.append(packet)
+    wrpcap(str(tmp_path / "many.pcap"), packets)
+    (tmp_path / "m.json").write_text(json.dumps({"id": "t", "markers": [{"id": "m", "type": "domain", "value": "evil.example"}]}))
+    largest = []
+    create = FlowTable.create
+
+    def watched(table: FlowTable, *arguments):
+        flow = create(table, *arguments)
+        largest.append(len(table))
+        return flow
+
+    monkeypatch.setattr(FlowTable, "create", watched)
+    events = io.StringIO()
+    result = replay(parse_config({"flows": {"max_flows": 10}}), [str(tmp_path / "many.pcap")], [str(tmp_path / "m.json")], events)
+    hits = sum(json.loads(line)["hits"] for line in events.getvalue().splitlines())
+    assert hits == 30  # every query's hit was written, in one event or another
+    assert max(largest) <= 10 and result.pipeline.flows.evicted >= 5

@@ -108,13 +108,17 @@ class FlowTable:
         self._slot_flows += [None] * old
         self._free = list(range(2 * old - 1, old - 1, -1)) + self._free
 
-    def reserve(self, count: int) -> list[Flow]:
-        """Make room for `count` new flows, evicting the longest idle ones if the table would
-        overflow; return the evicted flows so that their events can be written."""
+    def reserve(self, count: int, keep: np.ndarray | None = None) -> list[Flow]:
+        """Make room for `count` new flows, evicting the longest idle ones (never the slots in
+        `keep`) if the table would overflow; return the evicted flows so that their events can be
+        written."""
         excess = len(self.flows) + count - self.max_flows
         if excess <= 0:
             return []
-        live = np.flatnonzero(self._class != FREE)
+        evictable = self._class != FREE
+        if keep is not None:
+            evictable[keep] = False
+        live = np.flatnonzero(evictable)
         victims = min(len(live), max(excess, self.max_flows // EVICTION_SHARE))
         oldest = live[np.argpartition(self._last_seen[live], victims - 1)[:victims]] if victims < len(live) else live
         evicted = [self._slot_flows[slot] for slot in oldest.tolist()]
