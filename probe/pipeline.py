@@ -61,6 +61,7 @@ class Pipeline:
         self.packets = 0
         self.bytes = 0
         self.first_timestamp: int | None = None
+        self.last_timestamp = 0
         self.now = 0
         self.handshake_overflows = 0
         self._closing: list[Flow] = []
@@ -78,6 +79,7 @@ class Pipeline:
         self.bytes += int(batch.wirelens.sum())
         if self.first_timestamp is None:
             self.first_timestamp = int(batch.timestamps[0])
+        self.last_timestamp = max(self.last_timestamp, int(batch.timestamps.max()))
         fast = classify_batch(batch)
         position = 0
         for start, end in fast.runs(MIN_VECTOR_RUN):
@@ -85,12 +87,20 @@ class Pipeline:
             self._fast_packets(batch, fast.between(start, end))
             position = end
         self._decode_frames(batch, np.arange(position, len(batch)))
-        self.now = max(self.now, int(batch.timestamps.max()))
+        # The expiry clock follows the batch's median time, not its latest: a frame stamped far
+        # ahead of the rest (a bad clock on the capture host) would otherwise end every flow.
+        middle = len(batch) // 2
+        self.now = max(self.now, int(np.partition(batch.timestamps, middle)[middle]))
         for packet in self.decoder.expire_fragments(self.now):
             self.handle_packet(packet)
         self._close_ended_flows()
         for flow in self.flows.expire(self.now):
             self._end_flow(flow)
+
+    def start_capture(self) -> None:
+        """Each capture runs the expiry clock from its own start, so captures given out of time
+        order do not end each other's flows."""
+        self.now = 0
 
     def _decode_frames(self, batch: FrameBatch, frames: np.ndarray) -> None:
         """The per-frame route, in capture order: frames the classifier left out, short runs

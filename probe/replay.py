@@ -57,6 +57,7 @@ def run_replay(config: Config, captures: list[str], marker_files: list[MarkerFil
     try:
         for path in captures:
             result.captures += 1
+            pipeline.start_capture()
             try:
                 for batch in read_capture(path):
                     pipeline.process_batch(batch)
@@ -84,7 +85,7 @@ def marker_warnings(marker_files: list[MarkerFile], markers: list[Marker], pipel
     if marker_files and not markers:
         warnings.append("no marker could be loaded from the marker files given: nothing can match")
     elif markers and pipeline.first_timestamp is not None:
-        first, last = pipeline.first_timestamp, pipeline.now
+        first, last = pipeline.first_timestamp, pipeline.last_timestamp
         if not any((m.valid_from is None or m.valid_from <= last) and (m.valid_until is None or m.valid_until >= first) for m in markers):
             warnings.append("no marker is valid during the capture's time range: nothing could match")
     return warnings

@@ -149,3 +149,27 @@ def test_a_batch_with_more_flows_than_the_table_loses_no_event_and_keeps_the_bou
     hits = sum(json.loads(line)["hits"] for line in events.getvalue().splitlines())
     assert hits == 30  # every query's hit was written, in one event or another
     assert max(largest) <= 10 and result.pipeline.flows.evicted >= 5
+
+
+def test_a_frame_from_the_future_or_captures_out_of_order_do_not_split_flows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import probe.capture.reader
+    from scapy.all import IP, UDP, Ether, Raw, wrpcap
+
+    def frame(source: str, when: float):
+        packet = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src=source, dst="198.51.100.7") / UDP(sport=4000, dport=6000) / Raw(b"x" * 20)
+        packet.time = when
+        return packet
+
+    start = 1_700_000_000
+    flow = [frame("10.0.0.1", start + second * 10) for second in range(31)]  # 300 s, a packet every 10 s
+    wrpcap(str(tmp_path / "future.pcap"), flow[:15] + [frame("10.0.0.2", start + 1_000_000_000)] + flow[15:])
+    wrpcap(str(tmp_path / "earlier.pcap"), flow[:15])
+    wrpcap(str(tmp_path / "later.pcap"), [frame("10.0.0.3", start + 10_000)])
+    wrpcap(str(tmp_path / "rest.pcap"), flow[15:])
+    (tmp_path / "m.json").write_text(json.dumps({"id": "t", "markers": [{"id": "m", "type": "ipv4", "value": "198.51.100.7"}]}))
+    monkeypatch.setattr(probe.capture.reader, "CHUNK_SIZE", 600)  # a few frames per batch
+    for captures in (["future.pcap"], ["later.pcap", "earlier.pcap", "rest.pcap"]):
+        events = io.StringIO()
+        replay(Config(), [str(tmp_path / name) for name in captures], [str(tmp_path / "m.json")], events)
+        counts = sorted(json.loads(line)["packets"] for line in events.getvalue().splitlines() if json.loads(line)["src_ip"] == "10.0.0.1")
+        assert counts == [31], captures
