@@ -162,25 +162,24 @@ class Pipeline:
     def _fast_packets(self, batch: FrameBatch, fast: FastFrames) -> None:
         """Account the classifier's packets per flow, then inspect the few that need it."""
         groups = FlowGroups(fast)
+        table = self.flows
+        get = table.flows.get
+        flows_by_group: list[Flow] = [get(key) for key in groups.keys]  # type: ignore[misc]
         # Flows whose packets cross a flow boundary inside the batch (an idle timeout, or a new
         # connection on the ports of one that ended) are accounted exactly, frame by frame.
         exact = (groups.longest_gap > self._gap_limits[groups.protos]) | groups.restarts
-        get = self.flows.flows.get
         for group in np.flatnonzero(groups.has_pure_syn & ~exact).tolist():
-            flow = get(groups.keys[group])
+            flow = flows_by_group[group]
             exact[group] = flow is not None and flow.fin_a and flow.fin_b
-        straddling = np.flatnonzero(exact)
-        if len(straddling):
-            packets = np.sort(np.concatenate([groups.packets_of(group) for group in straddling.tolist()]))
+        if exact.any():
+            packets = np.sort(np.concatenate([groups.packets_of(group) for group in np.flatnonzero(exact).tolist()]))
             self._decode_frames(batch, fast.frames[packets])
             fast = fast.without(packets)
             if not fast.count:
                 return
             groups = FlowGroups(fast)
+            flows_by_group = [get(key) for key in groups.keys]
         data = batch.data
-        table = self.flows
-        get = table.flows.get
-        flows_by_group: list[Flow] = [get(key) for key in groups.keys]  # type: ignore[misc]
         slots = np.array([-1 if flow is None else flow.slot for flow in flows_by_group], dtype=np.int64)
         known = slots >= 0
         closed, idle = table.states(np.where(known, slots, 0), groups.first_timestamps)
@@ -191,8 +190,8 @@ class Pipeline:
             flows_by_group[group] = None  # type: ignore[call-overload]
         counted = known & ~closed & ~idle
         opening = np.flatnonzero(~counted)
-        if len(table) + len(opening) - table.max_flows > len(table) - int(counted.sum()):
-            # The table cannot hold this run's new flows beside those active in it: exact route.
+        if len(opening) + int(counted.sum()) > table.max_flows:
+            # The table cannot hold this run's flows all at once: exact route, frame by frame.
             self._decode_frames(batch, fast.frames)
             return
         table.account_groups(slots[counted], groups.counts[counted], groups.bytes[counted], groups.earliest[counted], groups.last_seen[counted])
