@@ -163,14 +163,12 @@ class Pipeline:
         """Account the classifier's packets per flow, then inspect the few that need it."""
         groups = FlowGroups(fast)
         table = self.flows
-        get = table.flows.get
-        flows_by_group: list[Flow] = [get(key) for key in groups.keys]  # type: ignore[misc]
+        flows_by_group, slots, known, closed, idle = self._look_up(groups)
         # Flows whose packets cross a flow boundary inside the batch (an idle timeout, or a new
         # connection on the ports of one that ended) are accounted exactly, frame by frame.
-        exact = (groups.longest_gap > self._gap_limits[groups.protos]) | groups.restarts
-        for group in np.flatnonzero(groups.has_pure_syn & ~exact).tolist():
-            flow = flows_by_group[group]
-            exact[group] = flow is not None and flow.fin_a and flow.fin_b
+        exact = (groups.longest_gap > self._gap_limits[groups.protos]) | groups.restarts | (groups.has_pure_syn & closed)
+        for group in np.flatnonzero(groups.has_pure_syn & known & ~closed).tolist():  # ended earlier in this batch
+            exact[group] = flows_by_group[group].fin_a and flows_by_group[group].fin_b
         if exact.any():
             packets = np.sort(np.concatenate([groups.packets_of(group) for group in np.flatnonzero(exact).tolist()]))
             self._decode_frames(batch, fast.frames[packets])
@@ -178,13 +176,8 @@ class Pipeline:
             if not fast.count:
                 return
             groups = FlowGroups(fast)
-            flows_by_group = [get(key) for key in groups.keys]
+            flows_by_group, slots, known, closed, idle = self._look_up(groups)
         data = batch.data
-        slots = np.array([-1 if flow is None else flow.slot for flow in flows_by_group], dtype=np.int64)
-        known = slots >= 0
-        closed, idle = table.states(np.where(known, slots, 0), groups.first_timestamps)
-        closed &= known
-        idle &= known & ~closed
         for group in np.flatnonzero(idle).tolist():  # silent past its timeout: that flow ended
             self._expire(flows_by_group[group])
             flows_by_group[group] = None  # type: ignore[call-overload]
@@ -206,6 +199,17 @@ class Pipeline:
             flow = flows_by_group[group]
             if flow.timeout_class != CLASS_CLOSED:
                 self._tcp_end(flow, fin_a, fin_b, reset)
+
+    def _look_up(self, groups: FlowGroups) -> tuple[list[Flow], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The groups' flows and slots, which exist, which are closed, which were idle past their
+        timeout before this batch."""
+        get = self.flows.flows.get
+        flows_by_group: list[Flow] = [get(key) for key in groups.keys]  # type: ignore[misc]
+        slots = np.array([-1 if flow is None else flow.slot for flow in flows_by_group], dtype=np.int64)
+        known = slots >= 0
+        closed, idle = self.flows.states(np.where(known, slots, 0), groups.first_timestamps)
+        closed &= known
+        return flows_by_group, slots, known, closed, idle & known & ~closed
 
     def _open_flows(self, fast: FastFrames, groups: FlowGroups, opening: np.ndarray, flows_by_group: list[Flow], active: np.ndarray) -> None:
         """Create the flows first seen in this batch; `active` are the slots of flows this batch
