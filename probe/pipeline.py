@@ -28,6 +28,8 @@ from probe.match.name_filter import NameFilter
 from probe.match.markers import Marker
 from probe.record.events import EventWriter, Hit, event_record
 
+CLOCK_FRAMES = 63
+"""The expiry clock is the median time of this many latest frames."""
 MIN_VECTOR_RUN = 32
 """Fewer consecutive classified frames than this cost less frame by frame than in vector setup."""
 INSPECTED_COLUMNS = ("payload_offsets", "payload_lengths", "src_is_a", "protos", "sports", "dports", "seqs", "timestamps", "vlans")
@@ -63,6 +65,7 @@ class Pipeline:
         self.first_timestamp: int | None = None
         self.last_timestamp = 0
         self.now = 0
+        self._recent = np.empty(0, dtype=np.int64)
         self.handshake_overflows = 0
         self._closing: list[Flow] = []
         # Per protocol, the longest silence inside one flow that the batch route may account
@@ -87,10 +90,13 @@ class Pipeline:
             self._fast_packets(batch, fast.between(start, end))
             position = end
         self._decode_frames(batch, np.arange(position, len(batch)))
-        # The expiry clock follows the batch's median time, not its latest: a frame stamped far
-        # ahead of the rest (a bad clock on the capture host) would otherwise end every flow.
-        middle = len(batch) // 2
-        self.now = max(self.now, int(np.partition(batch.timestamps, middle)[middle]))
+        # The expiry clock follows the (lower) median of the last frames seen, not the latest
+        # frame: one stamped far ahead of the rest (a bad clock on the capture host) would
+        # otherwise end every flow, however the input is cut into batches.
+        recent = np.concatenate((self._recent, batch.timestamps[-CLOCK_FRAMES:]))[-CLOCK_FRAMES:]
+        self._recent = recent
+        middle = (len(recent) - 1) // 2
+        self.now = max(self.now, int(np.partition(recent, middle)[middle]))
         for packet in self.decoder.expire_fragments(self.now):
             self.handle_packet(packet)
         self._close_ended_flows()
@@ -101,6 +107,7 @@ class Pipeline:
         """Each capture runs the expiry clock from its own start, so captures given out of time
         order do not end each other's flows."""
         self.now = 0
+        self._recent = np.empty(0, dtype=np.int64)
 
     def _decode_frames(self, batch: FrameBatch, frames: np.ndarray) -> None:
         """The per-frame route, in capture order: frames the classifier left out, short runs
@@ -121,7 +128,8 @@ class Pipeline:
             self.handle_packet(packet)
         self._close_ended_flows()
         for flow in self.flows.drain():
-            self._end_flow(flow)
+            if flow.hits:
+                self._end_flow(flow)
         self.flows.shrink()
 
     def handle_packet(self, packet: Packet) -> None:
@@ -168,7 +176,7 @@ class Pipeline:
         # connection on the ports of one that ended) are accounted exactly, frame by frame.
         exact = (groups.longest_gap > self._gap_limits[groups.protos]) | groups.restarts | (groups.has_pure_syn & closed)
         for group in np.flatnonzero(groups.has_pure_syn & known & ~closed).tolist():  # ended earlier in this batch
-            exact[group] = flows_by_group[group].fin_a and flows_by_group[group].fin_b
+            exact[group] |= flows_by_group[group].fin_a and flows_by_group[group].fin_b
         if exact.any():
             packets = np.sort(np.concatenate([groups.packets_of(group) for group in np.flatnonzero(exact).tolist()]))
             self._decode_frames(batch, fast.frames[packets])

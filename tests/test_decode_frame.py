@@ -10,6 +10,7 @@ test's control.
 from __future__ import annotations
 
 import random
+import socket
 import struct
 from dataclasses import dataclass
 
@@ -1277,3 +1278,25 @@ def test_ipv6_extension_header_after_the_fragment_header_is_read_after_reassembl
     results = [decode(decoder, ether(fragment)) for fragment in fragment6(datagram, 100)]
     packet = [result for result in results if result is not None][-1]
     assert (packet.proto, packet.sport, packet.dport, packet.payload) == (17, 3333, 53, b"q" * 120)
+
+
+def test_fragments_nested_in_reassembled_fragments_are_bounded() -> None:
+    """A crafted chain of IPv6 datagrams, each reassembled from fragments whose payload starts with
+    another Fragment header, must end in a counted error, not in unbounded recursion."""
+    levels = 400
+    source, destination = socket.inet_pton(socket.AF_INET6, A6), socket.inet_pton(socket.AF_INET6, B6)
+
+    def ipv6(payload: bytes) -> bytes:
+        return struct.pack("!IHBB", 6 << 28, len(payload), 44, 64) + source + destination + payload
+
+    def fragment_header(next_header: int, offset: int, more: bool, identification: int) -> bytes:
+        return struct.pack("!BBHI", next_header, 0, (offset & 0xFFF8) | int(more), identification)
+
+    last_offset = 8 * levels
+    frames = [ipv6(fragment_header(17 if level == levels else 44, last_offset, False, level) + bytes(8)) for level in range(levels, 0, -1)]
+    first = b"".join(fragment_header(44, 0, True, level) for level in range(2, levels + 1)) + bytes(8)
+    frames.append(ipv6(fragment_header(44, 0, True, 1) + first))
+    decoder = new_decoder(max_per_source=1024)
+    for frame in frames:
+        decode(decoder, ether_raw(0x86DD, frame))
+    assert decoder.malformed["too_many_nested_fragments"] == 1

@@ -167,7 +167,7 @@ def test_a_frame_from_the_future_or_captures_out_of_order_do_not_split_flows(tmp
     wrpcap(str(tmp_path / "later.pcap"), [frame("10.0.0.3", start + 10_000)])
     wrpcap(str(tmp_path / "rest.pcap"), flow[15:])
     (tmp_path / "m.json").write_text(json.dumps({"id": "t", "markers": [{"id": "m", "type": "ipv4", "value": "198.51.100.7"}]}))
-    monkeypatch.setattr(probe.capture.reader, "CHUNK_SIZE", 600)  # a few frames per batch
+    monkeypatch.setattr(probe.capture.reader, "CHUNK_SIZE", 100)  # about one frame per batch
     for captures in (["future.pcap"], ["later.pcap", "earlier.pcap", "rest.pcap"]):
         events = io.StringIO()
         replay(Config(), [str(tmp_path / name) for name in captures], [str(tmp_path / "m.json")], events)

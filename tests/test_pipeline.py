@@ -104,9 +104,15 @@ def test_a_new_connection_on_the_ports_of_an_ended_one_is_a_new_flow(tmp_path: P
     for packet in second:
         packet.time += 1
     runs = []
-    for chunk, vector_run in ((16 << 20, 32), (800, 32), (16 << 20, 10**9)):
+    for chunk, vector_run in ((16 << 20, 1), (800, 1), (16 << 20, 10**9)):  # vector route, small batches, per frame
         monkeypatch.setattr(probe.capture.reader, "CHUNK_SIZE", chunk)
         monkeypatch.setattr(probe.pipeline, "MIN_VECTOR_RUN", vector_run)
         runs.append(sorted((event["event_id"], event["packets"], event["first_seen"]) for event in events_for(tmp_path, first + second, ["reused.example"])))
+        # The same with the first connection's close and the second connection in a second capture.
+        wrpcap(str(tmp_path / "a.pcap"), first[:-2])
+        wrpcap(str(tmp_path / "b.pcap"), first[-2:] + second)
+        events = io.StringIO()
+        replay(Config(), [str(tmp_path / "a.pcap"), str(tmp_path / "b.pcap")], [str(tmp_path / "markers.json")], events)
+        assert sorted((event["event_id"], event["packets"], event["first_seen"]) for event in map(json.loads, events.getvalue().splitlines())) == runs[-1]
     assert len(runs[0]) == 2 and runs[0][0][2] != runs[0][1][2]
     assert runs[0] == runs[1] == runs[2]

@@ -48,9 +48,17 @@ class RecordingPipeline(Pipeline):
         super()._match_names(flow, names, matched_on, *rest)
 
     def _end_flow(self, flow) -> None:
+        self._note_addresses(flow)
+        super()._end_flow(flow)
+
+    def finish(self) -> None:
+        for flow in self.flows.flows.values():  # flows still open end without `_end_flow` unless they hit
+            self._note_addresses(flow)
+        super().finish()
+
+    def _note_addresses(self, flow) -> None:
         self.addresses.add(address_text(flow.key[0:16]))
         self.addresses.add(address_text(flow.key[18:34]))
-        super()._end_flow(flow)
 
 
 class _EveryName:

@@ -41,6 +41,8 @@ VXLAN_PORT = 4789
 GENEVE_PORT = 6081
 MAX_LAYERS = 12
 MAX_MPLS_LABELS = 16
+MAX_NESTED_REASSEMBLIES = 3
+"""A tunnel's fragments may carry an inner fragment; deeper nesting is an attack."""
 
 _u16 = struct.Struct("!H").unpack_from
 _u32 = struct.Struct("!I").unpack_from
@@ -73,6 +75,7 @@ class FrameDecoder:
         self.truncated = 0
         self.not_ip = 0
         self.unsupported_linktypes: Counter[int] = Counter()
+        self._reassemblies = 0
 
     def decode(self, data: bytes, start: int, caplen: int, wirelen: int, linktype: int, timestamp: int) -> Packet | None:
         """Decode one frame; None when it is not IP, is malformed, or is a fragment held back."""
@@ -116,6 +119,10 @@ class FrameDecoder:
         first fragment whose others never came) is decoded as far as its bytes go."""
         self._cut_by_snaplen = not complete
         packet.truncated = not complete
+        if self._reassemblies >= MAX_NESTED_REASSEMBLIES:  # fragments inside reassembled fragments inside...
+            self.malformed["too_many_nested_fragments"] += 1
+            return None
+        self._reassemblies += 1
         try:
             if version == 6:
                 return self._ipv6_payload(packet, payload, packet.proto, 0, len(payload), len(payload), len(packet.encapsulation))
@@ -128,6 +135,8 @@ class FrameDecoder:
         except Malformed as error:
             self.malformed[error.kind] += 1
             return None
+        finally:
+            self._reassemblies -= 1
 
     def expire_fragments(self, now: int) -> list[Packet]:
         """Decode the first fragments of datagrams that timed out incomplete."""

@@ -196,9 +196,18 @@ class FlowTable:
         """Remove and return the flows idle for longer than their class's timeout."""
         live = self._class != FREE
         idle = np.flatnonzero(live & (now - self._last_seen > self._timeout_of_class[np.where(live, self._class, 0)]))
-        ended = [self._slot_flows[slot] for slot in idle.tolist()]
-        for flow in ended:
-            self.remove(flow)  # type: ignore[arg-type]
+        return self._forget(idle)
+
+    def _forget(self, slots: np.ndarray) -> list[Flow]:
+        """Remove the flows in `slots` at once; their counters stay readable until reuse."""
+        slot_list = slots.tolist()
+        slot_flows, flows = self._slot_flows, self.flows
+        ended = [slot_flows[slot] for slot in slot_list]
+        for slot, flow in zip(slot_list, ended):
+            del flows[flow.key]  # type: ignore[union-attr]
+            slot_flows[slot] = None
+        self._class[slots] = FREE
+        self._free += slot_list
         self.expired += len(ended)
         return ended  # type: ignore[return-value]
 
@@ -206,8 +215,11 @@ class FlowTable:
         """Remove and return every flow (end of input). As after any removal, a flow's counters stay
         readable until its slot is reused; `shrink` then gives the memory back."""
         ended = list(self.flows.values())
-        for flow in ended:
-            self.remove(flow)
+        size = len(self._class)
+        self.flows = {}
+        self._class[:] = FREE
+        self._slot_flows = [None] * size
+        self._free = list(range(size - 1, -1, -1))
         return ended
 
     def shrink(self) -> None:
