@@ -107,15 +107,21 @@ def _events(captures: list[Path], bundle: Path) -> list[dict]:
     return sorted((json.loads(line) for line in events.getvalue().splitlines()), key=lambda event: event["event_id"])
 
 
-def test_batch_classifier_and_per_frame_decoder_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The vectorised route and the per-frame route are two decoders of the same frames: sending
-    every frame through the per-frame decoder must give the very same events."""
+def _every_marker_planted(bundle: Path) -> list[Path]:
+    """The readable shared captures, and a bundle planting every name and address of their truth."""
     captures = [capture for capture in shared_captures() if not truth_of(capture).get("tshark_rc")]
-    truth = {"dns_qnames": [], "tls_sni": [], "http_hosts": [], "inner_ipv4": [], "inner_ipv6": []}
+    truth: dict[str, list[str]] = {"dns_qnames": [], "tls_sni": [], "http_hosts": [], "inner_ipv4": [], "inner_ipv6": []}
     for capture in captures:
         for key in truth:
             truth[key] += truth_of(capture)[key]
-    _planted_bundle(truth, tmp_path / "planted.json")
+    _planted_bundle(truth, bundle)
+    return captures
+
+
+def test_batch_classifier_and_per_frame_decoder_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The vectorised route and the per-frame route are two decoders of the same frames: sending
+    every frame through the per-frame decoder must give the very same events."""
+    captures = _every_marker_planted(tmp_path / "planted.json")
     batched = _events(captures, tmp_path / "planted.json")
     monkeypatch.setattr(probe.pipeline, "classify_batch", lambda batch: FastFrames(np.arange(len(batch))))
     per_frame = _events(captures, tmp_path / "planted.json")
@@ -126,12 +132,7 @@ def test_batch_classifier_and_per_frame_decoder_agree(tmp_path: Path, monkeypatc
 def test_grouping_stays_exact_when_flow_hashes_collide(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Flows are grouped by a 64-bit hash of their key; were every key to collide, the grouping
     falls back to sorting the keys themselves and the events must not change."""
-    captures = [capture for capture in shared_captures() if not truth_of(capture).get("tshark_rc")]
-    truth = {"dns_qnames": [], "tls_sni": [], "http_hosts": [], "inner_ipv4": [], "inner_ipv6": []}
-    for capture in captures:
-        for key in truth:
-            truth[key] += truth_of(capture)[key]
-    _planted_bundle(truth, tmp_path / "planted.json")
+    captures = _every_marker_planted(tmp_path / "planted.json")
     normal = _events(captures, tmp_path / "planted.json")
     monkeypatch.setattr(probe.decode.batch, "_lane_hashes", lambda lanes: np.zeros(len(lanes), dtype=np.uint64))
     assert _events(captures, tmp_path / "planted.json") == normal
