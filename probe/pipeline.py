@@ -155,7 +155,8 @@ class Pipeline:
             self._inspect(flow, proto, from_client, packet.sport, packet.dport, packet.tcp_seq, packet.payload, packet.timestamp, packet.encapsulation)
         if flags & (TCP_FIN | TCP_RST) and proto == PROTO_TCP:
             fin = bool(flags & TCP_FIN)
-            self._tcp_end(flow, fin and src_is_a, fin and not src_is_a, bool(flags & TCP_RST))
+            if self._tcp_end(flow, fin and src_is_a, fin and not src_is_a, bool(flags & TCP_RST)):
+                flow.final = table.counters(flow)
 
     def _inspect(self, flow: Flow, proto: int, from_client: bool, sport: int, dport: int, seq: int, payload: bytes, timestamp: int, encapsulation: list[dict]) -> None:
         """Look for names in a packet's payload: DNS messages in either direction, and the client's
@@ -195,6 +196,8 @@ class Pipeline:
             # The table cannot hold this run's flows all at once: exact route, frame by frame.
             self._decode_frames(batch, fast.frames)
             return
+        ending = groups.ending()
+        before_batch = table.snapshot(np.where(counted[ending], slots[ending], -1))
         table.account_groups(slots[counted], groups.counts[counted], groups.bytes[counted], groups.earliest[counted], groups.last_seen[counted])
         if len(opening):
             self._open_flows(fast, groups, opening, flows_by_group, slots[counted])
@@ -202,11 +205,21 @@ class Pipeline:
             table.account_groups(opened, groups.counts[opening], groups.bytes[opening], groups.earliest[opening], groups.last_seen[opening])
         buffering = [group for group, flow in enumerate(flows_by_group) if flow.inspect == INSPECT_BUFFERING]
         self._inspect_fast(data, fast, groups, flows_by_group, buffering)
-        ending = groups.ending()
-        for group, fin_a, fin_b, reset in zip(ending.tolist(), groups.fin_a[ending].tolist(), groups.fin_b[ending].tolist(), groups.reset[ending].tolist()):
+        closed_now = []
+        for position, (group, fin_a, fin_b, reset) in enumerate(zip(ending.tolist(), groups.fin_a[ending].tolist(), groups.fin_b[ending].tolist(), groups.reset[ending].tolist())):
             flow = flows_by_group[group]
             if flow.timeout_class != CLASS_CLOSED:
-                self._tcp_end(flow, fin_a, fin_b, reset)
+                had_a, had_b = flow.fin_a, flow.fin_b
+                if self._tcp_end(flow, fin_a, fin_b, reset):
+                    closed_now.append((position, group, had_a, had_b, flow))
+        if closed_now:
+            positions, closing_groups, had_a, had_b, flows = zip(*closed_now)
+            packets, byte_counts, earliest, latest = groups.closing_counters(np.array(closing_groups), np.array(had_a), np.array(had_b))
+            picked = np.array(positions)
+            old_packets, old_bytes, old_first, old_last = (column[picked] for column in before_batch)
+            finals = zip((old_packets + packets).tolist(), (old_bytes + byte_counts).tolist(), np.minimum(old_first, earliest).tolist(), np.maximum(old_last, latest).tolist())
+            for flow, final in zip(flows, finals):
+                flow.final = final
 
     def _look_up(self, groups: FlowGroups) -> tuple[list[Flow], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The groups' flows and slots, which exist, which are closed, which were idle past their
@@ -369,15 +382,18 @@ class Pipeline:
         else:
             hit.count += 1
 
-    def _tcp_end(self, flow: Flow, fin_a: bool, fin_b: bool, reset: bool) -> None:
+    def _tcp_end(self, flow: Flow, fin_a: bool, fin_b: bool, reset: bool) -> bool:
         """A TCP flow ends at its RST or once both sides sent FIN; its events are written at the end
-        of the batch, so that both decoding routes count the same packets (its last ACKs)."""
+        of the batch with the counters as they were at the closing packet (which the caller keeps
+        in `flow.final`). True when the flow ended now."""
         already_ending = flow.fin_a and flow.fin_b
         flow.fin_a |= fin_a
         flow.fin_b |= fin_b
         if (reset or (flow.fin_a and flow.fin_b)) and not already_ending and flow.timeout_class != CLASS_CLOSED:
             self._closing.append(flow)
             flow.fin_a = flow.fin_b = True
+            return True
+        return False
 
     def _close_ended_flows(self) -> None:
         for flow in self._closing:
@@ -397,6 +413,6 @@ class Pipeline:
         flow.stream = None
         if flow.hits:
             probe = self.config.probe
-            counters = self.flows.counters(flow)
+            counters = flow.final or self.flows.counters(flow)
             self.writer.write([event_record(flow, counters, self.markers[number], hit, probe) for number, hit in flow.hits.items()])
         flow.hits = None

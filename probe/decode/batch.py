@@ -285,8 +285,9 @@ class FlowGroups:
         self._starts = np.append(starts, len(order))
         self.counts = np.diff(self._starts)
         self.first = order[starts]
+        self._row_group = np.cumsum(new_group) - 1  # group of each row in sorted order
         self.inverse = np.empty(len(order), dtype=np.int64)
-        self.inverse[order] = np.cumsum(new_group) - 1
+        self.inverse[order] = self._row_group
         records = flow_keys(sorted_lanes[starts])
         self.key_matrix = records.view(np.uint8).reshape(-1, KEY_BYTES)
         raw = records.tobytes()
@@ -308,11 +309,43 @@ class FlowGroups:
         self.fin_b = np.logical_or.reduceat(fin & ~from_a, starts)
         self.reset = np.logical_or.reduceat(reset, starts)
         # A SYN after both FINs or a RST of its group is a new connection on the same ports.
-        ended_before = ((_count_before(fin & from_a, starts, self.counts) > 0) & (_count_before(fin & ~from_a, starts, self.counts) > 0)) | (_count_before(reset, starts, self.counts) > 0)
+        fin_a_rows, fin_b_rows = fin & from_a, fin & ~from_a
+        before = (_count_before(fin_a_rows, starts, self.counts), _count_before(fin_b_rows, starts, self.counts), _count_before(reset, starts, self.counts))
+        ended_before = ((before[0] > 0) & (before[1] > 0)) | (before[2] > 0)
         pure_syn = (flags & 0x12) == 0x02
         self.restarts = np.logical_or.reduceat(pure_syn & ended_before, starts)
         self.has_pure_syn = np.logical_or.reduceat(pure_syn, starts)
+        self._rows = (before[0] + fin_a_rows, before[1] + fin_b_rows, before[2] + reset, frames.wirelens[order], timestamps)
         self.protos = frames.protos[self.first]
+
+    def closing_counters(self, groups: np.ndarray, prior_a: np.ndarray, prior_b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """For TCP groups that end in this batch (their flows had sent FIN from side A / side B
+        before it, as `prior_a` / `prior_b` say): packets, bytes, earliest and latest time of the
+        batch's packets up to and including the one that ended the flow. An event reports these, so
+        that late ACKs after the close count the same whatever the batching."""
+        fin_a_through, fin_b_through, reset_through, wirelens, timestamps = self._rows
+        starts, counts, row_group = self._starts[:-1], self.counts, self._row_group
+        had_a = np.zeros(len(counts), dtype=bool)
+        had_b = np.zeros(len(counts), dtype=bool)
+        had_a[groups], had_b[groups] = prior_a, prior_b
+        ended = ((had_a[row_group] | (fin_a_through > 0)) & (had_b[row_group] | (fin_b_through > 0))) | (reset_through > 0)
+        rows = np.arange(len(row_group))
+        close = np.minimum.reduceat(np.where(ended, rows, len(rows) - 1), starts)[groups]
+        first_rows = starts[groups]
+        cumulative = np.cumsum(wirelens)
+        byte_counts = cumulative[close] - cumulative[first_rows] + wirelens[first_rows]
+        # Running extremes within each group: shift each group's (relative) times into its own range.
+        relative = timestamps - timestamps.min()
+        span = int(relative.max()) + 1
+        if span * len(counts) < 1 << 62:
+            shift = row_group * span
+            latest = np.maximum.accumulate(relative + shift)[close] - shift[close]
+            earliest = span - 1 - (np.maximum.accumulate(span - 1 - relative + shift)[close] - shift[close])
+        else:  # times too far apart to shift: one slice per group
+            latest = np.array([relative[start : end + 1].max() for start, end in zip(first_rows.tolist(), close.tolist())], dtype=np.int64)
+            earliest = np.array([relative[start : end + 1].min() for start, end in zip(first_rows.tolist(), close.tolist())], dtype=np.int64)
+        base = timestamps.min()
+        return close - first_rows + 1, byte_counts, earliest + base, latest + base
 
     def ending(self) -> np.ndarray:
         """Groups with a FIN or RST in this batch."""

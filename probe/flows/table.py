@@ -50,7 +50,7 @@ def canonical_key(src: bytes, sport: int, dst: bytes, dport: int, proto: int) ->
 class Flow:
     """One bidirectional flow. `client_is_a` says which key side opened it (events' `src`)."""
 
-    __slots__ = ("key", "slot", "client_is_a", "timeout_class", "inspect", "stream", "hits", "fin_a", "fin_b")
+    __slots__ = ("key", "slot", "client_is_a", "timeout_class", "inspect", "stream", "hits", "fin_a", "fin_b", "final")
 
     def __init__(self, key: bytes, slot: int, client_is_a: bool, timeout_class: int) -> None:
         self.key = key
@@ -62,6 +62,8 @@ class Flow:
         self.hits: dict[int, Hit] | None = None
         self.fin_a = False
         self.fin_b = False
+        self.final: tuple[int, int, int, int] | None = None
+        """Counters as they were at the packet that closed the flow (its events report these)."""
 
     @property
     def proto(self) -> int:
@@ -170,6 +172,17 @@ class FlowTable:
         """For the flows in `slots`: (closed, idle past their timeout at `first_timestamps`)."""
         classes = self._class[slots]
         return classes == CLASS_CLOSED, first_timestamps - self._last_seen[slots] > self._timeout_of_class[classes]
+
+    def snapshot(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(packets, bytes, first seen, last seen) of many slots; -1 stands for a flow not yet there."""
+        there = slots >= 0
+        safe = np.where(there, slots, 0)
+        return (
+            np.where(there, self._packets[safe], 0),
+            np.where(there, self._bytes[safe], 0),
+            np.where(there, self._first_seen[safe], np.iinfo(np.int64).max),
+            np.where(there, self._last_seen[safe], np.iinfo(np.int64).min),
+        )
 
     def counters(self, flow: Flow) -> tuple[int, int, int, int]:
         """(packets, bytes, first seen, last seen) of a flow."""
