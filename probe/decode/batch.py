@@ -330,7 +330,7 @@ class FlowGroups:
         had_a[groups], had_b[groups] = prior_a, prior_b
         ended = ((had_a[row_group] | (fin_a_through > 0)) & (had_b[row_group] | (fin_b_through > 0))) | (reset_through > 0)
         rows = np.arange(len(row_group))
-        close = np.minimum.reduceat(np.where(ended, rows, len(rows) - 1), starts)[groups]
+        close = np.minimum(np.minimum.reduceat(np.where(ended, rows, len(rows)), starts), self._starts[1:] - 1)[groups]  # at most the group's last row
         first_rows = starts[groups]
         cumulative = np.cumsum(wirelens)
         byte_counts = cumulative[close] - cumulative[first_rows] + wirelens[first_rows]
