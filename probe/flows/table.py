@@ -123,11 +123,9 @@ class FlowTable:
         live = np.flatnonzero(evictable)
         victims = min(len(live), max(excess, self.max_flows // EVICTION_SHARE))
         oldest = live[np.argpartition(self._last_seen[live], victims - 1)[:victims]] if victims < len(live) else live
-        evicted = [self._slot_flows[slot] for slot in oldest.tolist()]
-        for flow in evicted:
-            self.remove(flow)  # type: ignore[arg-type]
+        evicted = self._forget(oldest)
         self.evicted += len(evicted)
-        return evicted  # type: ignore[return-value]
+        return evicted
 
     def create(self, key: bytes, client_is_a: bool, timestamp: int) -> Flow:
         """Add a flow (the caller has made room with `reserve`)."""
@@ -209,7 +207,9 @@ class FlowTable:
         """Remove and return the flows idle for longer than their class's timeout."""
         live = self._class != FREE
         idle = np.flatnonzero(live & (now - self._last_seen > self._timeout_of_class[np.where(live, self._class, 0)]))
-        return self._forget(idle)
+        ended = self._forget(idle)
+        self.expired += len(ended)
+        return ended
 
     def _forget(self, slots: np.ndarray) -> list[Flow]:
         """Remove the flows in `slots` at once; their counters stay readable until reuse."""
@@ -221,7 +221,6 @@ class FlowTable:
             slot_flows[slot] = None
         self._class[slots] = FREE
         self._free += slot_list
-        self.expired += len(ended)
         return ended  # type: ignore[return-value]
 
     def drain(self) -> list[Flow]:
