@@ -9,7 +9,7 @@ import click
 from probe.config import Config, load_config
 from probe.errors import ProbeError
 from probe.progress import Progress
-from probe.replay import load_markers, run_replay, write_summary
+from probe.replay import load_library, run_replay, write_summary
 
 EXIT_EVENTS_FOUND = 1
 EXIT_ERROR = 2
@@ -60,7 +60,7 @@ def replay_command(captures: tuple[str, ...], marker_paths: tuple[str, ...], eve
         paths = list(marker_paths) or list(config.markers.files)
         if not paths:
             fail("no marker file: give --markers FILE or list files in the [markers] section of --config")
-        marker_files, _ = load_markers(paths)  # before the events file is opened (and emptied)
+        library = load_library(config, paths)  # before the events file is opened (and emptied)
         target = events_path or config.events.path
         events = sys.stdout if target == "-" else open(target, "w", encoding="utf-8")
     except OSError as error:
@@ -68,7 +68,7 @@ def replay_command(captures: tuple[str, ...], marker_paths: tuple[str, ...], eve
     except ProbeError as error:
         fail(str(error))
     try:
-        result = run_replay(config, list(captures), marker_files, events, Progress.for_captures(list(captures)))
+        result = run_replay(config, list(captures), library, events, Progress.for_captures(list(captures)))
     except ProbeError as error:
         fail(str(error))
     finally:

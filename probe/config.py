@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from probe.errors import ConfigError
+from probe.match.markers import TLP_LEVELS
 
 
 @dataclass(frozen=True)
@@ -53,13 +54,25 @@ class FragmentsSection:
 @dataclass(frozen=True)
 class MarkersSection:
     files: tuple[str, ...] = ()
-    """Marker files loaded when `--markers` is not given (JSON bundles or Zeek intel files)."""
+    """Marker files loaded when `--markers` is not given: bundles, or feeds read directly (STIX,
+    MISP, Zeek intel, plain lists)."""
+    require_signature: bool | None = None
+    """Refuse a bundle without a valid signature by a trusted key of its issuer. Default: true for
+    the live service, false for `probe replay`."""
+    trust_store: str = ""
+    """Directory of issuers' public keys, `<issuer>.pub` or `<issuer>.<label>.pub`."""
+    state_file: str = ""
+    """Where the highest accepted version of each bundle is kept (0600), so that no older bundle
+    is accepted after a restart. Empty: versions are remembered for the run only."""
 
 
 @dataclass(frozen=True)
 class EventsSection:
     path: str = "-"
     """Where `probe replay` writes events as JSON Lines; `-` is standard output."""
+    max_tlp: str = "red"
+    """Highest TLP label (clear, green, amber, amber+strict, red) whose marker values this output
+    may carry; an event of a marker labelled above it names the marker's id only."""
 
 
 @dataclass(frozen=True)
@@ -124,10 +137,15 @@ def _parse_section(cls: type, raw: dict[str, Any], section: str, origin: str) ->
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise ConfigError(f"{where}: expected a number of seconds, got {value!r}")
             value = float(value)
+        elif expected == "bool | None":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}: expected true or false, got {value!r}")
         elif expected == "tuple[str, ...]":
             if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
                 raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
             value = tuple(value)
+        if key == "max_tlp" and value not in TLP_LEVELS:
+            raise ConfigError(f"{where}: must be one of {', '.join(TLP_LEVELS)}, got {value!r}")
         if key in POSITIVE_FIELDS and not 0 < value <= (MAXIMUM_SECONDS if expected == "float" else MAXIMUM_COUNT):
             limit = f"{MAXIMUM_SECONDS:.0f} seconds" if expected == "float" else f"{MAXIMUM_COUNT}"
             raise ConfigError(f"{where}: must be greater than 0 and at most {limit}, got {value!r}")

@@ -23,3 +23,11 @@ class CaptureError(ProbeError):
         self.path = path
         self.offset = offset
         self.problem = problem
+
+
+class CompanionError(MarkerError):
+    """A bundle's companion value file is unreadable, malformed, or not the file the bundle lists."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(problem)
+        self.path = path

@@ -23,8 +23,8 @@ from probe.decode.frame import FrameDecoder
 from probe.decode.packet import PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Packet
 from probe.flows.stream import SEQUENCE_SPACE, ClientStream
 from probe.flows.table import CLASS_CLOSED, INSPECT_BUFFERING, INSPECT_DONE, INSPECT_WATCH, NANOSECONDS, Flow, FlowTable, canonical_key
-from probe.match.index import MarkerIndex
-from probe.match.name_filter import NameFilter
+from probe.bundles.library import MarkerLibrary
+from probe.match.compiled import CompiledMarkers
 from probe.match.markers import Marker
 from probe.record.events import EventWriter, Hit, event_record
 
@@ -49,11 +49,10 @@ def starts_like_handshake(payload: bytes) -> bool:
 
 
 class Pipeline:
-    def __init__(self, config: Config, markers: list[Marker], writer: EventWriter) -> None:
+    def __init__(self, config: Config, library: MarkerLibrary, writer: EventWriter) -> None:
         self.config = config
-        self.markers = markers
-        self.index = MarkerIndex(markers)
-        self.name_filter = NameFilter(self.index)
+        self.library = library
+        self._use_markers(library.active)
         self.writer = writer
         fragments = config.fragments
         self.reassembler = FragmentReassembler(int(fragments.timeout * NANOSECONDS), fragments.max_datagrams, fragments.max_per_source, fragments.max_bytes)
@@ -75,9 +74,16 @@ class Pipeline:
         self._gap_limits[PROTO_TCP] = int(min(limits.tcp_timeout, limits.tcp_closed_timeout) * NANOSECONDS)
         self._gap_limits[PROTO_UDP] = int(limits.udp_timeout * NANOSECONDS)
 
+    def _use_markers(self, compiled: CompiledMarkers) -> None:
+        self.compiled = compiled
+        self.index = compiled.index
+        self.name_filter = compiled.name_filter
+
     def process_batch(self, batch: FrameBatch) -> None:
         if not len(batch):
             return
+        if self.library.active is not self.compiled:  # a reload published a new version: take it now, between two packets
+            self._use_markers(self.library.active)
         self.packets += len(batch)
         self.bytes += int(batch.wirelens.sum())
         if self.first_timestamp is None:
@@ -282,12 +288,12 @@ class Pipeline:
         match_name = self.index.match_name
         for packet, start, length in zip(packets.tolist(), fast.payload_offsets[packets].tolist(), fast.payload_lengths[packets].tolist()):
             for name in query_names(data[start : start + length]):
-                numbers = match_name(name)
-                if numbers:
+                markers = match_name(name)
+                if markers:
                     flow = flows_by_group[int(groups.inverse[packet])]
                     timestamp, encapsulation = int(fast.timestamps[packet]), vlan_encapsulation(int(fast.vlans[packet]))
-                    for number in numbers:
-                        self._hit(flow, number, "dns.query", bool(fast.src_is_a[packet]) == flow.client_is_a, timestamp, encapsulation)
+                    for marker in markers:
+                        self._hit(flow, marker, "dns.query", bool(fast.src_is_a[packet]) == flow.client_is_a, timestamp, encapsulation)
 
     def _drain_buffering(self, data: bytes, fast: FastFrames, groups: FlowGroups, group: int, flow: Flow, after: int, inspected: set[int]) -> None:
         packets = groups.packets_of(group)
@@ -309,10 +315,9 @@ class Pipeline:
         flow = self.flows.create(key, client_is_a, timestamp)
         if check_addresses:
             index = self.index
-            to_server = src_is_a == client_is_a
-            for side, address in ((client_is_a, key[0:16]), (not client_is_a, key[18:34])):
-                for number in index.match_address(address):
-                    self._hit(flow, number, "ip.src" if side else "ip.dst", to_server, timestamp, encapsulation)
+            for is_client, address in ((client_is_a, key[0:16]), (not client_is_a, key[18:34])):
+                for marker in index.match_address(address):
+                    self._hit(flow, marker, "ip.src" if is_client else "ip.dst", not is_client, timestamp, encapsulation)
         return flow
 
     def _inspect_client_stream(self, flow: Flow, seq: int, payload: bytes, timestamp: int, encapsulation: list[dict], dns_port: bool) -> None:
@@ -336,14 +341,14 @@ class Pipeline:
                 if hello.status == tls.NEED_MORE:
                     break
                 if hello.status == tls.DONE and hello.server_name:
-                    self._match_names(flow, (hello.server_name,), "tls.sni", True, timestamp, encapsulation)
+                    self._match_names(flow, (hello.server_name,), "tls.sni", True, timestamp, encapsulation, self.index.match_server_name)
                 self._stop_buffering(flow, INSPECT_WATCH)  # a second ClientHello (after a HelloRetryRequest) is read too
                 return
             request = http.http_request_host(data)
             if request.status == http.NEED_MORE:
                 break
             if request.status == http.DONE:
-                self._match_names(flow, {request.host, request.target_host} - {None}, "http.host", True, timestamp, encapsulation)
+                self._match_names(flow, {request.host, request.target_host} - {None}, "http.host", True, timestamp, encapsulation, self.index.match_http_host)
             if request.status != http.DONE or not request.connect:
                 self._stop_buffering(flow, INSPECT_WATCH)
                 return
@@ -364,21 +369,25 @@ class Pipeline:
         flow.stream = None
         flow.inspect = inspect
 
-    def _match_names(self, flow: Flow, names, matched_on: str, to_server: bool, timestamp: int, encapsulation: list[dict]) -> None:
-        match_name = self.index.match_name
+    def _match_names(self, flow: Flow, names, matched_on: str, to_server: bool, timestamp: int, encapsulation: list[dict], match_name=None) -> None:
+        """`match_name`: the index's lookup for where the names were seen (default: DNS)."""
+        match_name = match_name or self.index.match_name
         for name in names:
-            for number in match_name(name):
-                self._hit(flow, number, matched_on, to_server, timestamp, encapsulation)
+            for marker in match_name(name):
+                self._hit(flow, marker, matched_on, to_server, timestamp, encapsulation)
 
-    def _hit(self, flow: Flow, number: int, matched_on: str, to_server: bool, timestamp: int, encapsulation: list[dict]) -> None:
-        if not self.markers[number].valid_at(timestamp):
+    def _hit(self, flow: Flow, marker: Marker, matched_on: str, to_server: bool, timestamp: int, encapsulation: list[dict]) -> None:
+        """Record that `marker` hit `flow`; `to_server`: the marked value is on the server's side."""
+        if not marker.valid_at(timestamp):
+            return
+        if marker.constraints is not None and not marker.constraints.allow(flow.proto, flow.server_port(), to_server):
             return
         hits = flow.hits
         if hits is None:
             hits = flow.hits = {}
-        hit = hits.get(number)
+        hit = hits.get(marker)
         if hit is None:
-            hits[number] = Hit(matched_on, to_server, timestamp, encapsulation)
+            hits[marker] = Hit(matched_on, to_server, timestamp, encapsulation)
         else:
             hit.count += 1
 
@@ -414,5 +423,6 @@ class Pipeline:
         if flow.hits:
             probe = self.config.probe
             counters = flow.final or self.flows.counters(flow)
-            self.writer.write([event_record(flow, counters, self.markers[number], hit, probe) for number, hit in flow.hits.items()])
+            max_tlp = self.config.events.max_tlp
+            self.writer.write([event_record(flow, counters, marker, hit, probe, max_tlp) for marker, hit in flow.hits.items()])
         flow.hits = None

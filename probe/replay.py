@@ -12,43 +12,54 @@ import time
 from dataclasses import dataclass, field
 from typing import IO
 
+from probe.bundles.library import LoadPolicy, MarkerLibrary
+from probe.bundles.signing import TrustStore
+from probe.bundles.versions import VersionState
 from probe.capture.reader import read_capture
 from probe.config import Config
-from probe.errors import CaptureError
-from probe.match.loader import load_marker_file
-from probe.match.markers import Marker, MarkerFile
+from probe.errors import CaptureError, MarkerError
+from probe.match.markers import ACTIVE_TYPES
 from probe.pipeline import Pipeline
 from probe.progress import Progress
-from probe.record.events import EventWriter
+from probe.record.events import EventWriter, rfc3339
 
 
 @dataclass
 class ReplayResult:
     pipeline: Pipeline
     writer: EventWriter
-    marker_files: list[MarkerFile]
+    library: MarkerLibrary
     captures: int = 0
     capture_errors: list[CaptureError] = field(default_factory=list)
     elapsed: float = 0.0
     warnings: list[str] = field(default_factory=list)
 
 
-def load_markers(paths: list[str]) -> tuple[list[MarkerFile], list[Marker]]:
-    files = [load_marker_file(path) for path in paths]
-    return files, [marker for marker_file in files for marker in marker_file.markers]
+def load_library(config: Config, paths: list[str], require_signature: bool = False) -> MarkerLibrary:
+    """The marker files, admitted under the configuration's [markers] rules; any refusal is an
+    error (a replay never runs on part of what it was given). `require_signature` is the mode's
+    default when the configuration does not say."""
+    section = config.markers
+    required = section.require_signature if section.require_signature is not None else require_signature
+    policy = LoadPolicy(required, TrustStore(section.trust_store) if section.trust_store else None, VersionState(section.state_file or None))
+    library = MarkerLibrary(policy)
+    report = library.load(paths)
+    if report.refused:
+        more = f" (and {len(report.refused) - 1} more refused)" if len(report.refused) > 1 else ""
+        raise MarkerError(report.refused[0] + more)
+    return library
 
 
 def replay(config: Config, captures: list[str], marker_paths: list[str], events: IO[str], progress: Progress | None = None) -> ReplayResult:
-    return run_replay(config, captures, load_markers(marker_paths)[0], events, progress)
+    return run_replay(config, captures, load_library(config, marker_paths), events, progress)
 
 
-def run_replay(config: Config, captures: list[str], marker_files: list[MarkerFile], events: IO[str], progress: Progress | None = None) -> ReplayResult:
+def run_replay(config: Config, captures: list[str], library: MarkerLibrary, events: IO[str], progress: Progress | None = None) -> ReplayResult:
     """Replay with markers already loaded (so that a bad marker file is reported before the
     events file is touched)."""
-    markers = [marker for marker_file in marker_files for marker in marker_file.markers]
     writer = EventWriter(events)
-    pipeline = Pipeline(config, markers, writer)
-    result = ReplayResult(pipeline, writer, marker_files)
+    pipeline = Pipeline(config, library, writer)
+    result = ReplayResult(pipeline, writer, library)
     started = time.perf_counter()
     # The packet path makes no reference cycles, so the cyclic collector would only spend time
     # rescanning the flow table as it grows; it is paused for the replay.
@@ -72,23 +83,29 @@ def run_replay(config: Config, captures: list[str], marker_files: list[MarkerFil
     if progress is not None:
         progress.close()
     result.elapsed = time.perf_counter() - started
-    result.warnings = marker_warnings(marker_files, markers, pipeline)
+    result.warnings = marker_warnings(library, pipeline.first_timestamp, pipeline.last_timestamp)
     return result
 
 
-def marker_warnings(marker_files: list[MarkerFile], markers: list[Marker], pipeline: Pipeline) -> list[str]:
-    """Say so when markers were given but some, or all, could never match."""
+def marker_warnings(library: MarkerLibrary, first: int | None, last: int) -> list[str]:
+    """Say so when markers were given but some, or all, could never match: types not matched
+    yet, feed entries that could not be read, bundles whose window excludes the whole capture."""
     warnings = []
-    for marker_file in marker_files:
-        for kind, count in sorted(marker_file.not_loaded.items()):
-            warnings.append(f"{marker_file.path}: {count} marker(s) of type {kind} not loaded: this version does not match that type")
-    if marker_files and not markers:
-        warnings.append("no marker could be loaded from the marker files given: nothing can match")
-    elif markers and pipeline.first_timestamp is not None:
-        first, last = pipeline.first_timestamp, pipeline.last_timestamp
-        if not any((m.valid_from is None or m.valid_from <= last) and (m.valid_until is None or m.valid_until >= first) for m in markers):
-            warnings.append("no marker is valid during the capture's time range: nothing could match")
+    for bundle in library.bundles.values():
+        for note in bundle.notes:
+            warnings.append(f"not loaded: {note}")
+        for kind, count in sorted(bundle.counts().items()):
+            if kind not in ACTIVE_TYPES:
+                warnings.append(f"{bundle.path}: {count} marker(s) of type {kind} inactive: this version does not match that type yet")
+        if first is not None and ((bundle.valid_from is not None and bundle.valid_from > last) or (bundle.valid_until is not None and bundle.valid_until < first)):
+            warnings.append(f"{bundle.path}: bundle {bundle.id} version {bundle.version} is valid from {_time(bundle.valid_from)} to {_time(bundle.valid_until)}, which excludes the whole capture: none of its markers can match")
+    if library.bundles and not library.active.active_count:
+        warnings.append("no marker of the files given can match: nothing can match")
     return warnings
+
+
+def _time(timestamp: int | None) -> str:
+    return "-" if timestamp is None else rfc3339(timestamp)
 
 
 def write_summary(result: ReplayResult, stream: IO[str] = sys.stderr) -> None:
@@ -102,7 +119,7 @@ def write_summary(result: ReplayResult, stream: IO[str] = sys.stderr) -> None:
         f"truncated packets: {decoder.truncated}  non-IP frames: {decoder.not_ip}" + (f"  unsupported link types: {dict(decoder.unsupported_linktypes)}" if decoder.unsupported_linktypes else ""),
         f"fragments: {reassembler.reassembled} datagrams reassembled, {reassembler.timed_out} incomplete, {reassembler.overlaps} dropped for overlap, {reassembler.dropped} dropped at limits",
         f"flows: {flows.created} created, {flows.expired} ended by idle timeout, {flows.evicted} evicted, {pipeline.handshake_overflows} handshake buffers overflowed",
-        f"markers: {len(pipeline.markers)} loaded from {len(result.marker_files)} file(s)",
+        f"markers: {result.library.active.active_count} active, {sum(result.library.active.inactive.values())} inactive, from {len(result.library.bundles)} bundle(s)",
         f"events: {result.writer.written}" + (" (" + ", ".join(f"{kind} {count}" for kind, count in sorted(result.writer.by_marker_type.items())) + ")" if result.writer.written else ""),
         f"elapsed: {result.elapsed:.2f} s  ({rate:,.0f} packets/s, {pipeline.bytes * 8 / result.elapsed / 1e6 if result.elapsed else 0:,.1f} Mbit/s)",
     ]

@@ -53,7 +53,8 @@ EVENT_FIELDS = {
     "hits",
     "probe",
 }
-MARKER_FIELDS = {"id", "type", "value", "bundle", "bundle_version"}
+MARKER_FIELDS = {"id", "type", "value", "bundle", "bundle_version", "severity", "tlp"}
+"""`severity` and `tlp` only when the marker has them (the example bundle's have)."""
 PROBE_FIELDS = {"name", "site"}
 
 
@@ -111,7 +112,7 @@ def assert_only_error(result: subprocess.CompletedProcess, *needles: str) -> str
 
 
 def write_bundle(path: Path, markers: list[dict], **bundle: object) -> Path:
-    document = {"id": "test-bundle", "version": 7, **bundle, "markers": markers}
+    document = {"id": "test-bundle", "issuer": "test", "version": 7, "created": "2026-11-01T00:00:00Z", **bundle, "markers": markers}
     path.write_text(json.dumps(document), encoding="utf-8")
     return path
 
@@ -340,7 +341,7 @@ def test_crafted_event_fields_are_exactly_the_documented_ones(tmp_path: Path, ad
     assert {(e["marker"]["id"], e["matched_on"]) for e in events} == {("m-host", "http.host"), ("m-first", "ip.dst")}
     for event in events:
         assert set(event) == EVENT_FIELDS
-        assert set(event["marker"]) == MARKER_FIELDS
+        assert set(event["marker"]) == MARKER_FIELDS - {"severity", "tlp"}
         assert set(event["probe"]) == PROBE_FIELDS
         assert event["marker"]["bundle"] == "test-bundle" and event["marker"]["bundle_version"] == 7
     http = next(e for e in events if e["matched_on"] == "http.host")

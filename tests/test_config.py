@@ -64,7 +64,7 @@ def write_config(path: Path, text: str) -> Path:
 
 
 def write_bundle(path: Path, markers: list[dict]) -> Path:
-    path.write_text(json.dumps({"id": path.stem, "version": 1, "markers": markers}), encoding="utf-8")
+    path.write_text(json.dumps({"id": path.stem, "issuer": "test", "version": 1, "created": "2026-11-01T00:00:00Z", "markers": markers}), encoding="utf-8")
     return path
 
 

@@ -86,7 +86,7 @@ def _planted_bundle(truth: dict, path: Path) -> tuple[set[str], set[str]]:
         {"id": "decoy-v6", "type": "ipv6", "value": "2001:db8:dead::1"},
         {"id": "decoy-prefix", "type": "cidr", "value": "198.18.0.0/24"},
     ]
-    path.write_text(json.dumps({"id": "planted", "version": 1, "markers": markers}))
+    path.write_text(json.dumps({"id": "planted", "issuer": "test", "version": 1, "created": "2026-11-01T00:00:00Z", "markers": markers}))
     return planted, decoys
 
 

@@ -31,16 +31,16 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_memory_of_ended_flows_is_returned(mixed: Path) -> None:
-    from probe.match.loader import load_marker_file
     from probe.pipeline import Pipeline
+    from probe.replay import load_library
     from probe.capture.reader import read_capture
     from probe.record.events import EventWriter
 
-    markers = load_marker_file(str(mixed / "markers.json")).markers
+    library = load_library(Config(), [str(mixed / "markers.json")])
     writer = EventWriter(io.StringIO())
     gc.collect()
     tracemalloc.start()
-    pipeline = Pipeline(Config(), markers, writer)
+    pipeline = Pipeline(Config(), library, writer)
     baseline, _ = tracemalloc.get_traced_memory()
     tracemalloc.reset_peak()
     for batch in read_capture(str(mixed / "mixed.pcap")):
@@ -115,7 +115,7 @@ def test_idle_timeout_splits_a_flow_the_same_way_in_any_batching(tmp_path: Path)
     packets = [Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="192.0.2.1", dst="198.51.100.9") / UDP(sport=4000, dport=9999) / Raw(b"x" * 10) for _ in range(2)]
     packets[0].time, packets[1].time = 1_700_000_000, 1_700_000_090
     wrpcap(str(tmp_path / "gap.pcap"), packets)
-    (tmp_path / "m.json").write_text(json.dumps({"id": "t", "markers": [{"id": "m", "type": "ipv4", "value": "198.51.100.9"}]}))
+    (tmp_path / "m.json").write_text(json.dumps({"id": "t", "issuer": "test", "version": 1, "created": "2026-11-01T00:00:00Z", "markers": [{"id": "m", "type": "ipv4", "value": "198.51.100.9"}]}))
     config = parse_config({"flows": {"udp_timeout": 60}})
     events = io.StringIO()
     replay(config, [str(tmp_path / "gap.pcap")], [str(tmp_path / "m.json")], events)
@@ -134,7 +134,7 @@ def test_a_batch_with_more_flows_than_the_table_loses_no_event_and_keeps_the_bou
             packet.time = 1_700_000_000 + round_number + number / 100
             packets.append(packet)
     wrpcap(str(tmp_path / "many.pcap"), packets)
-    (tmp_path / "m.json").write_text(json.dumps({"id": "t", "markers": [{"id": "m", "type": "domain", "value": "evil.example"}]}))
+    (tmp_path / "m.json").write_text(json.dumps({"id": "t", "issuer": "test", "version": 1, "created": "2026-11-01T00:00:00Z", "markers": [{"id": "m", "type": "domain", "value": "evil.example"}]}))
     largest = []
     create = FlowTable.create
 
@@ -166,7 +166,7 @@ def test_a_frame_from_the_future_or_captures_out_of_order_do_not_split_flows(tmp
     wrpcap(str(tmp_path / "earlier.pcap"), flow[:15])
     wrpcap(str(tmp_path / "later.pcap"), [frame("10.0.0.3", start + 10_000)])
     wrpcap(str(tmp_path / "rest.pcap"), flow[15:])
-    (tmp_path / "m.json").write_text(json.dumps({"id": "t", "markers": [{"id": "m", "type": "ipv4", "value": "198.51.100.7"}]}))
+    (tmp_path / "m.json").write_text(json.dumps({"id": "t", "issuer": "test", "version": 1, "created": "2026-11-01T00:00:00Z", "markers": [{"id": "m", "type": "ipv4", "value": "198.51.100.7"}]}))
     monkeypatch.setattr(probe.capture.reader, "CHUNK_SIZE", 100)  # about one frame per batch
     for captures in (["future.pcap"], ["later.pcap", "earlier.pcap", "rest.pcap"]):
         events = io.StringIO()

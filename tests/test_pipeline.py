@@ -43,7 +43,7 @@ def session(client_port: int, server_port: int, client_segments: list[bytes], se
 def events_for(tmp_path: Path, packets: list, names: list[str]) -> list[dict]:
     wrpcap(str(tmp_path / "capture.pcap"), packets)
     markers = [{"id": name, "type": "domain", "value": name, "match": "exact"} for name in names]
-    (tmp_path / "markers.json").write_text(json.dumps({"id": "test", "markers": markers}))
+    (tmp_path / "markers.json").write_text(json.dumps({"id": "test", "issuer": "test", "version": 1, "created": "2026-11-01T00:00:00Z", "markers": markers}))
     events = io.StringIO()
     replay(Config(), [str(tmp_path / "capture.pcap")], [str(tmp_path / "markers.json")], events)
     return [json.loads(line) for line in events.getvalue().splitlines()]
@@ -86,7 +86,7 @@ def test_tls_and_http_on_dns_ports_are_still_read(tmp_path: Path) -> None:
 def test_the_same_marker_id_in_two_bundles_gives_two_distinct_events(tmp_path: Path) -> None:
     wrpcap(str(tmp_path / "capture.pcap"), session(40012, 443, [client_hello("twice.example", random.Random(6), post_quantum=False)]))
     for name in ("one", "two"):
-        (tmp_path / f"{name}.json").write_text(json.dumps({"id": name, "markers": [{"id": "m-001", "type": "domain", "value": "twice.example"}]}))
+        (tmp_path / f"{name}.json").write_text(json.dumps({"id": name, "issuer": "test", "version": 1, "created": "2026-11-01T00:00:00Z", "markers": [{"id": "m-001", "type": "domain", "value": "twice.example"}]}))
     events = io.StringIO()
     replay(Config(), [str(tmp_path / "capture.pcap")], [str(tmp_path / "one.json"), str(tmp_path / "two.json")], events)
     records = [json.loads(line) for line in events.getvalue().splitlines()]

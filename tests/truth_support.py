@@ -10,6 +10,7 @@ from unittest import mock
 import numpy as np
 import pytest
 
+from bundle_support import library_of
 from probe.config import Config
 from probe.decode import dns
 from probe.decode.packet import address_text
@@ -37,7 +38,7 @@ class RecordingPipeline(Pipeline):
     test can compare what was decoded with tshark's dissection."""
 
     def __init__(self, markers: list[Marker] | None = None, writer: EventWriter | None = None) -> None:
-        super().__init__(Config(), markers or [], writer or EventWriter(_Discard()))
+        super().__init__(Config(), library_of(markers or []), writer or EventWriter(_Discard()))
         self.name_filter = _EveryName()
         self.names: dict[str, set[str]] = {"dns.query": set(), "tls.sni": set(), "http.host": set()}
         self.addresses: set[str] = set()

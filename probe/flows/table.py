@@ -20,6 +20,7 @@ from probe.decode.packet import PROTO_TCP, PROTO_UDP
 if TYPE_CHECKING:
     from probe.flows.stream import ClientStream
     from probe.record.events import Hit
+    from probe.match.markers import Marker
 
 NANOSECONDS = 1_000_000_000
 
@@ -59,7 +60,7 @@ class Flow:
         self.timeout_class = timeout_class
         self.inspect = INSPECT_WATCH
         self.stream: ClientStream | None = None
-        self.hits: dict[int, Hit] | None = None
+        self.hits: dict[Marker, Hit] | None = None
         self.fin_a = False
         self.fin_b = False
         self.final: tuple[int, int, int, int] | None = None
@@ -76,6 +77,10 @@ class Flow:
         b = (key[18:34], int.from_bytes(key[34:36], "big"))
         client, server = (a, b) if self.client_is_a else (b, a)
         return client[0], client[1], server[0], server[1]
+
+    def server_port(self) -> int:
+        key = self.key
+        return int.from_bytes(key[34:36] if self.client_is_a else key[16:18], "big")
 
 
 class FlowTable:

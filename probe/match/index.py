@@ -14,36 +14,65 @@ from bisect import bisect_right
 
 import numpy as np
 
-from probe.decode.packet import IPV4_MAPPED_PREFIX, address_key
+from probe.bundles.format import Bundle, ValueFile
+from probe.decode.packet import IPV4_MAPPED_PREFIX, address_key, address_text
 from probe.match.markers import ADDRESS_TYPES, Marker
 
-NO_MARKERS: tuple[int, ...] = ()
+NO_MARKERS: tuple[Marker, ...] = ()
+
+
+Entry = "tuple[Marker, ...] | ValueFile"
+"""What an index table holds for one key: the markers themselves, or the companion value file the
+key came from (a million values share that one object; the marker is built only on a hit)."""
 
 
 class MarkerIndex:
-    def __init__(self, markers: list[Marker]) -> None:
-        self.markers = markers
-        self.addresses: dict[bytes, tuple[int, ...]] = {}
-        self.exact_names: dict[str, tuple[int, ...]] = {}
-        self.parent_names: dict[str, tuple[int, ...]] = {}
-        networks: list[tuple[int, int, int]] = []
-        for number, marker in enumerate(markers):
-            if marker.type in ADDRESS_TYPES:
-                key = address_key(marker.value)
-                self.addresses[key] = self.addresses.get(key, NO_MARKERS) + (number,)
-            elif marker.type == "cidr":
-                network = ipaddress.ip_network(marker.value)
-                first = int.from_bytes(address_key(str(network.network_address)), "big")
-                networks.append((first, first + network.num_addresses, number))
-            elif marker.type == "domain":
-                self.exact_names[marker.value] = self.exact_names.get(marker.value, NO_MARKERS) + (number,)
-                if marker.subdomains:
-                    self.parent_names[marker.value] = self.parent_names.get(marker.value, NO_MARKERS) + (number,)
+    def __init__(self, bundles: list[Bundle]) -> None:
+        self.addresses: dict[bytes, Entry] = {}
+        self.exact_names: dict[str, Entry] = {}
+        """`domain` markers, by name."""
+        self.parent_names: dict[str, Entry] = {}
+        """`domain` markers that also match every name below theirs."""
+        self.server_names: dict[str, Entry] = {}
+        """`tls_sni` markers."""
+        self.http_hosts: dict[str, Entry] = {}
+        self.inactive: dict[str, int] = {}
+        """Markers by type this version cannot match yet."""
+        self.active = 0
+        self._networks: list[tuple[int, int, Marker]] = []
+        for bundle in bundles:
+            for marker in bundle.markers:
+                self._add(marker.type, marker.value, (marker,), marker.subdomains)
+            for value_file in bundle.value_files:
+                for value in value_file.values():
+                    self._add(value_file.type, value, value_file, value_file.template.subdomains)
         self.parent_zones = {parent[parent.rfind(".", 0, parent.rfind(".")) + 1 :] for parent in self.parent_names if "." in parent}
         """Last two labels of every subdomain marker that has at least two."""
-        self._boundaries, self._covering = _flatten(networks)
+        networks = [(start, end, number) for number, (start, end, _) in enumerate(self._networks)]
+        self._boundaries, self._covering = _flatten(networks, [marker for _, _, marker in self._networks])
         self.has_address_markers = bool(self.addresses or networks)
         self._prepare_address_filter(networks)
+        del self._networks
+
+    def _add(self, kind: str, value: str, entry: Entry, subdomains: bool) -> None:
+        if kind in ADDRESS_TYPES:
+            _put(self.addresses, address_key(value), value, entry)
+        elif kind == "cidr":
+            network = ipaddress.ip_network(value)
+            first = int.from_bytes(address_key(str(network.network_address)), "big")
+            self._networks.append((first, first + network.num_addresses, _markers(entry, value)[0]))
+        elif kind == "domain":
+            _put(self.exact_names, value, value, entry)
+            if subdomains:
+                _put(self.parent_names, value, value, entry)
+        elif kind == "tls_sni":
+            _put(self.server_names, value, value, entry)
+        elif kind == "http_host":
+            _put(self.http_hosts, value, value, entry)
+        else:
+            self.inactive[kind] = self.inactive.get(kind, 0) + 1
+            return
+        self.active += 1
 
     def _prepare_address_filter(self, networks: list[tuple[int, int, int]]) -> None:
         """Sorted IPv4 values and merged IPv4 ranges, so that a whole batch of flows can be told
@@ -78,35 +107,50 @@ class MarkerIndex:
             candidates |= ~is_ipv4
         return candidates
 
-    def match_address(self, address: bytes) -> tuple[int, ...]:
-        """Markers (by number) hit by a 16-byte flow address, exact or by prefix."""
-        hits = self.addresses.get(address, NO_MARKERS)
+    def match_address(self, address: bytes) -> tuple[Marker, ...]:
+        """Markers hit by a 16-byte flow address, exact or by prefix."""
+        found = self.addresses.get(address)
+        hits = NO_MARKERS if found is None else found if found.__class__ is tuple else (found.marker(address_text(address)),)  # type: ignore[union-attr]
         if self._boundaries:
             position = bisect_right(self._boundaries, int.from_bytes(address, "big")) - 1
             if position >= 0 and self._covering[position]:
                 hits += self._covering[position]
         return hits
 
-    def match_name(self, name: str) -> tuple[int, ...]:
+    def match_server_name(self, name: str) -> tuple[Marker, ...]:
+        """Markers hit by a TLS server name: `tls_sni` markers of the name and `domain` markers."""
+        found = self.server_names.get(name)
+        return self.match_name(name) if found is None else _markers(found, name) + self.match_name(name)
+
+    def match_http_host(self, name: str) -> tuple[Marker, ...]:
+        """Markers hit by an HTTP request's host: `http_host` markers of the host and `domain`
+        markers."""
+        found = self.http_hosts.get(name)
+        return self.match_name(name) if found is None else _markers(found, name) + self.match_name(name)
+
+    def match_name(self, name: str) -> tuple[Marker, ...]:
         """Markers hit by a lower-case name without trailing dot: every marker of the name itself,
         and the subdomain markers of each of its parents. Most names share no last two labels with
         any subdomain marker, which one set lookup tells before walking the parents."""
-        hits = self.exact_names.get(name, NO_MARKERS)
+        found = self.exact_names.get(name)
+        hits = NO_MARKERS if found is None else _markers(found, name)
         parents = self.parent_names
         top_dot = name.rfind(".")
         if not parents or top_dot < 0:
             return hits
-        found = parents.get(name[top_dot + 1 :])
-        if found:
-            hits += found
+        parent = name[top_dot + 1 :]
+        found = parents.get(parent)
+        if found is not None:
+            hits += _markers(found, parent)
         zone_dot = name.rfind(".", 0, top_dot)
         if zone_dot < 0 or name[zone_dot + 1 :] not in self.parent_zones:
             return hits
         position = name.find(".")
         while position < top_dot:
-            found = parents.get(name[position + 1 :])
-            if found:
-                hits += found
+            parent = name[position + 1 :]
+            found = parents.get(parent)
+            if found is not None:
+                hits += _markers(found, parent)
             position = name.find(".", position + 1)
         return hits
 
@@ -119,7 +163,18 @@ def sorted_contains(sorted_values: np.ndarray, probes: np.ndarray) -> np.ndarray
     return sorted_values[position] == probes
 
 
-def _flatten(networks: list[tuple[int, int, int]]) -> tuple[list[int], list[tuple[int, ...]]]:
+def _markers(entry: Entry, value: str) -> tuple[Marker, ...]:
+    return entry if entry.__class__ is tuple else (entry.marker(value),)  # type: ignore[return-value,union-attr]
+
+
+def _put(table: dict, key: object, value: str, entry: Entry) -> None:
+    """Add `entry` under `key`; where a key is already there (the same value in two bundles or
+    files), both become marker tuples."""
+    found = table.get(key)
+    table[key] = entry if found is None else _markers(found, value) + _markers(entry, value)
+
+
+def _flatten(networks: list[tuple[int, int, int]], markers: list[Marker]) -> tuple[list[int], list[tuple[Marker, ...]]]:
     """Sweep the prefixes' starts and ends into elementary intervals with their covering markers."""
     edges: dict[int, list[tuple[int, int]]] = {}
     for start, end, number in networks:
@@ -134,5 +189,5 @@ def _flatten(networks: list[tuple[int, int, int]]) -> tuple[list[int], list[tupl
             else:
                 active.pop(number, None)
         boundaries.append(position)
-        covering.append(tuple(sorted(active)))
+        covering.append(tuple(markers[number] for number in sorted(active)))
     return boundaries, covering

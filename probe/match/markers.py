@@ -5,8 +5,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ADDRESS_TYPES = ("ipv4", "ipv6")
-ACTIVE_TYPES = ("ipv4", "ipv6", "cidr", "domain")
-"""Types this version matches; a file's markers of any other type are reported as not loaded."""
+ACTIVE_TYPES = ("ipv4", "ipv6", "cidr", "domain", "http_host", "tls_sni")
+"""Types this version matches; markers of the other types load and are reported as inactive."""
+TLP_LEVELS = ("clear", "green", "amber", "amber+strict", "red")
+"""Traffic Light Protocol 2.0, least to most restricted."""
+SEVERITIES = ("info", "low", "medium", "high", "critical")
+
+
+@dataclass(frozen=True, slots=True)
+class Constraints:
+    """Conditions on the flow a marker may hit; None means any."""
+
+    protocols: frozenset[int] | None = None
+    """IP protocol numbers."""
+    ports: frozenset[int] | None = None
+    """The flow's server (responder) port."""
+    to_server: bool | None = None
+    """True: the marked value is on the server's side; False: on the client's."""
+
+    def allow(self, proto: int, server_port: int, to_server: bool) -> bool:
+        return (self.protocols is None or proto in self.protocols) and (self.ports is None or server_port in self.ports) and (self.to_server is None or to_server == self.to_server)
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,18 +41,16 @@ class Marker:
     valid_from: int | None = None
     """Nanoseconds since the epoch; the marker matches no packet captured before."""
     valid_until: int | None = None
+    severity: str | None = None
+    reference: str | None = None
+    tlp: str | None = None
+    """The stricter of the marker's and its bundle's labels."""
+    name: str | None = None
+    """`bytes` and `yara`: what events carry instead of the pattern or rule."""
+    encoding: str | None = None
+    """`bytes`: literal, hex or regex."""
+    constraints: Constraints | None = None
+    issuer: str = ""
 
     def valid_at(self, timestamp: int) -> bool:
         return (self.valid_from is None or timestamp >= self.valid_from) and (self.valid_until is None or timestamp <= self.valid_until)
-
-
-@dataclass
-class MarkerFile:
-    """What loading one file gave: its markers and what it could not use."""
-
-    path: str
-    bundle: str
-    bundle_version: int
-    markers: list[Marker]
-    not_loaded: dict[str, int]
-    """Count of entries per type this version does not match (reported, never silently dropped)."""

@@ -25,21 +25,30 @@ _INVERSE_POWERS = np.array([pow(_BASE, -column, _MODULUS) for column in range(NA
 _DOT = ord(".")
 
 
+HASH_CHUNK = 65_536
+"""Names hashed at once when building: bounds the build's peak memory for a million names."""
+
+
 def name_hashes(names: list[str]) -> np.ndarray:
     """Sorted unique hashes of marker names, computed by the same vector code as the traffic's.
     Names longer than NAME_COLUMNS are left out: a name the filter reads is never longer, nor is
     any of its parents."""
-    encoded = [name.encode("utf-8", "surrogateescape") for name in names]
-    encoded = [name for name in encoded if len(name) <= NAME_COLUMNS]
-    matrix = np.frombuffer(b"".join(name.ljust(NAME_COLUMNS, b"\0") for name in encoded), dtype=np.uint8).reshape(-1, NAME_COLUMNS)
-    lengths = np.array([len(name) for name in encoded], dtype=np.int64)
-    prefix = np.cumsum(matrix.astype(np.uint64) * _POWERS, axis=1)
-    return np.unique(prefix[np.arange(len(encoded)), np.maximum(lengths - 1, 0)])
+    hashes = [np.empty(0, dtype=np.uint64)]
+    for start in range(0, len(names), HASH_CHUNK):
+        encoded = [name.encode("utf-8", "surrogateescape") for name in names[start : start + HASH_CHUNK]]
+        encoded = [name for name in encoded if len(name) <= NAME_COLUMNS]
+        if not encoded:
+            continue
+        matrix = np.frombuffer(b"".join(name.ljust(NAME_COLUMNS, b"\0") for name in encoded), dtype=np.uint8).reshape(-1, NAME_COLUMNS)
+        lengths = np.array([len(name) for name in encoded], dtype=np.int64)
+        prefix = np.cumsum(matrix.astype(np.uint64) * _POWERS, axis=1)
+        hashes.append(prefix[np.arange(len(encoded)), np.maximum(lengths - 1, 0)])
+    return np.unique(np.concatenate(hashes))
 
 
 class NameFilter:
     def __init__(self, index: MarkerIndex) -> None:
-        self._names = name_hashes(list(index.exact_names))
+        self._names = name_hashes(list(index.exact_names) + list(index.server_names))
         self._parents = name_hashes(list(index.parent_names))
 
     def may_hit(self, names: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -16,7 +16,8 @@ from typing import IO
 from probe.config import ProbeSection
 from probe.decode.packet import PROTO_NAMES, address_text
 from probe.flows.table import Flow
-from probe.match.markers import Marker
+from probe.bundles.values import PATTERN_TYPES
+from probe.match.markers import TLP_LEVELS, Marker
 
 
 class Hit:
@@ -49,7 +50,26 @@ def event_id(marker: Marker, flow: Flow, first_seen: int) -> str:
     return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
 
 
-def event_record(flow: Flow, counters: tuple[int, int, int, int], marker: Marker, hit: Hit, probe: ProbeSection) -> dict:
+def marker_fields(marker: Marker, max_tlp: str) -> dict:
+    """What an event says of its marker: its identity, and its value unless that is a pattern or
+    rule (which could be payload) or labelled above what this output may carry."""
+    fields: dict = {"id": marker.id}
+    if marker.tlp is None or TLP_LEVELS.index(marker.tlp) <= TLP_LEVELS.index(max_tlp):
+        fields["type"] = marker.type
+        if marker.type in PATTERN_TYPES:
+            fields["name"] = marker.name
+        else:
+            fields["value"] = marker.value
+        if marker.severity is not None:
+            fields["severity"] = marker.severity
+    if marker.tlp is not None:
+        fields["tlp"] = marker.tlp
+    fields["bundle"] = marker.bundle
+    fields["bundle_version"] = marker.bundle_version
+    return fields
+
+
+def event_record(flow: Flow, counters: tuple[int, int, int, int], marker: Marker, hit: Hit, probe: ProbeSection, max_tlp: str = "red") -> dict:
     """`counters`: the flow's (packets, bytes, first seen, last seen) from the flow table."""
     client, client_port, server, server_port = flow.endpoints()
     packets, byte_count, first_seen, last_seen = counters
@@ -66,7 +86,7 @@ def event_record(flow: Flow, counters: tuple[int, int, int, int], marker: Marker
         "direction": "to_server" if hit.to_server else "to_client",
         "vlan": [layer["id"] for layer in hit.encapsulation if layer["type"] == "vlan"],
         "matched_on": hit.matched_on,
-        "marker": {"id": marker.id, "type": marker.type, "value": marker.value, "bundle": marker.bundle, "bundle_version": marker.bundle_version},
+        "marker": marker_fields(marker, max_tlp),
         "encapsulation": hit.encapsulation,
         "first_seen": rfc3339(first_seen),
         "last_seen": rfc3339(last_seen),
@@ -92,5 +112,5 @@ class EventWriter:
         self.stream.flush()
         self.written += len(records)
         for record in records:
-            kind = record["marker"]["type"]
+            kind = record["marker"].get("type", "withheld")
             self.by_marker_type[kind] = self.by_marker_type.get(kind, 0) + 1

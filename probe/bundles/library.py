@@ -1,0 +1,142 @@
+"""The active marker set: which bundles are accepted, and the compiled version the pipeline reads.
+
+`MarkerLibrary.load` admits bundle files one by one (read once, signature checked on those very
+bytes, expiry, version rules), compiles the new set in the calling thread — a background thread
+on a live reload — and only then publishes it by one attribute assignment, which the pipeline
+picks up between two batches. A refused bundle changes nothing: what was active stays active.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from probe.bundles.format import Bundle, is_bundle, markers_from_entries, parse_bundle, read_file
+from probe.bundles.signing import TrustStore
+from probe.bundles.versions import VersionState
+from probe.errors import CompanionError, MarkerError
+from probe.match.compiled import CompiledMarkers
+
+
+@dataclass
+class LoadPolicy:
+    require_signature: bool = False
+    trust_store: TrustStore | None = None
+    versions: VersionState = field(default_factory=lambda: VersionState(None))
+    clock: Callable[[], int] = time.time_ns
+    """Wall clock (nanoseconds) for bundle expiry at load; matching uses packet time."""
+
+
+@dataclass
+class LoadReport:
+    accepted: list[Bundle] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    """One line each, naming the file and the reason."""
+
+
+class MarkerLibrary:
+    def __init__(self, policy: LoadPolicy | None = None) -> None:
+        self.policy = policy or LoadPolicy()
+        if self.policy.require_signature and self.policy.trust_store is None:
+            raise MarkerError("require_signature is set but no trust store is configured ([markers] trust_store)")
+        self.bundles: dict[tuple[str, str], Bundle] = {}
+        """The active bundle of each (issuer, id)."""
+        self.active = CompiledMarkers([])
+        """Replaced whole by each successful load; readers take it without a lock."""
+        self.generation = 0
+        self._lock = threading.Lock()
+
+    def load(self, paths: list[str]) -> LoadReport:
+        """Admit the given files (new bundles, or new versions of active ones) and publish the
+        resulting set. Bundles not named stay active."""
+        with self._lock:
+            report = LoadReport()
+            candidates: dict[tuple[str, str], Bundle] = {}
+            for path in paths:
+                try:
+                    bundle = self.admit(path)
+                except MarkerError as error:
+                    report.refused.append(str(error))
+                    continue
+                rival = candidates.get(bundle.key)
+                if rival is not None and rival.digest != bundle.digest:
+                    older, bundle = (rival, bundle) if rival.version < bundle.version else (bundle, rival)
+                    if older.version == bundle.version:
+                        report.refused.append(f"{older.path}: refused: version {older.version} of {older.issuer}/{older.id} is also {bundle.path}, with other content")
+                        continue
+                    report.refused.append(f"{older.path}: refused: superseded by version {bundle.version} in {bundle.path}")
+                candidates[bundle.key] = bundle
+            changed = {key: bundle for key, bundle in candidates.items() if key not in self.bundles or self.bundles[key].digest != bundle.digest}
+            while changed:
+                chosen = {**self.bundles, **changed}
+                try:
+                    compiled = CompiledMarkers(list(chosen.values()))
+                except CompanionError as error:
+                    owner = next(key for key, bundle in changed.items() if any(str(value_file.path) == error.path for value_file in bundle.value_files))
+                    report.refused.append(f"{changed.pop(owner).path}: refused: {error}")
+                    continue
+                self.policy.versions.accept(list(changed.values()))
+                self.bundles = chosen
+                self.active = compiled
+                self.generation += 1
+                break
+            report.accepted = [bundle for bundle in candidates.values() if self.bundles.get(bundle.key) is bundle or bundle.key not in changed and bundle.key in self.bundles]
+            return report
+
+    def load_in_background(self, paths: list[str], done: Callable[[LoadReport], None]) -> threading.Thread:
+        """Load on a thread of its own (the live service's reload): matching goes on meanwhile
+        with the active version."""
+        thread = threading.Thread(target=lambda: done(self.load(paths)), name="bundle-reload", daemon=True)
+        thread.start()
+        return thread
+
+    def admit(self, path: str) -> Bundle:
+        """Read one marker file and check everything but its companion files (checked as they are
+        compiled): signature, expiry, version. Raises MarkerError with the reason for refusal."""
+        data = read_file(path)
+        bundle = read_source(path, data)
+        policy = self.policy
+        if policy.require_signature:
+            if bundle.source_format != "bundle":
+                raise MarkerError(f"{path}: refused: a {bundle.source_format} file carries no signature; import it into a bundle (probe markers import), sign it, then load it")
+            assert policy.trust_store is not None
+            policy.trust_store.verify(path, data, bundle.issuer)
+            if bundle.valid_until is not None and bundle.valid_until < policy.clock():
+                raise MarkerError(f"{path}: refused: expired (valid_until is in the past)")
+        active = self.bundles.get(bundle.key)
+        if active is not None and active.digest != bundle.digest and bundle.version <= active.version:
+            raise MarkerError(f"{path}: refused: version {bundle.version} of {bundle.issuer}/{bundle.id} is not newer than active version {active.version} (no downgrade)")
+        refusal = policy.versions.refusal(bundle)
+        if refusal is not None:
+            raise MarkerError(refusal)
+        return bundle
+
+
+def read_source(path: str, data: bytes) -> Bundle:
+    """A bundle, or a feed in another format (STIX, MISP, Zeek intel, plain list) read as an
+    unsigned bundle whose id is derived from the file's name and content."""
+    if is_bundle(data):
+        bundle, problems = parse_bundle(path, data)
+        if problems:
+            more = f" (and {len(problems) - 1} more: run 'probe markers validate {path}')" if len(problems) > 1 else ""
+            raise MarkerError(problems[0] + more)
+        assert bundle is not None
+        return bundle
+    from probe.bundles.importing import ImportReport, detect_format, read_source as read_feed  # the importers need this module's Bundle
+
+    source_format = detect_format(path)
+    digest = hashlib.sha256(data).hexdigest()
+    bundle_id = f"{Path(path).stem}-{digest[:12]}"
+    bundle = Bundle(path, bundle_id, "local", 0, None, None, None, None, digest, [], [], source_format)
+    problems: list[str] = []
+    feed_report = ImportReport()
+    entries = ({**entry, "id": f"{bundle_id}/{entry['id']}"} for entry in read_feed(source_format, path, feed_report))
+    bundle.markers = list(markers_from_entries(path, entries, bundle, problems))
+    if problems:
+        raise MarkerError(problems[0])
+    bundle.notes = list(feed_report.refused)
+    return bundle
