@@ -8,6 +8,7 @@ import click
 
 from probe.config import Config, load_config
 from probe.errors import ProbeError
+from probe.markers_cli import markers_group
 from probe.progress import Progress
 from probe.replay import load_library, run_replay, write_summary
 
@@ -83,3 +84,6 @@ def replay_command(captures: tuple[str, ...], marker_paths: tuple[str, ...], eve
         sys.exit(EXIT_ERROR)
     if fail_on_event and result.writer.written:
         sys.exit(EXIT_EVENTS_FOUND)
+
+
+main.add_command(markers_group)

@@ -99,8 +99,11 @@ def marker_warnings(library: MarkerLibrary, first: int | None, last: int) -> lis
                 warnings.append(f"{bundle.path}: {count} marker(s) of type {kind} inactive: this version does not match that type yet")
         if first is not None and ((bundle.valid_from is not None and bundle.valid_from > last) or (bundle.valid_until is not None and bundle.valid_until < first)):
             warnings.append(f"{bundle.path}: bundle {bundle.id} version {bundle.version} is valid from {_time(bundle.valid_from)} to {_time(bundle.valid_until)}, which excludes the whole capture: none of its markers can match")
+    active = [marker for bundle in library.bundles.values() for marker, _ in bundle.validity_groups() if marker.type in ACTIVE_TYPES]
     if library.bundles and not library.active.active_count:
         warnings.append("no marker of the files given can match: nothing can match")
+    elif first is not None and not any((m.valid_from is None or m.valid_from <= last) and (m.valid_until is None or m.valid_until >= first) for m in active):
+        warnings.append("no marker is valid during the capture's time range: nothing could match")
     return warnings
 
 

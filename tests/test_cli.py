@@ -688,9 +688,9 @@ def test_planned_type_loads_with_a_warning(tmp_path: Path, any_capture: Path):
     assert_no_traceback(result)
     warnings = [line for line in result.stderr.splitlines() if line.startswith("probe: warning:")]
     assert len(warnings) == 1, result.stderr
-    assert str(bundle) in warnings[0] and "ja3" in warnings[0] and "not loaded" in warnings[0] and "2 marker" in warnings[0]
+    assert str(bundle) in warnings[0] and "ja3" in warnings[0] and "inactive" in warnings[0] and "2 marker" in warnings[0]
     assert marker_ids(events_of(result.stdout)) == {"address"}
-    assert "probe: markers: 1 loaded from 1 file(s)" in result.stderr
+    assert "probe: markers: 1 active, 2 inactive, from 1 bundle(s)" in result.stderr
 
 
 def test_only_planned_types_warns_that_nothing_can_match(tmp_path: Path, any_capture: Path):
@@ -698,7 +698,7 @@ def test_only_planned_types_warns_that_nothing_can_match(tmp_path: Path, any_cap
     result = run_probe("replay", any_capture, "--markers", bundle)
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if line.startswith("probe: warning:")]
-    assert any("url" in line and "not loaded" in line for line in warnings), result.stderr
+    assert any("url" in line and "inactive" in line for line in warnings), result.stderr
     assert any("nothing can match" in line for line in warnings), result.stderr
     assert result.stdout == ""
 

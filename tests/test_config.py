@@ -296,7 +296,7 @@ def test_markers_option_overrides_the_config(tmp_path: Path, capture: Path, bund
     assert result.returncode == 0, result.stderr
     events = events_of(out.read_text(encoding="utf-8"))  # [events] still applies
     assert marker_ids(events) == {"b-one"}
-    assert "probe: markers: 1 loaded from 1 file(s)" in result.stderr
+    assert "probe: markers: 1 active, 0 inactive, from 1 bundle(s)" in result.stderr
 
 
 def test_events_option_overrides_the_config(tmp_path: Path, capture: Path, bundle_a: Path):
@@ -323,7 +323,7 @@ def test_several_marker_files_from_the_config(tmp_path: Path, capture: Path, bun
     result = run_probe("replay", capture, "--config", config)
     assert result.returncode == 0, result.stderr
     assert marker_ids(events_of(result.stdout)) == {"a-net", "b-one"}
-    assert "probe: markers: 2 loaded from 2 file(s)" in result.stderr
+    assert "probe: markers: 2 active, 0 inactive, from 2 bundle(s)" in result.stderr
 
 
 def test_empty_marker_list_in_config_and_no_option_is_exit_2(tmp_path: Path, capture: Path):

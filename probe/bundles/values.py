@@ -103,8 +103,7 @@ def normalise_value(marker_type: str, value: str, encoding: str = "literal") -> 
     if marker_type == "bytes":
         return marker_type, normalise_pattern(value, encoding)
     if marker_type == "yara":
-        if not value.strip():
-            raise ValueError("empty YARA rule text")
+        compile_yara(value)
         return marker_type, value
     raise ValueError(f"unknown marker type {marker_type!r} (known: {', '.join(MARKER_TYPES)})")
 
@@ -133,6 +132,18 @@ def normalise_pattern(value: str, encoding: str) -> str:
             raise ValueError("the regular expression matches the empty string, so every packet")
         return value
     raise ValueError(f"'encoding' must be one of {', '.join(BYTES_ENCODINGS)}, got {encoding!r}")
+
+
+def compile_yara(text: str) -> None:
+    """Refuse a rule that does not compile now rather than when matching would need it."""
+    import yara  # only bundles with YARA markers pay for loading libyara
+
+    if not text.strip():
+        raise ValueError("empty YARA rule text")
+    try:
+        yara.compile(source=text)
+    except yara.Error as error:
+        raise ValueError(f"YARA rule does not compile: {error}") from None
 
 
 def detect_type(value: str) -> tuple[str, str]:
