@@ -93,7 +93,7 @@ def marker_warnings(library: MarkerLibrary, first: int | None, last: int) -> lis
     warnings = []
     for bundle in library.bundles.values():
         for note in bundle.notes:
-            warnings.append(f"not loaded: {note}")
+            warnings.append(note)
         for kind, count in sorted(bundle.counts().items()):
             if kind not in ACTIVE_TYPES:
                 warnings.append(f"{bundle.path}: {count} marker(s) of type {kind} inactive: this version does not match that type yet")

@@ -668,7 +668,7 @@ def test_zeek_intel_loads_and_matches(tmp_path: Path, any_capture: Path):
     result = run_probe("replay", any_capture, "--markers", intel)
     assert result.returncode == 0, result.stderr
     events = events_of(result.stdout)
-    assert marker_ids(events) == {"Intel::ADDR:203.0.113.1"}
+    assert marker_ids(events) == {"ipv4/203.0.113.1"}
     assert events[0]["marker"]["bundle"].startswith("intel-")
     assert events[0]["marker"]["bundle_version"] == 0
     assert "probe: warning:" not in result.stderr
@@ -703,7 +703,7 @@ def test_only_planned_types_warns_that_nothing_can_match(tmp_path: Path, any_cap
     assert result.stdout == ""
 
 
-def test_zeek_intel_url_lines_warn_not_loaded(tmp_path: Path, any_capture: Path):
+def test_zeek_intel_url_lines_load_as_inactive_with_a_warning(tmp_path: Path, any_capture: Path):
     intel = tmp_path / "intel.dat"
     intel.write_text(
         "#fields\tindicator\tindicator_type\tmeta.source\n"
@@ -716,8 +716,8 @@ def test_zeek_intel_url_lines_warn_not_loaded(tmp_path: Path, any_capture: Path)
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if line.startswith("probe: warning:")]
     assert len(warnings) == 1, result.stderr
-    assert str(intel) in warnings[0] and "Intel::URL" in warnings[0] and "not loaded" in warnings[0]
-    assert marker_ids(events_of(result.stdout)) == {"Intel::ADDR:203.0.113.1"}
+    assert str(intel) in warnings[0] and "url" in warnings[0] and "inactive" in warnings[0]
+    assert marker_ids(events_of(result.stdout)) == {"ipv4/203.0.113.1"}
 
 
 def test_markers_expired_before_the_capture_warn(tmp_path: Path, any_capture: Path):

@@ -68,6 +68,13 @@ class ImportReport:
         return lines
 
 
+def is_unsupported(refusal: str) -> bool:
+    """Whether a refusal is about what this probe does not read (a MISP type, a STIX operator, a
+    Zeek indicator type), rather than about the feed's content: reading a feed directly warns of
+    the first kind and refuses the file for the second."""
+    return "not supported" in refusal
+
+
 def detect_format(path: str | Path) -> str:
     """`bundle`, `stix`, `misp`, `zeek` or `list`, from the content, since feeds arrive with any
     file name. A Suricata dataset is a list (a `string` dataset is recognised while reading it)."""
@@ -79,7 +86,7 @@ def detect_format(path: str | Path) -> str:
                     continue
                 if line.startswith((b"{", b"[")):
                     return _json_format(path, load_json(path))
-                if line.startswith(b"#fields"):
+                if line.startswith(b"#fields") or b"\tIntel::" in line:  # the reader reports a missing header
                     return "zeek"
                 if not line.startswith(b"#"):
                     return "list"

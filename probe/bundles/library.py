@@ -126,17 +126,17 @@ def read_source(path: str, data: bytes) -> Bundle:
             raise MarkerError(problems[0] + more)
         assert bundle is not None
         return bundle
-    from probe.bundles.importing import ImportReport, detect_format, read_source as read_feed  # the importers need this module's Bundle
+    from probe.bundles.importing import ImportReport, detect_format, is_unsupported, read_source as read_feed
 
     source_format = detect_format(path)
     digest = hashlib.sha256(data).hexdigest()
-    bundle_id = f"{Path(path).stem}-{digest[:12]}"
-    bundle = Bundle(path, bundle_id, "local", 0, None, None, None, None, digest, [], [], source_format)
+    bundle = Bundle(path, f"{Path(path).stem}-{digest[:12]}", "local", 0, None, None, None, None, digest, [], [], source_format)
     problems: list[str] = []
     feed_report = ImportReport()
-    entries = ({**entry, "id": f"{bundle_id}/{entry['id']}"} for entry in read_feed(source_format, path, feed_report))
-    bundle.markers = list(markers_from_entries(path, entries, bundle, problems))
-    if problems:
-        raise MarkerError(problems[0])
-    bundle.notes = list(feed_report.refused)
+    bundle.markers = list(markers_from_entries(path, read_feed(source_format, path, feed_report), bundle, problems))
+    invalid = problems + [line for line in feed_report.refused if not is_unsupported(line)]
+    if invalid:
+        more = f" (and {len(invalid) - 1} more: run 'probe markers validate {path}')" if len(invalid) > 1 else ""
+        raise MarkerError(invalid[0] + more)
+    bundle.notes = [f"not loaded: {line}" for line in feed_report.refused] + feed_report.notes
     return bundle
