@@ -40,7 +40,7 @@ def main() -> None:
 
 @main.command("replay")
 @click.argument("captures", nargs=-1, required=True, metavar="CAPTURE...")
-@click.option("--markers", "marker_paths", multiple=True, metavar="FILE", help="Marker file: a JSON bundle (markers/README.md) or a Zeek intel file. Repeatable. Default: [markers] files of the configuration.")
+@click.option("--markers", "marker_paths", multiple=True, metavar="FILE", help="Marker file: a bundle (markers/README.md), or a STIX 2.1, MISP, Zeek intel or plain-list feed, recognised by content. Repeatable. Default: [markers] files of the configuration.")
 @click.option("--events", "events_path", metavar="PATH", help="Where to write events as JSON Lines; '-' is standard output (the default).")
 @click.option("--fail-on-event", is_flag=True, help="Exit with code 1 when at least one event was found (for CI pipelines).")
 @config_option
@@ -48,7 +48,9 @@ def replay_command(captures: tuple[str, ...], marker_paths: tuple[str, ...], eve
     """Replay captures against markers and write one event per (flow, marker).
 
     CAPTURE is a pcap or pcapng file, optionally gzip-compressed, or '-' for standard input;
-    several may be given. A summary goes to stderr.
+    several may be given. A summary goes to stderr. Markers are matched as valid at each packet's
+    capture time. With [markers] require_signature = true in --config, only bundles signed by a
+    key of the trust store load.
 
     \b
     Exit codes:

@@ -16,7 +16,7 @@ import click
 
 from probe.bundles.format import read_file
 from probe.bundles.library import LoadPolicy, MarkerLibrary, read_source
-from probe.bundles.signing import TrustStore, generate_key_pair, sign_bundle
+from probe.bundles.signing import TrustStore, generate_key_pair, sign_bundle, write_private
 from probe.bundles.validate import validate_file
 from probe.bundles.versions import VersionState
 from probe.config import load_config
@@ -218,7 +218,7 @@ def export_command(bundle: str, target_format: str, output: str) -> None:
         if output == "-":
             sys.stdout.write(text)
         else:
-            Path(output).write_text(text, encoding="utf-8")
+            write_private(Path(output), text.encode("utf-8"))  # markers are confidential: 0600
     except OSError as error:
         fail(f"{output}: cannot write: {error.strerror}")
     except ProbeError as error:

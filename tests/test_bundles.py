@@ -356,3 +356,75 @@ def test_diff_lists_added_removed_and_changed_markers(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["~ c2 value: '203.0.113.1' -> '203.0.113.2'", "+ fresh domain fresh.example", "- gone domain gone.example"]
     assert "added 1, removed 1, changed 1" in result.stderr
+
+
+def test_import_exit_codes_and_report(tmp_path: Path) -> None:
+    feed = tmp_path / "feed.txt"
+    feed.write_text("203.0.113.1\nevil.example\n198.51.100.0/24\n")
+    output = tmp_path / "out" / "soc.json"
+    output.parent.mkdir()
+    result = run_probe("markers", "import", "--from", "list", feed, "-o", output, "--issuer", "soc", "--version", "4")
+    assert result.returncode == 0, result.stderr
+    assert "imported 3 markers: ipv4 1, cidr 1, domain 1" in result.stderr and "domains: name and subdomains" in result.stderr
+    assert stat.S_IMODE(os.stat(output).st_mode) == 0o600
+    assert run_probe("markers", "validate", output).returncode == 0
+    feed.write_text("203.0.113.1\n!!nonsense!!\n")
+    result = run_probe("markers", "import", "--from", "list", feed, "-o", output, "--issuer", "soc")
+    assert result.returncode == 1 and f"{feed}:2:" in result.stderr and "refused 1" in result.stderr
+    result = run_probe("markers", "import", "--from", "list", tmp_path / "missing.txt", "-o", output, "--issuer", "soc")
+    assert result.returncode == 2 and "cannot read" in result.stderr
+    result = run_probe("markers", "import", "--from", "suricata-dataset", feed, "-o", output, "--issuer", "soc")
+    assert result.returncode == 2 and "--type" in result.stderr
+
+
+def test_import_sign_then_load_with_signatures_required(tmp_path: Path, keys: Path) -> None:
+    misp = tmp_path / "event.json"
+    misp.write_text(json.dumps({"Event": {"info": "campaign", "uuid": "e1", "threat_level_id": "1", "Attribute": [
+        {"uuid": "a1", "type": "ip-dst", "category": "Network activity", "value": "203.0.113.1", "to_ids": True},
+        {"uuid": "a2", "type": "snort", "category": "Network activity", "value": "alert tcp any any -> any any (msg:\"x\";)", "to_ids": True},
+    ]}}))
+    bundle = tmp_path / "anssi.json"
+    result = run_probe("markers", "import", "--from", "misp", misp, "-o", bundle, "--issuer", "anssi", "--id", "campaign")
+    assert result.returncode == 1 and "snort" in result.stderr and "not supported" in result.stderr
+    assert run_probe("markers", "sign", bundle, "--key", tmp_path / "anssi.key").returncode == 0
+    capture = capture_hitting(tmp_path, "c.pcap", "203.0.113.1")
+    config = tmp_path / "probe.toml"
+    config.write_text(f'[markers]\nrequire_signature = true\ntrust_store = "{keys}"\n')
+    result = run_probe("replay", capture, "--markers", bundle, "--config", config)
+    assert result.returncode == 0, result.stderr
+    (event,) = events_of(result.stdout)
+    assert event["marker"]["bundle"] == "campaign" and event["marker"]["value"] == "203.0.113.1" and event["marker"]["severity"] == "high"
+
+
+def test_replay_reads_feeds_directly_and_warns_of_what_it_cannot_use(tmp_path: Path) -> None:
+    capture = capture_hitting(tmp_path, "c.pcap", "203.0.113.1")
+    stix = tmp_path / "feed.stix.json"
+    stix.write_text(json.dumps({"type": "bundle", "id": "bundle--1", "objects": [
+        {"type": "indicator", "spec_version": "2.1", "id": "indicator--a", "pattern_type": "stix", "pattern": "[ipv4-addr:value = '203.0.113.1']", "valid_from": "2020-01-01T00:00:00Z"},
+        {"type": "indicator", "spec_version": "2.1", "id": "indicator--b", "pattern_type": "stix", "pattern": "[file:hashes.MD5 = 'd41d8cd98f00b204e9800998ecf8427e']", "valid_from": "2020-01-01T00:00:00Z"},
+    ]}))
+    result = run_probe("replay", capture, "--markers", stix)
+    assert result.returncode == 0, result.stderr
+    assert [event["marker"]["id"] for event in events_of(result.stdout)] == ["indicator--a"]
+    assert any(line.startswith("probe: warning: not loaded:") and "indicator--b" in line for line in result.stderr.splitlines())
+    plain = tmp_path / "list.txt"
+    plain.write_text("203.0.113.1\n")
+    result = run_probe("replay", capture, "--markers", plain)
+    assert result.returncode == 0 and marker_ids(events_of(result.stdout)) == {"ipv4/203.0.113.1"}
+    plain.write_text("203.0.113.1\n203.0.113.999 oops\n")
+    result = run_probe("replay", capture, "--markers", plain)
+    assert result.returncode == 2 and f"{plain}:2:" in result.stderr
+
+
+def test_export_to_stix_and_back(tmp_path: Path) -> None:
+    markers = ADDRESS + [{"id": "d", "type": "domain", "value": "evil.example", "match": "exact"}, {"id": "j", "type": "ja3", "value": "e7d705a3286e19ea42f587b344ee6865"}]
+    bundle = write_bundle(tmp_path / "b.json", markers)
+    exported = tmp_path / "b.stix.json"
+    result = run_probe("markers", "export", "--to", "stix", bundle, "-o", exported)
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(os.stat(exported).st_mode) == 0o600
+    assert "probe: not exported: j: type ja3" in result.stderr
+    back = tmp_path / "back.json"
+    assert run_probe("markers", "import", "--from", "stix", exported, "-o", back, "--issuer", "test").returncode == 0
+    imported = json.loads(back.read_text())["markers"]
+    assert sorted((m["type"], m["value"], m.get("match", "subdomains")) for m in imported) == [("domain", "evil.example", "exact"), ("ipv4", "203.0.113.1", "subdomains")]

@@ -96,8 +96,9 @@ def test_an_ordinary_list_is_not_taken_for_base64(tmp_path: Path) -> None:
     feed = tmp_path / "names.txt"
     feed.write_text("abcd.example\nZXZpbC5leGFtcGxl\n", encoding="utf-8")
     markers, report = imported("list", feed)
-    assert [marker["value"] for marker in markers] == ["abcd.example", "zxzpbc5legftcgxl"]
+    assert [marker["value"] for marker in markers] == ["abcd.example"]
     assert report.notes == []
+    assert len(report.refused) == 1 and "ZXZpbC5leGFtcGxl" in report.refused[0], "a one-label line is no domain, and not decoded either"
 
 
 def test_suricata_datasets_of_each_type(tmp_path: Path) -> None:

@@ -18,6 +18,9 @@ BYTES_ENCODINGS = ("literal", "hex", "regex")
 DOMAIN_NAME = re.compile(r"(?!.{254})[^\s/:@.]{1,63}(\.[^\s/:@.]{1,63})*")
 """Labels of 1-63 characters, 253 at most in all; anything but spaces and URL punctuation, since
 feeds carry internationalised and underscore names."""
+LIKELY_HOST_NAME = re.compile(r"(?!.{254})([\w-]{1,63}\.)+[\w-]{1,63}\.?")
+"""What a line of a list must look like to be taken for a domain: two labels or more of letters
+(any script), digits, `-` and `_`; a bundle's `domain` markers are not held to this."""
 HEX_DIGESTS = {"ja3": 32, "x509_sha256": 64}
 JA4 = re.compile(r"[tqd][0-9a-z]{2}[di][0-9]{2}[0-9]{2}[0-9a-z]{2}_[0-9a-f]{12}_[0-9a-f]{12}")
 """FoxIO JA4: protocol, TLS version, SNI or IP, cipher and extension counts, ALPN, two hashes."""
@@ -167,7 +170,6 @@ def detect_type(value: str) -> tuple[str, str]:
         return "ja4", lowered
     if URL_SCHEME.match(text) or "/" in text:
         return normalise_value("url", text)
-    try:
+    if LIKELY_HOST_NAME.fullmatch(text):
         return normalise_value("domain", text)
-    except ValueError:
-        raise ValueError(f"{value!r} is not an address, network, hash, JA4, URL or domain name") from None
+    raise ValueError(f"{value!r} is not an address, network, hash, JA4, URL or domain name")
