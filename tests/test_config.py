@@ -3,6 +3,8 @@ real `probe replay` run (the console script, as a subprocess)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import socket
 import subprocess
@@ -138,8 +140,9 @@ def test_example_configuration_documents_every_key():
     text = EXAMPLE_CONFIG.read_text(encoding="utf-8")
     for section in ("probe", "flows", "fragments", "markers", "events"):
         assert f"[{section}]" in text
-    for key in ("name", "site", "max_flows", "tcp_timeout", "udp_timeout", "other_timeout", "tcp_closed_timeout", "handshake_buffer_bytes", "timeout", "max_datagrams", "max_per_source", "max_bytes", "files", "path"):
-        assert key in text, key
+    for section in dataclasses.fields(Config):
+        for key in dataclasses.fields(section.default_factory):
+            assert f"\n{key.name} = " in text or f"\n# {key.name} = " in text, f"{section.name}.{key.name}"
 
 
 def test_no_configuration_gives_the_defaults():
@@ -183,6 +186,8 @@ def test_empty_file_gives_the_defaults(tmp_path: Path):
         pytest.param("[flows]\nudp_timeout = false\n", ("flows.udp_timeout",), id="bool-for-seconds"),
         pytest.param("[probe]\nname = 7\n", ("probe.name",), id="int-for-string"),
         pytest.param('[markers]\nfiles = "a.json"\n', ("markers.files",), id="string-for-list"),
+        pytest.param('[markers]\nrequire_signature = "yes"\n', ("markers.require_signature", "true or false"), id="string-for-bool"),
+        pytest.param('[events]\nmax_tlp = "white"\n', ("events.max_tlp", "amber+strict"), id="unknown-tlp"),
         pytest.param("[markers]\nfiles = [1, 2]\n", ("markers.files",), id="ints-in-list"),
         pytest.param("[events]\npath = []\n", ("events.path",), id="list-for-string"),
         pytest.param("[flows]\nmax_flows = 0\n", ("flows.max_flows", "greater than 0"), id="zero-max-flows"),
