@@ -428,3 +428,22 @@ def test_export_to_stix_and_back(tmp_path: Path) -> None:
     assert run_probe("markers", "import", "--from", "stix", exported, "-o", back, "--issuer", "test").returncode == 0
     imported = json.loads(back.read_text())["markers"]
     assert sorted((m["type"], m["value"], m.get("match", "subdomains")) for m in imported) == [("domain", "evil.example", "exact"), ("ipv4", "203.0.113.1", "subdomains")]
+
+
+def test_a_state_file_that_cannot_be_written_keeps_the_active_bundle(tmp_path: Path, keys: Path) -> None:
+    state = tmp_path / "versions.json"
+    library = strict_library(keys, state)
+    assert not library.load([signed(tmp_path / "v1.json", ADDRESS, tmp_path / "anssi.key", version=1)]).refused
+    active = library.active
+    state.unlink()
+    state.mkdir()  # the atomic replace now fails, as on a full or read-only disk
+    report = library.load([signed(tmp_path / "v2.json", ADDRESS, tmp_path / "anssi.key", version=2)])
+    assert len(report.refused) == 1 and "cannot write bundle version state" in report.refused[0]
+    assert library.active is active and [bundle.version for bundle in library.bundles.values()] == [1]
+
+
+def test_a_missing_companion_file_is_refused(tmp_path: Path) -> None:
+    bundle = companion_bundle(tmp_path, ["203.0.113.1"])
+    (tmp_path / "big.ipv4.txt").unlink()
+    refusal = MarkerLibrary().load([str(bundle)]).refused[0]
+    assert "big.ipv4.txt: cannot read companion value file" in refusal

@@ -54,9 +54,10 @@ def test_every_packet_meets_exactly_one_complete_version(tmp_path: Path) -> None
     refusals: list[str] = []
 
     def reload_repeatedly() -> None:
+        """As the live service does on SIGHUP or a new file: one background load after another."""
         version = 2
         while not done.is_set():
-            refusals.extend(library.load([version_bundle(tmp_path, version)]).refused)
+            library.load_in_background([version_bundle(tmp_path, version)], lambda report: refusals.extend(report.refused)).join()
             version += 1
 
     reloader = threading.Thread(target=reload_repeatedly)

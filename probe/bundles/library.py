@@ -79,7 +79,11 @@ class MarkerLibrary:
                     owner = next(key for key, bundle in changed.items() if any(str(value_file.path) == error.path for value_file in bundle.value_files))
                     report.refused.append(f"{changed.pop(owner).path}: refused: {error}")
                     continue
-                self.policy.versions.accept(list(changed.values()))
+                try:
+                    self.policy.versions.accept(list(changed.values()))
+                except MarkerError as error:  # not remembered, not active: a restart could not tell it was accepted
+                    report.refused += [f"{bundle.path}: refused: {error}" for bundle in changed.values()]
+                    break
                 self.bundles = chosen
                 self.active = compiled
                 self.generation += 1

@@ -45,11 +45,15 @@ class VersionState:
         return f"{bundle.path}: refused: version {bundle.version} of {bundle.issuer}/{bundle.id} is older than version {version} already accepted (no downgrade)"
 
     def accept(self, bundles: list[Bundle]) -> None:
-        for bundle in bundles:
-            self.accepted[bundle.key] = (bundle.version, bundle.digest)
-        if self.path is None:
-            return
-        entries = [{"issuer": issuer, "id": bundle_id, "version": version, "sha256": digest} for (issuer, bundle_id), (version, digest) in sorted(self.accepted.items())]
+        """Remember `bundles` as accepted, on disk first: if the file cannot be written, nothing
+        is remembered and the caller must not activate them."""
+        accepted = {**self.accepted, **{bundle.key: (bundle.version, bundle.digest) for bundle in bundles}}
+        if self.path is not None:
+            self._write(accepted)
+        self.accepted = accepted
+
+    def _write(self, accepted: dict[tuple[str, str], tuple[int, str]]) -> None:
+        entries = [{"issuer": issuer, "id": bundle_id, "version": version, "sha256": digest} for (issuer, bundle_id), (version, digest) in sorted(accepted.items())]
         try:
             write_private(Path(self.path), json.dumps({"bundles": entries}, indent=1).encode() + b"\n")
         except OSError as error:
