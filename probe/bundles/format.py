@@ -270,8 +270,8 @@ def markers_from_entries(path: str, entries: Iterable[object], bundle: Bundle, p
 
 
 def _marker(where: str, entry: dict, bundle: Bundle, problems: list[str]) -> Marker | None:
-    for key in sorted(set(entry) - MARKER_KEYS):
-        problems.append(f"{where}: unknown key {key!r}")
+    if not entry.keys() <= MARKER_KEYS:
+        problems += [f"{where}: unknown key {key!r}" for key in sorted(entry.keys() - MARKER_KEYS)]
     marker_type, value = entry.get("type"), entry.get("value")
     if marker_type not in MARKER_TYPES:
         problems.append(f"{where}: unknown type {marker_type!r} (known: {', '.join(MARKER_TYPES)})")
@@ -296,15 +296,15 @@ def _marker(where: str, entry: dict, bundle: Bundle, problems: list[str]) -> Mar
         name = None
     if marker_type in PATTERN_TYPES and name is None:
         name = entry["id"]
-    template = _shared_attributes(where, entry, kind, bundle, problems)
-    if template is None:
+    attributes = _shared_attributes(where, entry, kind, bundle, problems)
+    if attributes is None:
         return None
-    return replace(template, id=entry["id"], value=normalised, name=name, encoding=encoding if kind == "bytes" else None)
+    return Marker(id=entry["id"], value=normalised, name=name, encoding=encoding if kind == "bytes" else None, **attributes)
 
 
-def _shared_attributes(where: str, entry: dict, kind: str, bundle: Bundle, problems: list[str]) -> Marker | None:
-    """A marker with the attributes a marker entry and a companion file entry have in common;
-    id and value left empty."""
+def _shared_attributes(where: str, entry: dict, kind: str, bundle: Bundle, problems: list[str]) -> dict | None:
+    """The `Marker` fields a marker entry and a companion file entry have in common (all but id,
+    value, name and encoding)."""
     count = len(problems)
     match = entry.get("match", "subdomains")
     if match not in ("exact", "subdomains"):
@@ -331,21 +331,19 @@ def _shared_attributes(where: str, entry: dict, kind: str, bundle: Bundle, probl
         valid_from = bundle.valid_from
     if bundle.valid_until is not None and (valid_until is None or valid_until > bundle.valid_until):
         valid_until = bundle.valid_until
-    return Marker(
-        id="",
-        type=kind,
-        value="",
-        bundle=bundle.id,
-        bundle_version=bundle.version,
-        subdomains=kind == "domain" and match == "subdomains",
-        valid_from=valid_from,
-        valid_until=valid_until,
-        severity=severity,
-        reference=reference,
-        tlp=stricter_tlp(tlp, bundle.tlp),
-        constraints=constraints,
-        issuer=bundle.issuer,
-    )
+    return {
+        "type": kind,
+        "bundle": bundle.id,
+        "bundle_version": bundle.version,
+        "subdomains": kind == "domain" and match == "subdomains",
+        "valid_from": valid_from,
+        "valid_until": valid_until,
+        "severity": severity,
+        "reference": reference,
+        "tlp": stricter_tlp(tlp, bundle.tlp),
+        "constraints": constraints,
+        "issuer": bundle.issuer,
+    }
 
 
 def _constraints(where: str, raw: object, problems: list[str]) -> Constraints | None:
@@ -400,7 +398,7 @@ def _value_file(path: str, number: int, entry: object, bundle: Bundle, problems:
     if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 0):
         problems.append(f"{where}: 'count' must be an integer >= 0")
         return None
-    template = _shared_attributes(where, entry, kind, bundle, problems)
-    if template is None:
+    attributes = _shared_attributes(where, entry, kind, bundle, problems)
+    if attributes is None:
         return None
-    return ValueFile(Path(path).parent / name, kind, prefix, digest, count, template)
+    return ValueFile(Path(path).parent / name, kind, prefix, digest, count, Marker(id="", value="", **attributes))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from probe.bundles.format import Bundle, is_bundle, markers_from_entries, parse_bundle, read_file
+from probe.bundles.importing import ImportReport, detect_format, is_unsupported, read_source as read_feed
 from probe.bundles.signing import TrustStore
 from probe.bundles.versions import VersionState
 from probe.errors import CompanionError, MarkerError
@@ -70,6 +71,7 @@ class MarkerLibrary:
                         continue
                     report.refused.append(f"{older.path}: refused: superseded by version {bundle.version} in {bundle.path}")
                 candidates[bundle.key] = bundle
+            unchanged = [bundle for key, bundle in candidates.items() if key in self.bundles and self.bundles[key].digest == bundle.digest]
             changed = {key: bundle for key, bundle in candidates.items() if key not in self.bundles or self.bundles[key].digest != bundle.digest}
             while changed:
                 chosen = {**self.bundles, **changed}
@@ -88,7 +90,7 @@ class MarkerLibrary:
                 self.active = compiled
                 self.generation += 1
                 break
-            report.accepted = [bundle for bundle in candidates.values() if self.bundles.get(bundle.key) is bundle or bundle.key not in changed and bundle.key in self.bundles]
+            report.accepted = unchanged + [bundle for bundle in changed.values() if self.bundles.get(bundle.key) is bundle]
             return report
 
     def load_in_background(self, paths: list[str], done: Callable[[LoadReport], None]) -> threading.Thread:
@@ -130,8 +132,6 @@ def read_source(path: str, data: bytes) -> Bundle:
             raise MarkerError(problems[0] + more)
         assert bundle is not None
         return bundle
-    from probe.bundles.importing import ImportReport, detect_format, is_unsupported, read_source as read_feed
-
     source_format = detect_format(path)
     digest = hashlib.sha256(data).hexdigest()
     bundle = Bundle(path, f"{Path(path).stem}-{digest[:12]}", "local", 0, None, None, None, None, digest, [], [], source_format)

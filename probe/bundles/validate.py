@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from probe.bundles.format import Bundle, is_bundle, parse_bundle, read_file
+from probe.bundles.importing import ImportReport, detect_format, read_source
 
 SCHEMA_PATH = Path(__file__).with_name("bundle.schema.json")
 NESTED_SHOWN = 20
@@ -88,8 +89,6 @@ def _schema_problems(path: str, document: dict) -> tuple[list[str], set[str]]:
 
 
 def _validate_feed(path: str) -> Validation:
-    from probe.bundles.importing import ImportReport, detect_format, read_source
-
     source_format = detect_format(path)
     report = ImportReport()
     networks = [(entry["value"], entry["id"]) for entry in read_source(source_format, path, report) if entry["type"] == "cidr"]
