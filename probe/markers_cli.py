@@ -257,6 +257,8 @@ def stats_command(files: tuple[str, ...]) -> None:
     for kind in sorted(totals, key=lambda kind: (kind not in ACTIVE_TYPES, kind)):
         status = "active" if kind in ACTIVE_TYPES else "inactive: " + INACTIVE_REASONS.get(kind, "not matched by this version")
         click.echo(f"{kind:<12} {totals[kind]:>9}  {status}")
+        if kind not in ACTIVE_TYPES:
+            click.echo(f"probe: warning: {totals[kind]} marker(s) of type {kind} {status}", err=True)
     click.echo("validity: " + ", ".join(f"{count} {state}" for state, count in validity.items()))
     click.echo(f"index: {memory / 1e6:.1f} MB, compiled in {elapsed:.2f} s")
 

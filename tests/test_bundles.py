@@ -345,6 +345,7 @@ def test_stats_lists_inactive_types_and_index_memory(tmp_path: Path) -> None:
     assert any(line.split()[:3] == ["ipv4", "1", "active"] for line in lines)
     assert any(line.startswith("x509_sha256") and "inactive" in line and "TLS 1.3" in line for line in lines)
     assert any(line.startswith("url") and "inactive" in line for line in lines)
+    assert "probe: warning: 1 marker(s) of type url inactive: not matched by this version" in result.stderr.splitlines()
     assert "validity: 3 valid now, 0 not yet valid, 1 expired" in lines
     assert any(line.startswith("index: ") and " MB" in line for line in lines)
 
