@@ -13,8 +13,9 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 
 from probe.bundles.values import BYTES_ENCODINGS, LISTABLE_TYPES, MARKER_TYPES, PATTERN_TYPES, normalise_value
@@ -59,11 +60,17 @@ class ValueFile:
     id_prefix: str
     sha256: str
     count: int | None
-    template: Marker
-    """The shared attributes; its id and value are empty."""
+    attributes: dict
+    """The `Marker` fields its values share (all but id, value, name and encoding)."""
+
+    @cached_property
+    def template(self) -> Marker:
+        """A marker with the shared attributes, id and value empty."""
+        return Marker(id="", value="", **self.attributes)
 
     def marker(self, value: str) -> Marker:
-        return replace(self.template, id=self.id_prefix + value, value=value)
+        """The marker of one value, built only when it hits."""
+        return Marker(id=self.id_prefix + value, value=value, **self.attributes)
 
     def values(self) -> Iterator[str]:
         """Canonical values in file order, read as a stream. The digest and count are checked
@@ -401,4 +408,4 @@ def _value_file(path: str, number: int, entry: object, bundle: Bundle, problems:
     attributes = _shared_attributes(where, entry, kind, bundle, problems)
     if attributes is None:
         return None
-    return ValueFile(Path(path).parent / name, kind, prefix, digest, count, Marker(id="", value="", **attributes))
+    return ValueFile(Path(path).parent / name, kind, prefix, digest, count, attributes)
