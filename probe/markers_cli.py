@@ -110,7 +110,7 @@ def verify_command(bundles: tuple[str, ...], trust_store: str | None, config_pat
         store = TrustStore(trust_store or section.trust_store) if (trust_store or section.trust_store) else None
         if store is None:
             fail("no trust store: give --trust-store DIR or [markers] trust_store in --config")
-        library = MarkerLibrary(LoadPolicy(True, store, VersionState(section.state_file or None)))
+        library = MarkerLibrary(LoadPolicy(True, store, VersionState(section.state_file or None), clock=time.time_ns))
     except ProbeError as error:
         fail(str(error))
     refusals = []

@@ -75,7 +75,7 @@ def test_a_signed_bundle_of_a_trusted_issuer_is_accepted(tmp_path: Path, keys: P
     [
         (lambda path, keys: (path.parent / f"{path.name}.sig").unlink(), "unsigned"),
         (lambda path, keys: path.write_bytes(path.read_bytes().replace(b"203.0.113.1", b"203.0.113.2")), "bad signature"),
-        (lambda path, keys: sign_bundle(str(path), str(keys.parent / "soc.key")), "bad signature"),
+        (lambda path, keys: sign_bundle(str(path), str(keys.parent / "soc.key")), "a key of issuer 'soc', but the bundle names issuer 'anssi'"),
         (lambda path, keys: (path.parent / f"{path.name}.sig").write_text("not base64!"), "not a base64 Ed25519 signature"),
     ],
     ids=["unsigned", "tampered", "signed-by-another-issuer", "garbage-signature"],
@@ -99,9 +99,13 @@ def test_a_key_signs_only_for_its_own_issuer(tmp_path: Path, keys: Path) -> None
     path = tmp_path / "b.json"
     signed(path, ADDRESS, tmp_path / "soc.key")  # issuer anssi, signed with soc's key
     report = strict_library(keys).load([str(path)])
-    assert "bad signature" in report.refused[0]
+    assert "signed by soc.pub, a key of issuer 'soc', but the bundle names issuer 'anssi'" in report.refused[0]
     signed(path, ADDRESS, tmp_path / "soc.key", issuer="cert-fr")
-    assert "no key of issuer 'cert-fr'" in strict_library(keys).load([str(path)]).refused[0]
+    assert "but the bundle names issuer 'cert-fr'" in strict_library(keys).load([str(path)]).refused[0]
+    signed(path, ADDRESS, tmp_path / "soc.key", issuer="cert.fr")
+    assert "'issuer' must be 1-64 letters" in strict_library(keys).load([str(path)]).refused[0], "an issuer never has a dot, so no key file reads as another issuer's"
+    with pytest.raises(MarkerError, match="not an issuer name"):
+        generate_key_pair("cert.fr", tmp_path)
 
 
 def test_an_expired_bundle_is_refused(tmp_path: Path, keys: Path) -> None:
@@ -113,7 +117,7 @@ def test_feeds_in_other_formats_are_refused_when_signatures_are_required(tmp_pat
     feed = tmp_path / "feed.txt"
     feed.write_text("203.0.113.1\n")
     refusal = strict_library(keys).load([str(feed)]).refused[0]
-    assert "carries no signature" in refusal and "probe markers import" in refusal
+    assert "not a bundle, so unsigned" in refusal and "probe markers import" in refusal
 
 
 def test_a_trust_store_without_keys_is_an_error(tmp_path: Path) -> None:
@@ -448,3 +452,23 @@ def test_a_missing_companion_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "big.ipv4.txt").unlink()
     refusal = MarkerLibrary().load([str(bundle)]).refused[0]
     assert "big.ipv4.txt: cannot read companion value file" in refusal
+
+
+def test_unsigned_bundles_never_raise_the_version_bar(tmp_path: Path, keys: Path) -> None:
+    """A replay without signatures may share the live state file: what it loads is not recorded,
+    so an unsigned bundle with a huge version cannot block the authority's next one."""
+    state = tmp_path / "versions.json"
+    lenient = MarkerLibrary(LoadPolicy(False, None, VersionState(str(state))))
+    assert not lenient.load([str(write_bundle(tmp_path / "forged.json", ADDRESS, issuer="anssi", version=999_999_999))]).refused
+    assert not state.exists()
+    assert not strict_library(keys, state).load([signed(tmp_path / "real.json", ADDRESS, tmp_path / "anssi.key", version=2)]).refused
+
+
+def test_replay_judges_a_signed_bundles_expiry_by_capture_time(tmp_path: Path, keys: Path) -> None:
+    capture = capture_hitting(tmp_path, "c.pcap", "203.0.113.1")  # captured in 2023
+    bundle = signed(tmp_path / "b.json", ADDRESS, tmp_path / "anssi.key", valid_until="2024-01-01T00:00:00Z")
+    config = tmp_path / "probe.toml"
+    config.write_text(f'[markers]\nrequire_signature = true\ntrust_store = "{keys}"\n')
+    result = run_probe("replay", capture, "--markers", bundle, "--config", config)
+    assert result.returncode == 0, result.stderr
+    assert marker_ids(events_of(result.stdout)) == {"c2"}

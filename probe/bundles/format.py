@@ -23,6 +23,9 @@ from probe.errors import CompanionError, MarkerError
 from probe.match.markers import SEVERITIES, TLP_LEVELS, Constraints, Marker
 
 BUNDLE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+ISSUER = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""An issuer names the trust store's key files (`<issuer>.pub`, `<issuer>.<label>.pub`): no dot,
+so that no key file can be read as another issuer's."""
 PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132}
 BUNDLE_KEYS = {"id", "issuer", "version", "created", "valid_from", "valid_until", "tlp", "description", "markers", "value_files", "$schema"}
 MARKER_KEYS = {"id", "type", "value", "match", "encoding", "name", "valid_from", "valid_until", "severity", "reference", "tlp", "constraints"}
@@ -232,8 +235,8 @@ def _bundle_header(path: str, document: dict, problems: list[str]) -> dict:
     if not isinstance(bundle_id, str) or not BUNDLE_ID.fullmatch(bundle_id):
         problems.append(f"{path}: 'id' must be 1-128 letters, digits or ._:- (got {bundle_id!r})")
         bundle_id = "?"
-    if not isinstance(issuer, str) or not issuer.strip():
-        problems.append(f"{path}: 'issuer' must be a non-empty string (who issued the bundle)")
+    if not isinstance(issuer, str) or not ISSUER.fullmatch(issuer):
+        problems.append(f"{path}: 'issuer' must be 1-64 letters, digits, '-' or '_' (it names the issuer's keys; got {issuer!r})")
         issuer = "?"
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
         problems.append(f"{path}: 'version' must be an integer >= 0 (got {version!r})")

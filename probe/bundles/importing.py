@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from probe.bundles.format import BUNDLE_ID, ISSUER
 from probe.bundles.values import LISTABLE_TYPES, MARKER_TYPES
 from probe.errors import ConfigError, MarkerError
 from probe.match.markers import TLP_LEVELS
@@ -39,7 +40,6 @@ SHARED_KEYS = ("match", "severity", "reference", "valid_from", "valid_until", "c
 """Marker keys a companion file entry can carry for all its values."""
 COMPANION_THRESHOLD = 1000
 """Groups of more values than this leave the JSON for a companion file (README: "more than 1,000")."""
-BUNDLE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 @dataclass
@@ -255,8 +255,8 @@ def write_bundle(
 def _check_header(output: Path, bundle_id: str, issuer: str, version: int, created: str, tlp: str | None) -> None:
     if not BUNDLE_ID.fullmatch(bundle_id):
         raise ConfigError(f"{output}: the bundle id must be 1-128 letters, digits or ._:- (got {bundle_id!r})")
-    if not issuer.strip():
-        raise ConfigError(f"{output}: the issuer must be named")
+    if not ISSUER.fullmatch(issuer):
+        raise ConfigError(f"{output}: the issuer must be 1-64 letters, digits, '-' or '_' (it names the issuer's keys; got {issuer!r})")
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
         raise ConfigError(f"{output}: the version must be an integer >= 0 (got {version!r})")
     if tlp is not None and tlp not in TLP_LEVELS:

@@ -28,8 +28,9 @@ class LoadPolicy:
     require_signature: bool = False
     trust_store: TrustStore | None = None
     versions: VersionState = field(default_factory=lambda: VersionState(None))
-    clock: Callable[[], int] = time.time_ns
-    """Wall clock (nanoseconds) for bundle expiry at load; matching uses packet time."""
+    clock: Callable[[], int] | None = None
+    """Wall clock (nanoseconds) refusing expired bundles at load (the live service). None: a
+    bundle's window is judged by each packet's capture time only (replay)."""
 
 
 @dataclass
@@ -82,7 +83,8 @@ class MarkerLibrary:
                     report.refused.append(f"{changed.pop(owner).path}: refused: {error}")
                     continue
                 try:
-                    self.policy.versions.accept(list(changed.values()))
+                    if self.policy.require_signature:  # only what a trusted key signed may raise the bar for later bundles
+                        self.policy.versions.accept(list(changed.values()))
                 except MarkerError as error:  # not remembered, not active: a restart could not tell it was accepted
                     report.refused += [f"{bundle.path}: refused: {error}" for bundle in changed.values()]
                     break
@@ -104,15 +106,19 @@ class MarkerLibrary:
         """Read one marker file and check everything but its companion files (checked as they are
         compiled): signature, expiry, version. Raises MarkerError with the reason for refusal."""
         data = read_file(path)
-        bundle = read_source(path, data)
         policy = self.policy
         if policy.require_signature:
-            if bundle.source_format != "bundle":
-                raise MarkerError(f"{path}: refused: a {bundle.source_format} file carries no signature; import it into a bundle (probe markers import), sign it, then load it")
+            if not is_bundle(data):
+                raise MarkerError(f"{path}: refused: not a bundle, so unsigned; import it into a bundle (probe markers import), sign it, then load it")
             assert policy.trust_store is not None
-            policy.trust_store.verify(path, data, bundle.issuer)
-            if bundle.valid_until is not None and bundle.valid_until < policy.clock():
-                raise MarkerError(f"{path}: refused: expired (valid_until is in the past)")
+            signer = policy.trust_store.verify(path, data)
+            bundle = read_source(path, data)
+            if bundle.issuer.casefold() != signer.issuer:
+                raise MarkerError(f"{path}: refused: signed by {signer.path.name}, a key of issuer {signer.issuer!r}, but the bundle names issuer {bundle.issuer!r}")
+        else:
+            bundle = read_source(path, data)
+        if policy.clock is not None and bundle.valid_until is not None and bundle.valid_until < policy.clock():
+            raise MarkerError(f"{path}: refused: expired (valid_until is in the past)")
         active = self.bundles.get(bundle.key)
         if active is not None and active.digest != bundle.digest and bundle.version <= active.version:
             raise MarkerError(f"{path}: refused: version {bundle.version} of {bundle.issuer}/{bundle.id} is not newer than active version {active.version} (no downgrade)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from probe.bundles.format import ISSUER
 from probe.errors import MarkerError
 
 SIGNATURE_SUFFIX = ".sig"
@@ -28,9 +30,11 @@ def signature_path(bundle_path: str | Path) -> Path:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Create a file readable by its owner only, atomically: a reader never sees half of it."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Create a file readable by its owner only, atomically and durably: a reader never sees half
+    of it, and after a crash it is the old file or the new one. The temporary name is random and
+    created exclusively, never through a link someone placed there."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         with os.fdopen(descriptor, "wb") as stream:
             stream.write(data)
@@ -40,12 +44,17 @@ def write_private(path: Path, data: bytes) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def generate_key_pair(issuer: str, directory: Path) -> tuple[Path, Path]:
     """Write `<issuer>.key` (PKCS#8 PEM, 0600) and `<issuer>.pub`; never overwrite a key."""
-    if not issuer or "/" in issuer or issuer.startswith("."):
-        raise MarkerError(f"{issuer!r} cannot name a key file: give the issuer's name, e.g. anssi")
+    if not ISSUER.fullmatch(issuer):
+        raise MarkerError(f"{issuer!r} is not an issuer name (1-64 letters, digits, '-' or '_', e.g. anssi)")
     private_path, public_path = directory / f"{issuer}.key", directory / f"{issuer}.pub"
     for path in (private_path, public_path):
         if path.exists():
@@ -114,12 +123,12 @@ class TrustStore:
         self.directory = directory
         self.keys: list[TrustedKey] = []
         root = Path(directory)
+        if not root.is_dir():
+            raise MarkerError(f"{directory}: trust store is not a directory of <issuer>.pub keys")
         try:
             paths = sorted(root.glob("*.pub"))
         except OSError as error:
             raise MarkerError(f"{directory}: cannot read trust store: {error.strerror}") from None
-        if not root.is_dir():
-            raise MarkerError(f"{directory}: trust store is not a directory of <issuer>.pub keys")
         for path in paths:
             try:
                 key = serialization.load_pem_public_key(path.read_bytes())
@@ -131,18 +140,15 @@ class TrustStore:
         if not self.keys:
             raise MarkerError(f"{directory}: trust store holds no <issuer>.pub key: no bundle could be accepted")
 
-    def verify(self, bundle_path: str, data: bytes, issuer: str) -> TrustedKey:
-        """The key of `issuer` whose signature over `data` is valid; raises MarkerError with the
-        reason for refusal otherwise."""
+    def verify(self, bundle_path: str, data: bytes) -> TrustedKey:
+        """The trusted key whose signature over `data` is valid, checked before anything of the
+        bundle is parsed; the caller then checks that the bundle names that key's issuer.
+        Raises MarkerError with the reason for refusal otherwise."""
         signature = read_signature(bundle_path)
-        candidates = [trusted for trusted in self.keys if trusted.issuer == issuer.casefold()]
-        for trusted in candidates:
+        for trusted in self.keys:
             try:
                 trusted.key.verify(signature, data)
             except InvalidSignature:
                 continue
             return trusted
-        if not candidates:
-            raise MarkerError(f"{bundle_path}: refused: no key of issuer {issuer!r} in trust store {self.directory}")
-        names = ", ".join(trusted.path.name for trusted in candidates)
-        raise MarkerError(f"{bundle_path}: refused: bad signature (tampered, or not signed by {names})")
+        raise MarkerError(f"{bundle_path}: refused: bad signature (tampered, or signed by no key of trust store {self.directory})")
