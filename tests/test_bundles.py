@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bundle_support import CREATED, bundle_document, write_bundle
+from probe.bundles.values import value_id
 from probe.bundles.library import LoadPolicy, MarkerLibrary
 from probe.bundles.signing import TrustStore, generate_key_pair, sign_bundle
 from probe.bundles.versions import VersionState
@@ -176,7 +177,7 @@ def test_values_of_a_companion_file_match_with_their_own_ids(tmp_path: Path) -> 
     events = io.StringIO()
     replay(Config(), [str(capture)], [str(bundle)], events)
     (event,) = events_of(events.getvalue())
-    assert event["marker"] == {"id": "feed/ipv4/203.0.113.1", "type": "ipv4", "value": "203.0.113.1", "severity": "high", "bundle": "test-bundle", "bundle_version": 1}
+    assert event["marker"] == {"id": f"feed/ipv4/{value_id('203.0.113.1')}", "type": "ipv4", "value": "203.0.113.1", "severity": "high", "bundle": "test-bundle", "bundle_version": 1}
 
 
 def test_a_changed_companion_file_is_refused(tmp_path: Path, keys: Path) -> None:
@@ -415,7 +416,7 @@ def test_replay_reads_feeds_directly_and_warns_of_what_it_cannot_use(tmp_path: P
     plain = tmp_path / "list.txt"
     plain.write_text("203.0.113.1\n")
     result = run_probe("replay", capture, "--markers", plain)
-    assert result.returncode == 0 and marker_ids(events_of(result.stdout)) == {"ipv4/203.0.113.1"}
+    assert result.returncode == 0 and marker_ids(events_of(result.stdout)) == {f"ipv4/{value_id('203.0.113.1')}"}
     plain.write_text("203.0.113.1\n203.0.113.999 oops\n")
     result = run_probe("replay", capture, "--markers", plain)
     assert result.returncode == 2 and f"{plain}:2:" in result.stderr

@@ -23,6 +23,8 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 from scapy.utils import wrpcap
 
+from probe.bundles.values import value_id
+
 PROJECT_ROOT = Path(__file__).parents[1]
 PROBE = Path(sys.executable).with_name("probe")
 CAPTURES = PROJECT_ROOT / "captures"
@@ -668,7 +670,7 @@ def test_zeek_intel_loads_and_matches(tmp_path: Path, any_capture: Path):
     result = run_probe("replay", any_capture, "--markers", intel)
     assert result.returncode == 0, result.stderr
     events = events_of(result.stdout)
-    assert marker_ids(events) == {"ipv4/203.0.113.1"}
+    assert marker_ids(events) == {f"ipv4/{value_id('203.0.113.1')}"}
     assert events[0]["marker"]["bundle"].startswith("intel-")
     assert events[0]["marker"]["bundle_version"] == 0
     assert "probe: warning:" not in result.stderr
@@ -717,7 +719,7 @@ def test_zeek_intel_url_lines_load_as_inactive_with_a_warning(tmp_path: Path, an
     warnings = [line for line in result.stderr.splitlines() if line.startswith("probe: warning:")]
     assert len(warnings) == 1, result.stderr
     assert str(intel) in warnings[0] and "url" in warnings[0] and "inactive" in warnings[0]
-    assert marker_ids(events_of(result.stdout)) == {"ipv4/203.0.113.1"}
+    assert marker_ids(events_of(result.stdout)) == {f"ipv4/{value_id('203.0.113.1')}"}
 
 
 def test_markers_expired_before_the_capture_warn(tmp_path: Path, any_capture: Path):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from probe.bundles.values import value_id
 from probe.bundles.format import read_bundle
 from probe.bundles.importing import ImportReport, detect_format, read_source, write_bundle
 from probe.bundles.stix import export_stix
@@ -63,14 +64,14 @@ def test_list_detects_each_line_and_refuses_what_fits_nothing(tmp_path: Path) ->
         ("ja3", JA3),
         ("x509_sha256", SHA256),
     ]
-    assert markers[3] == {"id": "domain/evil.example", "type": "domain", "value": "evil.example", "match": "subdomains"}
+    assert markers[3] == {"id": f"domain/{value_id('evil.example')}", "type": "domain", "value": "evil.example", "match": "subdomains"}
     assert report.refused == [f"{feed}:10: 'not a value' is not an address, network, hash, JA4, URL or domain name"]
     assert report.semantics == "domains: name and subdomains"
     _, document = write(tmp_path, markers, report)
     assert report.counts == {"ipv4": 1, "ipv6": 1, "cidr": 1, "domain": 1, "url": 1, "ja3": 1, "x509_sha256": 1}
     assert report.lines()[:2] == ["imported 7 markers: ipv4 1, ipv6 1, cidr 1, domain 1, url 1, ja3 1, x509_sha256 1", "domains: name and subdomains"]
     assert report.lines()[-2:] == ["refused 1:", f"  {feed}:10: 'not a value' is not an address, network, hash, JA4, URL or domain name"]
-    assert document["markers"][0] == {"id": "soc/ipv4/198.51.100.7", "type": "ipv4", "value": "198.51.100.7"}
+    assert document["markers"][0] == {"id": f"soc/ipv4/{value_id('198.51.100.7')}", "type": "ipv4", "value": "198.51.100.7"}
 
 
 def test_list_with_a_given_type(tmp_path: Path) -> None:
@@ -117,12 +118,12 @@ def test_suricata_datasets_of_each_type(tmp_path: Path) -> None:
     hashes = tmp_path / "md5.lst"
     hashes.write_text(JA3.upper() + "\n", encoding="utf-8")
     markers, report = imported("suricata-dataset", hashes, type_hint="md5")
-    assert markers == [{"id": f"ja3/{JA3}", "type": "ja3", "value": JA3}]
+    assert markers == [{"id": f"ja3/{value_id(JA3)}", "type": "ja3", "value": JA3}]
     assert report.notes == [f"{hashes}: Suricata md5 dataset: MD5 values read as JA3 fingerprints (ja3): the probe matches no other MD5"]
     digests = tmp_path / "sha256.lst"
     digests.write_text(SHA256 + "\n", encoding="utf-8")
     markers, _ = imported("suricata-dataset", digests, type_hint="sha256")
-    assert markers == [{"id": f"x509_sha256/{SHA256}", "type": "x509_sha256", "value": SHA256}]
+    assert markers == [{"id": f"x509_sha256/{value_id(SHA256)}", "type": "x509_sha256", "value": SHA256}]
     with pytest.raises(ConfigError, match="needs --type"):
         read_source("suricata-dataset", digests, ImportReport())
 
@@ -151,11 +152,11 @@ def test_zeek_intel(tmp_path: Path) -> None:
     assert detect_format(feed) == "zeek"
     markers, report = imported("zeek", feed)
     assert markers == [
-        {"id": "ipv4/198.51.100.7", "type": "ipv4", "value": "198.51.100.7", "reference": "C2 server"},
-        {"id": "ipv6/2001:db8::7", "type": "ipv6", "value": "2001:db8::7"},
-        {"id": "cidr/203.0.113.0/24", "type": "cidr", "value": "203.0.113.0/24"},
-        {"id": "domain/evil.example", "type": "domain", "value": "evil.example", "match": "exact", "reference": "phishing"},
-        {"id": "url/bad.example/login", "type": "url", "value": "bad.example/login"},
+        {"id": f"ipv4/{value_id('198.51.100.7')}", "type": "ipv4", "value": "198.51.100.7", "reference": "C2 server"},
+        {"id": f"ipv6/{value_id('2001:db8::7')}", "type": "ipv6", "value": "2001:db8::7"},
+        {"id": f"cidr/{value_id('203.0.113.0/24')}", "type": "cidr", "value": "203.0.113.0/24"},
+        {"id": f"domain/{value_id('evil.example')}", "type": "domain", "value": "evil.example", "match": "exact", "reference": "phishing"},
+        {"id": f"url/{value_id('bad.example/login')}", "type": "url", "value": "bad.example/login"},
     ]
     assert report.refused == [
         f"{feed}:8: Intel::FILE_HASH not supported (supported: Intel::ADDR, Intel::SUBNET, Intel::DOMAIN, Intel::URL)",
@@ -367,31 +368,31 @@ def test_large_groups_become_companion_files(tmp_path: Path) -> None:
     assert document["value_files"] == [
         {"path": "soc.domain.txt", "type": "domain", "id_prefix": "soc/domain/", "count": 1500, "sha256": hashlib.sha256(content).hexdigest(), "match": "subdomains"}
     ]
-    assert [marker["id"] for marker in document["markers"]] == ["soc/ipv4/198.51.100.7", "soc/ipv4/198.51.100.8"]
+    assert [marker["id"] for marker in document["markers"]] == [f"soc/ipv4/{value_id('198.51.100.7')}", f"soc/ipv4/{value_id('198.51.100.8')}"]
     assert {key: document[key] for key in ("id", "issuer", "version", "created", "tlp")} == {"id": "soc", "issuer": "soc", "version": 4, "created": CREATED, "tlp": "amber"}
     assert report.counts == {"ipv4": 2, "domain": 1500}
-    assert report.refused == ["soc/domain/host7.example: duplicate marker id, only the first one kept"]
+    assert report.refused == [f"soc/domain/{value_id('host7.example')}: duplicate marker id, only the first one kept"]
     assert mode(output) == 0o600 and mode(companion) == 0o600
     assert sorted(path.name for path in tmp_path.iterdir()) == ["feed.txt", "soc.domain.txt", "soc.json"]
     bundle = read_bundle(str(output))
     assert bundle.counts() == {"ipv4": 2, "domain": 1500}
     loaded = list(bundle.all_markers())
-    assert loaded[2].id == "soc/domain/host0.example" and loaded[2].subdomains and loaded[2].tlp == "amber"
+    assert loaded[2].id == f"soc/domain/{value_id('host0.example')}" and loaded[2].subdomains and loaded[2].tlp == "amber"
 
 
 def test_groups_split_by_shared_keys_and_small_groups_stay_in_order(tmp_path: Path) -> None:
     def group(octet: int, count: int, reference: str) -> list[dict]:
         addresses = [f"10.{octet}.{number // 256}.{number % 256}" for number in range(count)]
-        return [{"id": f"ipv4/{address}", "type": "ipv4", "value": address, "reference": reference} for address in addresses]
+        return [{"id": f"ipv4/{value_id(address)}", "type": "ipv4", "value": address, "reference": reference} for address in addresses]
 
     markers = group(0, 1001, "a feed") + group(1, 1002, "b feed")
-    markers.insert(1, {"id": "ipv4/192.0.2.1", "type": "ipv4", "value": "192.0.2.1", "severity": "high"})
+    markers.insert(1, {"id": f"ipv4/{value_id('192.0.2.1')}", "type": "ipv4", "value": "192.0.2.1", "severity": "high"})
     markers.append({"id": "custom-id", "type": "ipv4", "value": "192.0.2.2"})
-    markers.append({"id": "ipv4/192.0.2.3", "type": "ipv4", "value": "192.0.2.3", "name": "has a name"})
+    markers.append({"id": f"ipv4/{value_id('192.0.2.3')}", "type": "ipv4", "value": "192.0.2.3", "name": "has a name"})
     _, document = write(tmp_path, markers)
     assert [(entry["path"], entry["count"], entry["reference"]) for entry in document["value_files"]] == [("soc.ipv4.txt", 1001, "a feed"), ("soc.ipv4.2.txt", 1002, "b feed")]
-    assert [marker["id"] for marker in document["markers"]] == ["soc/ipv4/192.0.2.1", "soc/custom-id", "soc/ipv4/192.0.2.3"]
-    assert document["markers"][0] == {"id": "soc/ipv4/192.0.2.1", "type": "ipv4", "value": "192.0.2.1", "severity": "high"}
+    assert [marker["id"] for marker in document["markers"]] == [f"soc/ipv4/{value_id('192.0.2.1')}", "soc/custom-id", f"soc/ipv4/{value_id('192.0.2.3')}"]
+    assert document["markers"][0] == {"id": f"soc/ipv4/{value_id('192.0.2.1')}", "type": "ipv4", "value": "192.0.2.1", "severity": "high"}
 
 
 def test_same_input_same_bytes(tmp_path: Path) -> None:
@@ -413,7 +414,7 @@ def test_write_refuses_a_bad_header_and_leaves_nothing(tmp_path: Path) -> None:
     read_bundle(str(output))
 
     def failing():
-        yield {"id": "ipv4/198.51.100.7", "type": "ipv4", "value": "198.51.100.7"}
+        yield {"id": f"ipv4/{value_id('198.51.100.7')}", "type": "ipv4", "value": "198.51.100.7"}
         raise MarkerError("feed.txt:2: broken")
 
     with pytest.raises(MarkerError, match="broken"):
@@ -443,7 +444,7 @@ def test_import_export_import_keeps_every_stix_expressible_marker(tmp_path: Path
     first, _ = write(tmp_path, itertools.chain(read_source("list", feed, report), read_source("zeek", intel, report)), report)
     original = list(read_bundle(str(first)).all_markers())
     exported, not_exported = export_stix(original, "soc")
-    assert not_exported == [f"soc/ja3/{JA3}: type ja3 cannot be expressed as a STIX pattern, not exported"]
+    assert not_exported == [f"soc/ja3/{value_id(JA3)}: type ja3 cannot be expressed as a STIX pattern, not exported"]
     assert exported == export_stix(original, "soc")[0]
     assert {stix_object["spec_version"] for stix_object in exported["objects"]} == {"2.1"}
     assert [stix_object.get("x_probe_match") for stix_object in exported["objects"]][-1] == "exact"

@@ -18,7 +18,7 @@ from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 
-from probe.bundles.values import BYTES_ENCODINGS, LISTABLE_TYPES, MARKER_TYPES, PATTERN_TYPES, normalise_value
+from probe.bundles.values import BYTES_ENCODINGS, LISTABLE_TYPES, MARKER_TYPES, PATTERN_TYPES, normalise_value, value_id
 from probe.errors import CompanionError, MarkerError
 from probe.match.markers import SEVERITIES, TLP_LEVELS, Constraints, Marker
 
@@ -73,7 +73,7 @@ class ValueFile:
 
     def marker(self, value: str) -> Marker:
         """The marker of one value, built only when it hits."""
-        return Marker(id=self.id_prefix + value, value=value, **self.attributes)
+        return Marker(id=self.id_prefix + value_id(value), value=value, **self.attributes)
 
     def values(self) -> Iterator[str]:
         """Canonical values in file order, read as a stream. The digest and count are checked

@@ -7,8 +7,9 @@ value files, and counts what it wrote.
 
 Marker ids from readers are relative to the bundle: readers do not know the bundle id, so
 `write_bundle` prefixes every id with `<bundle id>/`. Readers of value lists (list, Suricata dataset,
-Zeek) give `<type>/<value>`, so those markers become `<bundle id>/<type>/<value>`: exactly the
-`id_prefix` + value of a companion file, which lets large groups of them leave the JSON. STIX and
+Zeek) give `<type>/<value id>` (`values.value_id`, a digest: an id says nothing of its value), so
+those markers become `<bundle id>/<type>/<value id>`: exactly the `id_prefix` + value id of a
+companion file, which lets large groups of them leave the JSON. STIX and
 MISP markers keep the indicator or attribute id they came from and stay individual markers.
 """
 
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from probe.bundles.format import BUNDLE_ID, ISSUER
-from probe.bundles.values import LISTABLE_TYPES, MARKER_TYPES
+from probe.bundles.values import LISTABLE_TYPES, MARKER_TYPES, value_id
 from probe.errors import ConfigError, MarkerError
 from probe.match.markers import TLP_LEVELS
 
@@ -207,7 +208,7 @@ def write_bundle(
     `output`, every id prefixed with `<bundle_id>/`, and count them by type in `report`.
 
     Streaming, so that a million-value feed never exists as a million dicts: each marker is
-    appended to a private spool file as it arrives, a plain listable value (id `<type>/<value>`,
+    appended to a private spool file as it arrives, a plain listable value (id `<type>/<value id>`,
     no keys but the `SHARED_KEYS`) as one line of its group (type and shared keys). At the end,
     groups of more than 1,000 values become companion files `<output stem>.<type>[.<n>].txt`
     beside the bundle, listed in `value_files`; other markers stay in `markers`, in input order.
@@ -271,9 +272,9 @@ def _check_header(output: Path, bundle_id: str, issuer: str, version: int, creat
 
 def _shared_keys(marker: dict, bundle_id: str) -> dict | None:
     """The keys a companion entry would carry for this marker, or None when it must stay a JSON
-    object: a pattern, another key (name, encoding), or an id that is not prefix + value."""
+    object: a pattern, another key (name, encoding), or an id that is not prefix + value id."""
     kind = marker["type"]
-    if kind not in LISTABLE_TYPES or marker["id"] != f"{bundle_id}/{kind}/{marker['value']}":
+    if kind not in LISTABLE_TYPES or marker["id"] != f"{bundle_id}/{kind}/{value_id(marker['value'])}":
         return None
     shared = {key: value for key, value in marker.items() if key not in ("id", "type", "value")}
     return shared if shared.keys() <= set(SHARED_KEYS) else None
@@ -353,7 +354,7 @@ def _write_files(spool: Iterable[str], output: Path, header: dict, groups: list[
             tag, kind, payload = line[:-1].split("\t", 2)
             group = None if tag == "-" else groups[int(tag)]
             if sequence in duplicates:
-                marker_id = json.loads(payload)["id"] if group is None else f"{bundle_id}/{kind}/{payload}"
+                marker_id = json.loads(payload)["id"] if group is None else f"{bundle_id}/{kind}/{value_id(payload)}"
                 report.refused.append(f"{marker_id}: duplicate marker id, only the first one kept")
                 continue
             report.counts[kind] = report.counts.get(kind, 0) + 1
@@ -362,7 +363,7 @@ def _write_files(spool: Iterable[str], output: Path, header: dict, groups: list[
                 group.companion.count += 1
                 continue
             if group is not None:
-                payload = _marker_json({"id": f"{bundle_id}/{kind}/{payload}", "type": kind, "value": payload, **group.shared})
+                payload = _marker_json({"id": f"{bundle_id}/{kind}/{value_id(payload)}", "type": kind, "value": payload, **group.shared})
             bundle.write((b",\n    " if written else b"\n    ") + payload.encode("utf-8"))
             written += 1
         bundle.write(b"\n  ]" if written else b"]")

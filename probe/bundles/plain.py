@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from probe.bundles.importing import ImportReport, read_lines
-from probe.bundles.values import detect_type, normalise_value
+from probe.bundles.values import detect_type, normalise_value, value_id
 
 DATASET_TYPES = ("string", "ipv4", "ipv6", "ip", "md5", "sha256")
 """Suricata dataset types: `string` values are base64 and detected once decoded; the others map
@@ -71,7 +71,7 @@ def read_dataset(path: Path, report: ImportReport, dataset_type: str) -> Iterato
 
 def listed_marker(kind: str, value: str, match: str) -> dict:
     """A marker of a value list; domains say their `match` explicitly, since formats differ."""
-    marker = {"id": f"{kind}/{value}", "type": kind, "value": value}
+    marker = {"id": f"{kind}/{value_id(value)}", "type": kind, "value": value}
     if kind == "domain":
         marker["match"] = match
     return marker

@@ -4,6 +4,7 @@ comparison (duplicates, diffs, round trips) only ever see one spelling of it."""
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 import socket
@@ -25,6 +26,12 @@ HEX_DIGESTS = {"ja3": 32, "x509_sha256": 64}
 JA4 = re.compile(r"[tqd][0-9a-z]{2}[di][0-9]{2}[0-9]{2}[0-9a-z]{2}_[0-9a-f]{12}_[0-9a-f]{12}")
 """FoxIO JA4: protocol, TLS version, SNI or IP, cipher and extension counts, ALPN, two hashes."""
 URL_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+
+
+def value_id(value: str) -> str:
+    """The id part that stands for a listed value: a digest, so that an id says nothing of the
+    value (an event of a marker above an output's TLP label names it by id only)."""
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 def parse_address(value: str) -> tuple[int, str]:
