@@ -473,3 +473,41 @@ def test_replay_judges_a_signed_bundles_expiry_by_capture_time(tmp_path: Path, k
     result = run_probe("replay", capture, "--markers", bundle, "--config", config)
     assert result.returncode == 0, result.stderr
     assert marker_ids(events_of(result.stdout)) == {"c2"}
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ('{"id": "x", "issuer": "t", "version": 1, "created": "2026-11-01T00:00:00Z", "markers": [' + "[" * 100_000 + "]" * 100_000 + "]}", "nested too deeply"),
+        (json.dumps(bundle_document([{"id": "m", "type": "ipv4", "value": "203.0.113.1", "constraints": {"protocol": [["tcp"]]}}])), "constraints.protocol must be"),
+        (json.dumps({"type": "bundle", "id": "bundle--1", "objects": [{"type": "indicator", "id": "indicator--deep", "pattern_type": "stix", "valid_from": "2020-01-01T00:00:00Z", "pattern": "(" * 3000 + "[ipv4-addr:value = '203.0.113.1']" + ")" * 3000}]}), "indicator--deep"),
+    ],
+    ids=["deep-json", "deep-bundle", "nested-list-constraint", "deep-stix-pattern"],
+)
+def test_hostile_structures_are_refused_with_a_reason_not_a_traceback(tmp_path: Path, content: str, reason: str) -> None:
+    path = tmp_path / "hostile.json"
+    path.write_text(content)
+    capture = capture_hitting(tmp_path, "c.pcap", "203.0.113.1")
+    result = run_probe("replay", capture, "--markers", path)
+    assert "Traceback" not in result.stderr
+    assert result.returncode in (0, 2) and reason in result.stderr, result.stderr
+
+
+def test_a_changed_companion_of_an_active_bundle_keeps_what_is_active(tmp_path: Path) -> None:
+    library = MarkerLibrary()
+    bundle = companion_bundle(tmp_path, ["203.0.113.1"])
+    assert not library.load([str(bundle)]).refused
+    active = library.active
+    (tmp_path / "big.ipv4.txt").write_text("198.51.100.1\n")
+    other = write_bundle(tmp_path / "other.json", ADDRESS, id="other")
+    refusal = library.load([str(other)]).refused
+    assert len(refusal) == 1 and "active bundle" in refusal[0] and "big.ipv4.txt" in refusal[0]
+    assert library.active is active
+
+
+def test_a_reload_that_fails_unexpectedly_still_answers(tmp_path: Path) -> None:
+    library = MarkerLibrary()
+    reports = []
+    library.load_in_background([str(tmp_path)], reports.append).join()  # a directory: not a marker file
+    assert len(reports) == 1 and reports[0].refused

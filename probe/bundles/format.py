@@ -209,6 +209,8 @@ def parse_bundle(path: str, data: bytes) -> tuple[Bundle | None, list[str]]:
         return None, [f"{path}: not UTF-8 text (byte {error.start})"]
     except json.JSONDecodeError as error:
         return None, [f"{path}: not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"]
+    except RecursionError:
+        return None, [f"{path}: JSON nested too deeply to be a bundle"]
     if not isinstance(document, dict) or not isinstance(document.get("markers"), list):
         return None, [f"{path}: a bundle is a JSON object with a 'markers' list"]
     problems: list[str] = []
@@ -365,7 +367,7 @@ def _constraints(where: str, raw: object, problems: list[str]) -> Constraints | 
     protocols = ports = to_server = None
     if "protocol" in raw:
         names = raw["protocol"] if isinstance(raw["protocol"], list) else [raw["protocol"]]
-        unknown = [name for name in names if name not in PROTOCOLS]
+        unknown = [name for name in names if not isinstance(name, str) or name not in PROTOCOLS]
         if unknown or not names:
             problems.append(f"{where}: constraints.protocol must be one or a list of {', '.join(PROTOCOLS)} (got {raw['protocol']!r})")
             return None

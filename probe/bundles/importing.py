@@ -164,6 +164,8 @@ def load_json(path: str | Path) -> object:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise MarkerError(f"{path}:{error.lineno}: not valid JSON: {error.msg} (column {error.colno})") from None
+    except RecursionError:
+        raise MarkerError(f"{path}: JSON nested too deeply to be a feed") from None
 
 
 def read_lines(path: Path, report: ImportReport) -> Iterator[tuple[int, str]]:

@@ -79,7 +79,11 @@ class MarkerLibrary:
                 try:
                     compiled = CompiledMarkers(list(chosen.values()))
                 except CompanionError as error:
-                    owner = next(key for key, bundle in changed.items() if any(str(value_file.path) == error.path for value_file in bundle.value_files))
+                    owner = next(key for key, bundle in chosen.items() if any(str(value_file.path) == error.path for value_file in bundle.value_files))
+                    if owner not in changed:  # an active bundle's file changed on disk: what is active stays as compiled
+                        report.refused += [f"{bundle.path}: refused: active bundle {chosen[owner].path} cannot be compiled again: {error}" for bundle in changed.values()]
+                        changed = {}
+                        break
                     report.refused.append(f"{changed.pop(owner).path}: refused: {error}")
                     continue
                 try:
@@ -98,7 +102,14 @@ class MarkerLibrary:
     def load_in_background(self, paths: list[str], done: Callable[[LoadReport], None]) -> threading.Thread:
         """Load on a thread of its own (the live service's reload): matching goes on meanwhile
         with the active version."""
-        thread = threading.Thread(target=lambda: done(self.load(paths)), name="bundle-reload", daemon=True)
+        def run() -> None:
+            try:
+                report = self.load(paths)
+            except Exception as error:  # a reload must always answer; the active version stays
+                report = LoadReport(refused=[f"reload of {', '.join(paths)} failed: {error!r}"])
+            done(report)
+
+        thread = threading.Thread(target=run, name="bundle-reload", daemon=True)
         thread.start()
         return thread
 

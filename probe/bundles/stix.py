@@ -81,6 +81,9 @@ def read_stix(path: Path, report: ImportReport) -> Iterator[dict]:
         except ValueError as error:
             report.refused.append(f"{path}:{indicator_id}: {error}")
             continue
+        except RecursionError:
+            report.refused.append(f"{path}:{indicator_id}: pattern nested too deeply")
+            continue
         if separate:
             report.notes.append(f"{path}:{indicator_id}: values joined by AND read as separate markers, each matching on its own")
         yield from markers
