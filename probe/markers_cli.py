@@ -118,7 +118,7 @@ def verify_command(bundles: tuple[str, ...], trust_store: str | None, config_pat
         readable(path)
         try:
             bundle = library.admit(path)
-        except MarkerError as error:
+        except ProbeError as error:
             refusals.append(str(error))
             continue
         problems = [problem for value_file in bundle.value_files for problem in value_file.check()]
@@ -149,8 +149,10 @@ def validate_command(files: tuple[str, ...]) -> None:
         readable(path)
         try:
             result = validate_file(path)
-        except ProbeError as error:
-            fail(str(error))
+        except ProbeError as error:  # the file was readable: what is wrong is its content
+            invalid = True
+            click.echo(f"probe: invalid: {error}", err=True)
+            continue
         for line in result.information:
             click.echo(f"probe: info: {path}: {line}", err=True)
         if result.problems:
@@ -193,6 +195,8 @@ def import_command(files: tuple[str, ...], source_format: str, output: str, issu
         write_bundle(markers, target, bundle_id=bundle_id or target.stem, issuer=issuer, version=int(time.time()) if version is None else version, report=report, tlp=tlp)
     except OSError as error:
         fail(f"{error.filename or output}: cannot write: {error.strerror}")
+    except MarkerError as error:  # the feed's content
+        fail(str(error), EXIT_REFUSED)
     except ProbeError as error:
         fail(str(error))
     for line in report.lines():

@@ -314,7 +314,9 @@ def test_validate_lists_every_problem_with_its_marker(tmp_path: Path) -> None:
     bundle = tmp_path / "bad.json"
     markers = [
         {"id": "a", "type": "ipv4", "value": "300.1.1.1"},
-        {"id": "a", "type": "ipv4", "value": "192.0.2.1"},
+        {"id": "a", "type": "ipv4", "value": "192.0.2.1", "severity": "urgent"},
+        {"id": "g", "type": "domain", "value": "ok.example", "valid_from": "2027-01-01T00:00:00Z", "valid_until": "2026-01-01T00:00:00Z"},
+        {"id": "h", "type": "domain", "value": "ok.example", "reference": 7},
         {"id": "b", "type": "bogus", "value": "x"},
         {"id": "c", "type": "bytes", "value": "(", "encoding": "regex"},
         {"id": "d", "type": "yara", "value": "rule x { condition: }"},
@@ -325,7 +327,7 @@ def test_validate_lists_every_problem_with_its_marker(tmp_path: Path) -> None:
     result = run_probe("markers", "validate", bundle)
     assert result.returncode == 1
     invalid = [line for line in result.stderr.splitlines() if line.startswith("probe: invalid:")]
-    expected = ["marker 'a': '300.1.1.1' is not an IP address", "marker 'a': id used twice", "marker 'b': 'bogus' is not one of", "marker 'c': invalid regular expression", "marker 'd': YARA rule does not compile"]
+    expected = ["marker 'a': '300.1.1.1' is not an IP address", "marker 'a': id used twice", "marker 'b': unknown type 'bogus'", "marker 'c': invalid regular expression", "marker 'd': YARA rule does not compile", "marker 'g': valid_from is after valid_until", "marker 'h': 'reference' must be a string"]
     for needle in expected:
         assert sum(needle in line for line in invalid) == 1, (needle, result.stderr)
     assert len(invalid) == len(expected), result.stderr
@@ -511,3 +513,19 @@ def test_a_reload_that_fails_unexpectedly_still_answers(tmp_path: Path) -> None:
     reports = []
     library.load_in_background([str(tmp_path)], reports.append).join()  # a directory: not a marker file
     assert len(reports) == 1 and reports[0].refused
+
+
+def test_invalid_content_exits_1_and_unreadable_files_exit_2(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text("[1, 2")
+    result = run_probe("markers", "validate", broken)
+    assert result.returncode == 1 and "probe: invalid:" in result.stderr and "Traceback" not in result.stderr
+    result = run_probe("markers", "import", "--from", "stix", broken, "-o", tmp_path / "out.json", "--issuer", "soc")
+    assert result.returncode == 1 and "not valid JSON" in result.stderr
+    with_bom = tmp_path / "bom.json"
+    with_bom.write_bytes(b"\xef\xbb\xbf" + json.dumps({"$comment": "x", **bundle_document(ADDRESS)}).encode())
+    result = run_probe("markers", "validate", with_bom)
+    assert result.returncode == 1 and "unknown bundle key '$comment'" in result.stderr, result.stderr
+    with_bom.write_bytes(b"\xef\xbb\xbf" + json.dumps(bundle_document(ADDRESS)).encode())
+    assert run_probe("markers", "validate", with_bom).returncode == 0
+    assert run_probe("markers", "stats", with_bom).returncode == 0

@@ -196,15 +196,25 @@ BUNDLE_START = re.compile(rb'\s*\{\s*"(id|issuer|version|created|valid_from|vali
 
 
 def is_bundle(data: bytes) -> bool:
-    """Whether a marker file is meant as a bundle (a JSON object opening with a bundle key) rather
-    than a feed in another format; a broken bundle is still a bundle, so that its error says so."""
-    return bool(BUNDLE_START.match(data[:4096]))
+    """Whether a marker file is meant as a bundle rather than a feed in another format: a JSON
+    object opening with a bundle key (a broken bundle is still a bundle, so that its error says
+    so), or any JSON object with a 'markers' key."""
+    data = data.removeprefix(b"\xef\xbb\xbf")
+    if BUNDLE_START.match(data[:4096]):
+        return True
+    if not data.lstrip().startswith(b"{"):
+        return False
+    try:
+        document = json.loads(data)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(document, dict) and "markers" in document
 
 
 def parse_bundle(path: str, data: bytes) -> tuple[Bundle | None, list[str]]:
     """The bundle in `data` (the bytes of `path`) and every problem found in it."""
     try:
-        document = json.loads(data.decode("utf-8"))
+        document = json.loads(data.decode("utf-8-sig"))
     except UnicodeDecodeError as error:
         return None, [f"{path}: not UTF-8 text (byte {error.start})"]
     except json.JSONDecodeError as error:
@@ -336,6 +346,8 @@ def _shared_attributes(where: str, entry: dict, kind: str, bundle: Bundle, probl
         valid_until = timestamp(entry.get("valid_until"), "valid_until")
     except ValueError as error:
         problems.append(f"{where}: {error}")
+    if valid_from is not None and valid_until is not None and valid_from > valid_until:
+        problems.append(f"{where}: valid_from is after valid_until (it could never match)")
     constraints = _constraints(where, entry.get("constraints"), problems)
     if len(problems) > count:
         return None

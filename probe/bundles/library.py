@@ -19,7 +19,7 @@ from probe.bundles.format import Bundle, is_bundle, markers_from_entries, parse_
 from probe.bundles.importing import ImportReport, detect_format, is_unsupported, read_source as read_feed
 from probe.bundles.signing import TrustStore
 from probe.bundles.versions import VersionState
-from probe.errors import CompanionError, MarkerError
+from probe.errors import CompanionError, MarkerError, ProbeError
 from probe.match.compiled import CompiledMarkers
 
 
@@ -61,7 +61,7 @@ class MarkerLibrary:
             for path in paths:
                 try:
                     bundle = self.admit(path)
-                except MarkerError as error:
+                except ProbeError as error:
                     report.refused.append(str(error))
                     continue
                 rival = candidates.get(bundle.key)

@@ -42,8 +42,10 @@ def validate_file(path: str) -> Validation:
     if bundle is None:
         result.problems = problems
         return result
-    schema_problems, covered = _schema_problems(path, json.loads(data))
-    result.problems = schema_problems + [problem for problem in problems if _entry_of(path, problem) not in covered]
+    # The parser's problems come first (they name the value and what is wrong with it); the
+    # schema's are added for the parts of the bundle where the parser found nothing.
+    flagged = {_entry_of(path, problem) for problem in problems}
+    result.problems = problems + [message for parts, message in _schema_problems(path, json.loads(data.decode("utf-8-sig"))) if not parts & flagged]
     networks = [(marker.value, marker.id) for marker in bundle.markers if marker.type == "cidr"]
     for value_file in bundle.value_files:
         problems = value_file.check()
@@ -64,28 +66,26 @@ def _entry_of(path: str, problem: str) -> str:
     return "header"
 
 
-def _schema_problems(path: str, document: dict) -> tuple[list[str], set[str]]:
-    """The schema's complaints, and the parts of the bundle they cover, so that the parser's
-    wording of the same mistake is not reported twice."""
+def _schema_problems(path: str, document: dict) -> list[tuple[set[str], str]]:
+    """The schema's complaints, each with the parts of the bundle it is about (as `_entry_of`
+    names them), so that the parser's wording of the same mistake is not repeated."""
     import jsonschema
 
     validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text(encoding="utf-8")))
-    problems: list[str] = []
-    covered: set[str] = set()
+    problems: list[tuple[set[str], str]] = []
     for error in sorted(validator.iter_errors(document), key=lambda error: list(map(str, error.absolute_path))):
         location = list(error.absolute_path)
-        entry_part, inner = "header", location
+        parts, inner = {"header"}, location
         if len(location) >= 2 and location[0] in ("markers", "value_files"):
             entry = document[location[0]][location[1]]
-            entry_part, inner = f"{location[0]} #{location[1] + 1}", location[2:]
+            parts, inner = {f"{location[0]} #{location[1] + 1}"}, location[2:]
             if location[0] == "markers" and isinstance(entry, dict) and isinstance(entry.get("id"), str) and entry["id"]:
-                entry_part = f"marker {entry['id']!r}"
+                parts.add(f"marker {entry['id']!r}")
             if location[0] == "value_files" and isinstance(entry, dict) and isinstance(entry.get("path"), str):
-                covered.add(f"value file {entry['path']!r}")
-        covered.add(entry_part)
-        where = path if entry_part == "header" else f"{path}: {entry_part}"
-        problems.append(f"{where}: {error.message}" + (f" (at {'/'.join(map(str, inner))})" if inner else ""))
-    return problems, covered
+                parts.add(f"value file {entry['path']!r}")
+        where = path if parts == {"header"} else f"{path}: {max(parts)}"
+        problems.append((parts, f"{where}: {error.message}" + (f" (at {'/'.join(map(str, inner))})" if inner else "")))
+    return problems
 
 
 def _validate_feed(path: str) -> Validation:
