@@ -529,3 +529,26 @@ def test_invalid_content_exits_1_and_unreadable_files_exit_2(tmp_path: Path) -> 
     with_bom.write_bytes(b"\xef\xbb\xbf" + json.dumps(bundle_document(ADDRESS)).encode())
     assert run_probe("markers", "validate", with_bom).returncode == 0
     assert run_probe("markers", "stats", with_bom).returncode == 0
+
+
+def test_an_internationalised_name_matches_in_its_idna_form_too(tmp_path: Path) -> None:
+    from scapy.layers.dns import DNS, DNSQR
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    packets = [Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="192.0.2.10", dst="192.0.2.53") / UDP(sport=50000 + number, dport=53) / DNS(rd=1, qd=DNSQR(qname=name)) for number, name in enumerate([b"www.xn--bcher-kva.example", "www.bücher.example".encode()])]
+    for number, packet in enumerate(packets):
+        packet.time = EPOCH + number
+    capture = write_pcap(tmp_path / "c.pcap", packets)
+    events = io.StringIO()
+    replay(Config(), [str(capture)], [str(write_bundle(tmp_path / "b.json", [{"id": "books", "type": "domain", "value": "Bücher.example"}]))], events)
+    found = events_of(events.getvalue())
+    assert [event["src_port"] for event in found] == [50000, 50001]
+    assert {event["marker"]["value"] for event in found} == {"bücher.example"}
+
+
+def test_wildcards_and_punctuation_are_not_names(tmp_path: Path) -> None:
+    bundle = write_bundle(tmp_path / "b.json", [{"id": "w", "type": "domain", "value": "*.evil.example"}, {"id": "p", "type": "domain", "value": "evil.example#frag"}])
+    result = run_probe("markers", "validate", bundle)
+    assert result.returncode == 1
+    assert "give 'evil.example' with match 'subdomains'" in result.stderr and "'evil.example#frag' is not a domain name" in result.stderr

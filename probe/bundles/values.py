@@ -16,12 +16,14 @@ PATTERN_TYPES = ("bytes", "yara")
 """Types whose value may be payload or a detection rule: events never carry it (only id and name)."""
 BYTES_ENCODINGS = ("literal", "hex", "regex")
 
-DOMAIN_NAME = re.compile(r"(?!.{254})[^\s/:@.]{1,63}(\.[^\s/:@.]{1,63})*")
-"""Labels of 1-63 characters, 253 at most in all; anything but spaces and URL punctuation, since
-feeds carry internationalised and underscore names."""
+DOMAIN_NAME = re.compile(r"(?!.{254})[a-z0-9_-]{1,63}(\.[a-z0-9_-]{1,63})*")
+"""A name as DNS carries it: labels of 1-63 letters, digits, `-` or `_` (service and malware
+names use it), 253 characters at most; internationalised names are converted to this form."""
 LIKELY_HOST_NAME = re.compile(r"(?!.{254})([\w-]{1,63}\.)+[\w-]{1,63}\.?")
 """What a line of a list must look like to be taken for a domain: two labels or more of letters
 (any script), digits, `-` and `_`; a bundle's `domain` markers are not held to this."""
+UNICODE_NAME = re.compile(r"(?!.{254})[^\s/:@.*<>\"#?]{1,63}(\.[^\s/:@.*<>\"#?]{1,63})*")
+"""A name with non-ASCII letters: anything but spaces and URL or markup punctuation."""
 HEX_DIGESTS = {"ja3": 32, "x509_sha256": 64}
 JA4 = re.compile(r"[tqd][0-9a-z]{2}[di][0-9]{2}[0-9]{2}[0-9a-z]{2}_[0-9a-f]{12}_[0-9a-f]{12}")
 """FoxIO JA4: protocol, TLS version, SNI or IP, cipher and extension counts, ALPN, two hashes."""
@@ -46,10 +48,27 @@ def parse_address(value: str) -> tuple[int, str]:
 
 
 def normalise_name(value: str) -> str:
-    name = value.strip().lower().rstrip(".")
-    if not DOMAIN_NAME.fullmatch(name):
+    """Lower case, without trailing dot. An internationalised name keeps its letters (mDNS and
+    some resolvers carry them as UTF-8); the index also files it under its IDNA form
+    (`ascii_name`), the one DNS, SNI and Host headers use."""
+    name = value.strip().rstrip(".").lower()
+    if name.startswith("*."):
+        raise ValueError(f"{value!r}: a wildcard is not a name; give {name[2:]!r} with match 'subdomains'")
+    if not (DOMAIN_NAME if name.isascii() else UNICODE_NAME).fullmatch(name):
         raise ValueError(f"{value!r} is not a domain name")
     return name
+
+
+def ascii_name(name: str) -> str | None:
+    """The IDNA (`xn--`) form of a name with non-ASCII letters, or None when it has none (or none
+    that IDNA accepts)."""
+    if name.isascii():
+        return None
+    try:
+        converted = name.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return None
+    return converted if DOMAIN_NAME.fullmatch(converted) else None
 
 
 def normalise_url(value: str) -> str:

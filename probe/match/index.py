@@ -31,6 +31,7 @@ from operator import itemgetter
 import numpy as np
 
 from probe.bundles.format import Bundle, ValueFile
+from probe.bundles.values import ascii_name
 from probe.decode.packet import IPV4_MAPPED_PREFIX, address_key, address_text
 from probe.match.markers import ADDRESS_TYPES, Marker
 
@@ -209,6 +210,8 @@ class MarkerIndex:
                 self._add(marker.type, marker.value, (marker,), marker.subdomains)
             for value_file in bundle.value_files:
                 self._add_file(value_file)
+        for table in (self.exact_names, self.parent_names, self.server_names, self.http_hosts):
+            self._file_under_ascii_names(table)
         for table, key in self._merged:
             table[key] = tuple(table[key])
         self._prepare_networks()
@@ -242,6 +245,14 @@ class MarkerIndex:
             self.inactive[kind] = self.inactive.get(kind, 0) + 1
             return
         self.active += 1
+
+    def _file_under_ascii_names(self, table: dict) -> None:
+        """File each internationalised name also under its IDNA form, with its own markers (they
+        keep the name as the marker gave it)."""
+        for name in [name for name in table if not name.isascii()]:
+            alias = ascii_name(name)
+            if alias is not None:
+                _put(table, alias, alias, _markers(table[name], name), self._merged)
 
     def _add_file(self, value_file: ValueFile) -> None:
         """`_add` for every value of a companion file, in a loop that does nothing else."""
@@ -383,6 +394,8 @@ class MarkerIndex:
 
 
 def _markers(entry: Entry, value: str) -> tuple[Marker, ...]:
+    if entry.__class__ is list:  # while building: a key given more than once
+        return tuple(entry)  # type: ignore[arg-type]
     return entry if entry.__class__ is tuple else (entry.marker(value),)  # type: ignore[return-value,union-attr]
 
 
