@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bundle_support import CREATED, bundle_document, write_bundle
+from bundle_support import bundle_document, write_bundle
 from probe.bundles.values import value_id
 from probe.bundles.library import LoadPolicy, MarkerLibrary
 from probe.bundles.signing import TrustStore, generate_key_pair, sign_bundle

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from probe.bundles.values import value_id
-from probe.bundles.format import read_bundle
+from probe.bundles.format import Bundle, read_file
+from probe.bundles import library
 from probe.bundles.importing import ImportReport, detect_format, read_source, write_bundle
 from probe.bundles.stix import export_stix
 from probe.errors import ConfigError, MarkerError
@@ -26,6 +27,10 @@ from probe.errors import ConfigError, MarkerError
 CREATED = "2026-11-01T00:00:00Z"
 SHA256 = "ab" * 32
 JA3 = "e7d705a3286e19ea42f587b344ee6865"
+
+
+def read_bundle(path: str) -> Bundle:
+    return library.read_source(path, read_file(path))
 
 
 def imported(source_format: str, path: Path, **options: object) -> tuple[list[dict], ImportReport]:

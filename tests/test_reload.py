@@ -40,8 +40,11 @@ def batch_of(first: int, count: int) -> FrameBatch:
 
 
 def version_bundle(directory: Path, version: int) -> str:
+    """A catch-all network first, the destination's address last, many markers between: a packet
+    matched against a version half built would miss one of the two."""
     markers = [{"id": f"catch-all-v{version}", "type": "cidr", "value": "0.0.0.0/0"}]
     markers += [{"id": f"filler-{number}", "type": "domain", "value": f"filler-{number}.v{version}.example"} for number in range(FILLER_MARKERS)]
+    markers += [{"id": f"destination-v{version}", "type": "ipv4", "value": "192.0.2.1"}]
     return str(write_bundle(directory / f"bundle-v{version}.json", markers, id="reloaded", version=version))
 
 
@@ -76,17 +79,20 @@ def test_every_packet_meets_exactly_one_complete_version(tmp_path: Path) -> None
     pipeline.finish()
     assert not refusals
     records = [json.loads(line) for line in events.getvalue().splitlines()]
-    assert len(records) == packets, "every packet (its own flow) gave exactly one event"
-    versions_by_packet = {}
+    assert len(records) == 2 * packets, "every packet (its own flow) hit the first and the last marker of its version"
+    markers_by_packet: dict[int, set[str]] = {}
     for record in records:
-        marker = record["marker"]
-        assert marker["id"] == f"catch-all-v{marker['bundle_version']}", "a marker and its version come from one complete bundle"
         number = int.from_bytes(bytes(int(part) for part in record["src_ip"].split(".")[1:]), "big")
-        assert number not in versions_by_packet
-        versions_by_packet[number] = marker["bundle_version"]
+        markers_by_packet.setdefault(number, set()).add(record["marker"]["id"])
+    versions_by_packet = {}
+    for number, marker_ids in markers_by_packet.items():
+        (version,) = {marker_id.rsplit("-v", 1)[1] for marker_id in marker_ids}
+        assert marker_ids == {f"catch-all-v{version}", f"destination-v{version}"}, "both ends of one complete version"
+        versions_by_packet[number] = int(version)
     assert sorted(versions_by_packet) == list(range(packets)), "no packet skipped"
     in_capture_order = [versions_by_packet[number] for number in range(packets)]
     assert in_capture_order == sorted(in_capture_order), "a version, once taken, is never left for an older one"
     counts = {version: in_capture_order.count(version) for version in set(in_capture_order)}
     assert sum(counts.values()) == packets
     assert len(counts) >= 5, f"swaps happened during the replay: {counts}"
+    assert library.generation >= 12

@@ -48,10 +48,10 @@ def timestamp(value: object, key: str) -> int | None:
     return int(parsed.timestamp()) * 1_000_000_000 + parsed.microsecond * 1000
 
 
-def stricter_tlp(first: str | None, second: str | None) -> str | None:
-    if first is None or second is None:
-        return first or second
-    return max(first, second, key=TLP_LEVELS.index)
+def strictest_tlp(*labels: str | None) -> str | None:
+    """A marker is never less protected than any label its sources gave it."""
+    present = [label for label in labels if label]
+    return max(present, key=TLP_LEVELS.index) if present else None
 
 
 @dataclass
@@ -175,14 +175,10 @@ class Bundle:
                 yield value_file.marker(value)
 
 
-def read_bundle(path: str) -> Bundle:
-    """Read and parse a bundle file, refusing it at its first problem."""
-    bundle, problems = parse_bundle(path, read_file(path))
-    if problems:
-        more = f" (and {len(problems) - 1} more: run 'probe markers validate {path}')" if len(problems) > 1 else ""
-        raise MarkerError(problems[0] + more)
-    assert bundle is not None
-    return bundle
+def refusal(path: str, problems: list[str]) -> MarkerError:
+    """One line for a file with problems: the first, and where to see them all."""
+    more = f" (and {len(problems) - 1} more: run 'probe markers validate {path}')" if len(problems) > 1 else ""
+    return MarkerError(problems[0] + more)
 
 
 def read_file(path: str) -> bytes:
@@ -364,7 +360,7 @@ def _shared_attributes(where: str, entry: dict, kind: str, bundle: Bundle, probl
         "valid_until": valid_until,
         "severity": severity,
         "reference": reference,
-        "tlp": stricter_tlp(tlp, bundle.tlp),
+        "tlp": strictest_tlp(tlp, bundle.tlp),
         "constraints": constraints,
         "issuer": bundle.issuer,
     }

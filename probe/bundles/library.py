@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from probe.bundles.format import Bundle, is_bundle, markers_from_entries, parse_bundle, read_file
+from probe.bundles.format import Bundle, is_bundle, markers_from_entries, parse_bundle, read_file, refusal
 from probe.bundles.importing import ImportReport, detect_format, is_unsupported, read_source as read_feed
 from probe.bundles.signing import TrustStore
 from probe.bundles.versions import VersionState
@@ -145,8 +144,7 @@ def read_source(path: str, data: bytes) -> Bundle:
     if is_bundle(data):
         bundle, problems = parse_bundle(path, data)
         if problems:
-            more = f" (and {len(problems) - 1} more: run 'probe markers validate {path}')" if len(problems) > 1 else ""
-            raise MarkerError(problems[0] + more)
+            raise refusal(path, problems)
         assert bundle is not None
         return bundle
     source_format = detect_format(path)
@@ -157,7 +155,6 @@ def read_source(path: str, data: bytes) -> Bundle:
     bundle.markers = list(markers_from_entries(path, read_feed(source_format, path, feed_report), bundle, problems))
     invalid = problems + [line for line in feed_report.refused if not is_unsupported(line)]
     if invalid:
-        more = f" (and {len(invalid) - 1} more: run 'probe markers validate {path}')" if len(invalid) > 1 else ""
-        raise MarkerError(invalid[0] + more)
+        raise refusal(path, invalid)
     bundle.notes = [f"not loaded: {line}" for line in feed_report.refused] + feed_report.notes
     return bundle

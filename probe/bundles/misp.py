@@ -18,10 +18,10 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from probe.bundles.format import strictest_tlp
 from probe.bundles.importing import ImportReport, load_json
 from probe.bundles.values import normalise_value
 from probe.errors import MarkerError
-from probe.match.markers import TLP_LEVELS
 
 SUPPORTED_TYPES = ("ip-src", "ip-dst", "ip-src|port", "ip-dst|port", "domain", "hostname", "domain|ip", "url", "ja3-fingerprint-md5", "x509-fingerprint-sha256", "yara")
 EVENT_KEYS = {"Attribute", "Object", "info", "uuid"}
@@ -61,7 +61,7 @@ def read_misp(path: Path, report: ImportReport, include_all: bool = False) -> It
                 report.refused.append(f"{path}:{uuid}: {kind}: {error}")
                 continue
             source_ports += kind == "ip-src|port"
-            tlp = _strictest_tlp(event_fields.get("tlp"), _tlp(attribute))
+            tlp = strictest_tlp(event_fields.get("tlp"), _tlp(attribute))
             for marker in markers:
                 yield marker | event_fields | ({"tlp": tlp} if tlp else {})
     if skipped:
@@ -110,12 +110,7 @@ def _tlp(tagged: dict) -> str | None:
     MISP source says."""
     tags = tagged.get("Tag")
     labels = [TLP_TAGS.get(str(tag.get("name", "")).lower()) for tag in tags if isinstance(tag, dict)] if isinstance(tags, list) else []
-    return _strictest_tlp(*labels)
-
-
-def _strictest_tlp(*labels: str | None) -> str | None:
-    present = [label for label in labels if label]
-    return max(present, key=TLP_LEVELS.index) if present else None
+    return strictest_tlp(*labels)
 
 
 def _true(flag: object) -> bool:

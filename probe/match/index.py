@@ -372,7 +372,7 @@ class MarkerIndex:
 
     def match_name(self, name: str) -> tuple[Marker, ...]:
         """Markers hit by a lower-case name without trailing dot: every marker of the name itself,
-        and the subdomain markers of each of its parents, longest first."""
+        and the subdomain markers of each of its parents."""
         found = self.exact_names.get(name)
         hits = NO_MARKERS if found is None else found if found.__class__ is tuple else (found.marker(name),)  # type: ignore[union-attr]
         parents = self.parent_names
