@@ -22,7 +22,7 @@ from probe.decode.fragments import FragmentReassembler
 from probe.decode.frame import FrameDecoder
 from probe.decode.packet import PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Packet
 from probe.flows.stream import SEQUENCE_SPACE, ClientStream
-from probe.flows.table import CLASS_CLOSED, INSPECT_BUFFERING, INSPECT_DONE, INSPECT_WATCH, NANOSECONDS, Flow, FlowTable, canonical_key
+from probe.flows.table import CLASS_CLOSED, INSPECT_BUFFERING, INSPECT_DONE, INSPECT_WATCH, NANOSECONDS, NO_ENCAPSULATION, Flow, FlowTable, canonical_key
 from probe.bundles.library import MarkerLibrary
 from probe.match.compiled import CompiledMarkers
 from probe.match.markers import Marker
@@ -34,8 +34,6 @@ MIN_VECTOR_RUN = 32
 """Fewer consecutive classified frames than this cost less frame by frame than in vector setup."""
 INSPECTED_COLUMNS = ("payload_offsets", "payload_lengths", "src_is_a", "protos", "sports", "dports", "seqs", "timestamps", "vlans")
 HANDSHAKE_COLUMNS = ("payload_offsets", "payload_lengths", "src_is_a", "dports", "sports", "seqs", "timestamps", "vlans")
-NO_ENCAPSULATION: list[dict] = []
-"""Shared by every untagged packet; never mutated."""
 
 
 def vlan_encapsulation(vlan: int) -> list[dict]:
@@ -79,11 +77,29 @@ class Pipeline:
         self.index = compiled.index
         self.name_filter = compiled.name_filter
 
+    def _match_open_flows(self) -> None:
+        """Test the flows already open against a new version's address markers: a session that
+        outlives a reload (a long-lived C2 connection) is matched like one that starts after it.
+        The hit is dated at the latest packet seen, and records the flow's first encapsulation."""
+        index = self.index
+        flows = [flow for flow in self.flows.flows.values() if flow.timeout_class != CLASS_CLOSED]
+        if not index.has_address_markers or not flows:
+            return
+        keys = np.frombuffer(b"".join(flow.key for flow in flows), dtype=np.uint8).reshape(len(flows), -1)
+        may_hit = index.address_candidates(keys[:, 0:16]) | index.address_candidates(keys[:, 18:34])
+        for position in np.flatnonzero(may_hit).tolist():
+            flow = flows[position]
+            for is_client, address in ((flow.client_is_a, flow.key[0:16]), (not flow.client_is_a, flow.key[18:34])):
+                for marker in index.match_address(address):
+                    if not flow.hits or (marker.bundle, marker.id) not in flow.hits:  # hit when the flow started
+                        self._hit(flow, marker, "ip.src" if is_client else "ip.dst", not is_client, self.last_timestamp, flow.encapsulation)
+
     def process_batch(self, batch: FrameBatch) -> None:
         if not len(batch):
             return
         if self.library.active is not self.compiled:  # a reload published a new version: take it now, between two packets
             self._use_markers(self.library.active)
+            self._match_open_flows()
         self.packets += len(batch)
         self.bytes += int(batch.wirelens.sum())
         if self.first_timestamp is None:
@@ -313,6 +329,7 @@ class Pipeline:
         else:  # picked up mid-stream: a well-known source port answering a high port is the server
             client_is_a = not src_is_a if sport < 1024 <= dport else src_is_a
         flow = self.flows.create(key, client_is_a, timestamp)
+        flow.encapsulation = encapsulation
         if check_addresses:
             index = self.index
             for is_client, address in ((client_is_a, key[0:16]), (not client_is_a, key[18:34])):
@@ -385,9 +402,12 @@ class Pipeline:
         hits = flow.hits
         if hits is None:
             hits = flow.hits = {}
-        hit = hits.get(marker)
+        # By (bundle, marker id), not by version: a marker still in the next version of its bundle
+        # is the same event (one event id), which keeps the version that hit first.
+        key = (marker.bundle, marker.id)
+        hit = hits.get(key)
         if hit is None:
-            hits[marker] = Hit(matched_on, to_server, timestamp, encapsulation)
+            hits[key] = Hit(marker, matched_on, to_server, timestamp, encapsulation)
         else:
             hit.count += 1
 
@@ -424,5 +444,5 @@ class Pipeline:
             probe = self.config.probe
             counters = flow.final or self.flows.counters(flow)
             max_tlp = self.config.events.max_tlp
-            self.writer.write([event_record(flow, counters, marker, hit, probe, max_tlp) for marker, hit in flow.hits.items()])
+            self.writer.write([event_record(flow, counters, hit, probe, max_tlp) for hit in flow.hits.values()])
         flow.hits = None

@@ -79,20 +79,56 @@ def test_every_packet_meets_exactly_one_complete_version(tmp_path: Path) -> None
     pipeline.finish()
     assert not refusals
     records = [json.loads(line) for line in events.getvalue().splitlines()]
-    assert len(records) == 2 * packets, "every packet (its own flow) hit the first and the last marker of its version"
-    markers_by_packet: dict[int, set[str]] = {}
+    markers_by_flow: dict[int, dict[int, set[str]]] = {}
     for record in records:
         number = int.from_bytes(bytes(int(part) for part in record["src_ip"].split(".")[1:]), "big")
-        markers_by_packet.setdefault(number, set()).add(record["marker"]["id"])
-    versions_by_packet = {}
-    for number, marker_ids in markers_by_packet.items():
-        (version,) = {marker_id.rsplit("-v", 1)[1] for marker_id in marker_ids}
-        assert marker_ids == {f"catch-all-v{version}", f"destination-v{version}"}, "both ends of one complete version"
-        versions_by_packet[number] = int(version)
-    assert sorted(versions_by_packet) == list(range(packets)), "no packet skipped"
-    in_capture_order = [versions_by_packet[number] for number in range(packets)]
+        marker = record["marker"]
+        markers_by_flow.setdefault(number, {}).setdefault(marker["bundle_version"], set()).add(marker["id"])
+    assert sorted(markers_by_flow) == list(range(packets)), "no packet skipped"
+    taken = {version for versions in markers_by_flow.values() for version in versions}
+    first_version = {}
+    for number, versions in markers_by_flow.items():
+        for version, marker_ids in versions.items():
+            assert marker_ids == {f"catch-all-v{version}", f"destination-v{version}"}, "both ends of one complete version, never a mix"
+        first_version[number] = min(versions)
+        assert set(versions) == {version for version in taken if version >= first_version[number]}, "an open flow meets every later version too"
+    in_capture_order = [first_version[number] for number in range(packets)]
     assert in_capture_order == sorted(in_capture_order), "a version, once taken, is never left for an older one"
     counts = {version: in_capture_order.count(version) for version in set(in_capture_order)}
     assert sum(counts.values()) == packets
     assert len(counts) >= 5, f"swaps happened during the replay: {counts}"
     assert library.generation >= 12
+
+
+def tcp_frame(flags: int, sequence: int) -> bytes:
+    """A frame of one long TCP session, 10.9.9.9:40000 -> 198.51.100.66:443."""
+    ip = bytes([0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 9, 9, 9, 198, 51, 100, 66])
+    tcp = (40000).to_bytes(2, "big") + (443).to_bytes(2, "big") + sequence.to_bytes(4, "big") + bytes(4) + bytes([0x50, flags]) + (65535).to_bytes(2, "big") + bytes(4)
+    return bytes.fromhex("020000000002" "020000000001" "0800") + ip + tcp
+
+
+def single_batch(frame: bytes, timestamp: int) -> FrameBatch:
+    one = np.array([len(frame)], dtype=np.int64)
+    return FrameBatch(frame, np.zeros(1, dtype=np.int64), one, one.copy(), np.array([timestamp], dtype=np.int64), np.full(1, LINKTYPE_ETHERNET, dtype=np.int64))
+
+
+def test_a_flow_open_across_a_reload_meets_the_new_versions_address_markers(tmp_path: Path) -> None:
+    """A C2 session that started before the marker arrived is reported once the marker loads, and
+    a marker kept by the next version stays one event."""
+    start = 1_790_000_000_000_000_000
+    library = MarkerLibrary()
+    kept = {"id": "kept", "type": "cidr", "value": "198.51.100.0/24"}
+    assert not library.load([str(write_bundle(tmp_path / "v1.json", [kept], id="c2", version=1))]).refused
+    events = io.StringIO()
+    pipeline = Pipeline(Config(), library, EventWriter(events))
+    pipeline.process_batch(single_batch(tcp_frame(0x02, 1), start))
+    pipeline.process_batch(single_batch(tcp_frame(0x10, 2), start + 1_000_000_000))
+    new = {"id": "c2-server", "type": "ipv4", "value": "198.51.100.66"}
+    assert not library.load([str(write_bundle(tmp_path / "v2.json", [kept, new], id="c2", version=2))]).refused
+    pipeline.process_batch(single_batch(tcp_frame(0x10, 3), start + 2_000_000_000))
+    pipeline.finish()
+    records = {record["marker"]["id"]: record for record in map(json.loads, events.getvalue().splitlines())}
+    assert set(records) == {"kept", "c2-server"}
+    assert records["kept"]["marker"]["bundle_version"] == 1 and records["c2-server"]["marker"]["bundle_version"] == 2
+    assert records["c2-server"]["matched_on"] == "ip.dst" and records["c2-server"]["packets"] == 3
+    assert records["c2-server"]["timestamp"].startswith("2026-09-21T")

@@ -20,9 +20,10 @@ from probe.decode.packet import PROTO_TCP, PROTO_UDP
 if TYPE_CHECKING:
     from probe.flows.stream import ClientStream
     from probe.record.events import Hit
-    from probe.match.markers import Marker
 
 NANOSECONDS = 1_000_000_000
+NO_ENCAPSULATION: list[dict] = []
+"""Shared by every untagged packet and flow; never mutated."""
 
 INSPECT_WATCH = 0
 """Client segments are inspected only when they start like a TLS handshake or an HTTP request."""
@@ -51,7 +52,7 @@ def canonical_key(src: bytes, sport: int, dst: bytes, dport: int, proto: int) ->
 class Flow:
     """One bidirectional flow. `client_is_a` says which key side opened it (events' `src`)."""
 
-    __slots__ = ("key", "slot", "client_is_a", "timeout_class", "inspect", "stream", "hits", "fin_a", "fin_b", "final")
+    __slots__ = ("key", "slot", "client_is_a", "timeout_class", "inspect", "stream", "hits", "fin_a", "fin_b", "final", "encapsulation")
 
     def __init__(self, key: bytes, slot: int, client_is_a: bool, timeout_class: int) -> None:
         self.key = key
@@ -60,11 +61,14 @@ class Flow:
         self.timeout_class = timeout_class
         self.inspect = INSPECT_WATCH
         self.stream: ClientStream | None = None
-        self.hits: dict[Marker, Hit] | None = None
+        self.hits: dict[tuple[str, str], Hit] | None = None
+        """By (bundle, marker id)."""
         self.fin_a = False
         self.fin_b = False
         self.final: tuple[int, int, int, int] | None = None
         """Counters as they were at the packet that closed the flow (its events report these)."""
+        self.encapsulation = NO_ENCAPSULATION
+        """Of its first packet: what an event found later (after a marker reload) records."""
 
     @property
     def proto(self) -> int:

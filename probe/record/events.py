@@ -23,9 +23,10 @@ from probe.match.markers import TLP_LEVELS, Marker
 class Hit:
     """The first packet of a flow that hit a marker, and how many packets hit it since."""
 
-    __slots__ = ("matched_on", "to_server", "timestamp", "encapsulation", "count")
+    __slots__ = ("marker", "matched_on", "to_server", "timestamp", "encapsulation", "count")
 
-    def __init__(self, matched_on: str, to_server: bool, timestamp: int, encapsulation: list[dict]) -> None:
+    def __init__(self, marker: Marker, matched_on: str, to_server: bool, timestamp: int, encapsulation: list[dict]) -> None:
+        self.marker = marker
         self.matched_on = matched_on
         self.to_server = to_server
         self.timestamp = timestamp
@@ -69,8 +70,9 @@ def marker_fields(marker: Marker, max_tlp: str) -> dict:
     return fields
 
 
-def event_record(flow: Flow, counters: tuple[int, int, int, int], marker: Marker, hit: Hit, probe: ProbeSection, max_tlp: str = "red") -> dict:
+def event_record(flow: Flow, counters: tuple[int, int, int, int], hit: Hit, probe: ProbeSection, max_tlp: str = "red") -> dict:
     """`counters`: the flow's (packets, bytes, first seen, last seen) from the flow table."""
+    marker = hit.marker
     client, client_port, server, server_port = flow.endpoints()
     packets, byte_count, first_seen, last_seen = counters
     return {
