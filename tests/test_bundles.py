@@ -425,8 +425,8 @@ def test_replay_reads_feeds_directly_and_warns_of_what_it_cannot_use(tmp_path: P
 
 
 def test_export_to_stix_and_back(tmp_path: Path) -> None:
-    markers = ADDRESS + [{"id": "d", "type": "domain", "value": "evil.example", "match": "exact"}, {"id": "j", "type": "ja3", "value": "e7d705a3286e19ea42f587b344ee6865"}]
-    bundle = write_bundle(tmp_path / "b.json", markers)
+    markers = ADDRESS + [{"id": "d", "type": "domain", "value": "evil.example", "match": "exact", "tlp": "red"}, {"id": "j", "type": "ja3", "value": "e7d705a3286e19ea42f587b344ee6865"}]
+    bundle = write_bundle(tmp_path / "b.json", markers, tlp="amber")
     exported = tmp_path / "b.stix.json"
     result = run_probe("markers", "export", "--to", "stix", bundle, "-o", exported)
     assert result.returncode == 0, result.stderr
@@ -435,7 +435,20 @@ def test_export_to_stix_and_back(tmp_path: Path) -> None:
     back = tmp_path / "back.json"
     assert run_probe("markers", "import", "--from", "stix", exported, "-o", back, "--issuer", "test").returncode == 0
     imported = json.loads(back.read_text())["markers"]
-    assert sorted((m["type"], m["value"], m.get("match", "subdomains")) for m in imported) == [("domain", "evil.example", "exact"), ("ipv4", "203.0.113.1", "subdomains")]
+    assert sorted((m["type"], m["value"], m.get("match", "subdomains"), m["tlp"]) for m in imported) == [("domain", "evil.example", "exact", "red"), ("ipv4", "203.0.113.1", "subdomains", "amber")]
+
+
+def test_revoked_stix_indicators_are_skipped_with_a_note(tmp_path: Path) -> None:
+    capture = capture_hitting(tmp_path, "c.pcap", "203.0.113.1")
+    stix = tmp_path / "feed.stix.json"
+    indicator = {"type": "indicator", "spec_version": "2.1", "pattern_type": "stix", "valid_from": "2020-01-01T00:00:00Z"}
+    stix.write_text(json.dumps({"type": "bundle", "id": "bundle--1", "objects": [
+        {**indicator, "id": "indicator--live", "pattern": "[ipv4-addr:value = '203.0.113.1']"},
+        {**indicator, "id": "indicator--withdrawn", "pattern": "[ipv4-addr:value = '203.0.113.2']", "revoked": True},
+    ]}))
+    result = run_probe("replay", capture, "--markers", stix)
+    assert result.returncode == 0, result.stderr
+    assert "indicator--withdrawn: revoked by its producer, skipped" in result.stderr
 
 
 def test_a_state_file_that_cannot_be_written_keeps_the_active_bundle(tmp_path: Path, keys: Path) -> None:

@@ -313,10 +313,10 @@ def test_stix_indicators(tmp_path: Path) -> None:
         f"{feed}:indicator--00000010: pattern_type 'snort' is not supported (only 'stix')",
         f"{feed}:indicator--00000011: pattern syntax: expected ']', found the end of the pattern",
         f"{feed}:indicator--00000012: network-traffic:dst_port without an address or name in the same observation: a port alone is no marker",
-        f"{feed}:indicator--00000013: revoked",
     ]
     assert report.notes == [
         f"{feed}:indicator--00000005: values joined by AND read as separate markers, each matching on its own",
+        f"{feed}:indicator--00000013: revoked by its producer, skipped",
         f"{feed}: objects other than indicators ignored: identity 1",
     ]
     assert report.semantics.startswith("domains: name and subdomains")

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from probe.bundles.format import strictest_tlp
 from probe.bundles.importing import ImportReport, load_json
 from probe.bundles.values import normalise_value
 from probe.errors import MarkerError
-from probe.match.markers import Constraints, Marker
+from probe.match.markers import TLP_LEVELS, Constraints, Marker
 
 VALUE_PATHS = {
     "ipv4-addr:value": "ipv4",
@@ -57,6 +58,21 @@ ID_NAMESPACE = uuid.UUID("3b4a4a0e-5d1c-5f4e-9e43-7a1f0c2d6b58")
 """Fixed namespace of the UUIDv5 ids of exported objects: the same bundle exports the same ids."""
 
 
+TLP_MARKINGS = {
+    "marking-definition--613f2e26-407d-48c7-9eca-b8e91df99dc9": "clear",  # TLP 1.0 WHITE, STIX 2.1 section 7.2.1.4
+    "marking-definition--34098fce-860f-48ae-8e50-ebd3cc5e41da": "green",
+    "marking-definition--f88d31f6-486f-44da-b317-01333bde0b82": "amber",
+    "marking-definition--5e57c739-391a-4eb3-b6be-7d15ca92d5ed": "red",
+    "marking-definition--94868c89-83c2-464b-929b-a1a8aa3c8487": "clear",  # TLP 2.0 marking definitions
+    "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb": "green",
+    "marking-definition--55d920b0-5e8b-4f79-9ee9-91f868d9b421": "amber",
+    "marking-definition--939a9414-2ddd-4d32-a0cd-375ea402b003": "amber+strict",
+    "marking-definition--e828b379-4e03-4974-9ac4-e53a884c97c1": "red",
+}
+"""The well-known TLP marking definitions, by id; export uses the TLP 2.0 ones."""
+TLP_2_MARKINGS = {level: marking for marking, level in list(TLP_MARKINGS.items())[4:]}
+
+
 def read_stix(path: Path, report: ImportReport) -> Iterator[dict]:
     """Markers of the bundle's indicators, ids the indicator id (`#2`, `#3`... after the first
     when a pattern holds several values), with the indicator's `valid_from`, `valid_until` and
@@ -65,6 +81,7 @@ def read_stix(path: Path, report: ImportReport) -> Iterator[dict]:
     if not isinstance(document, dict) or document.get("type") != "bundle" or not isinstance(document.get("objects"), list):
         raise MarkerError(f"{path}: not a STIX 2.1 bundle (a JSON object with \"type\": \"bundle\" and an \"objects\" list)")
     ignored: dict[str, int] = {}
+    markings = {**TLP_MARKINGS, **_bundle_tlp_markings(document["objects"])}
     for number, stix_object in enumerate(document["objects"], 1):
         if not isinstance(stix_object, dict):
             report.refused.append(f"{path}:object #{number}: not a JSON object")
@@ -76,6 +93,9 @@ def read_stix(path: Path, report: ImportReport) -> Iterator[dict]:
         if not isinstance(indicator_id, str) or not indicator_id:
             report.refused.append(f"{path}:object #{number}: indicator without an id")
             continue
+        if stix_object.get("revoked") is True:
+            report.notes.append(f"{path}:{indicator_id}: revoked by its producer, skipped")
+            continue
         try:
             markers, separate = _indicator_markers(stix_object)
         except ValueError as error:
@@ -86,9 +106,28 @@ def read_stix(path: Path, report: ImportReport) -> Iterator[dict]:
             continue
         if separate:
             report.notes.append(f"{path}:{indicator_id}: values joined by AND read as separate markers, each matching on its own")
-        yield from markers
+        references = stix_object.get("object_marking_refs")
+        tlp = strictest_tlp(*(markings.get(reference) for reference in references if isinstance(reference, str))) if isinstance(references, list) else None
+        yield from (marker | {"tlp": tlp} for marker in markers) if tlp else markers
     if ignored:
         report.notes.append(f"{path}: objects other than indicators ignored: " + ", ".join(f"{kind} {count}" for kind, count in sorted(ignored.items())))
+
+
+def _bundle_tlp_markings(objects: list) -> dict[str, str]:
+    """TLP marking definitions a bundle defines under ids of its own (`definition.tlp`, or a
+    name such as `TLP:AMBER`)."""
+    found = {}
+    for stix_object in objects:
+        if isinstance(stix_object, dict) and stix_object.get("type") == "marking-definition" and isinstance(stix_object.get("id"), str):
+            definition = stix_object.get("definition")
+            level = definition.get("tlp") if isinstance(definition, dict) else None
+            if not isinstance(level, str):
+                name = stix_object.get("name")
+                level = name[4:] if isinstance(name, str) and name.upper().startswith("TLP:") else None
+            level = {"white": "clear"}.get(str(level).lower(), str(level).lower())
+            if level in TLP_LEVELS:
+                found[stix_object["id"]] = level
+    return found
 
 
 def export_stix(markers: Iterable[Marker], bundle_id: str) -> tuple[dict, list[str]]:
@@ -299,8 +338,6 @@ def _indicator_markers(indicator: dict) -> tuple[list[dict], bool]:
     the indicator cannot be imported."""
     if indicator.get("pattern_type") != "stix":
         raise ValueError(f"pattern_type {indicator.get('pattern_type')!r} is not supported (only 'stix')")
-    if indicator.get("revoked") is True:
-        raise ValueError("revoked")
     pattern = indicator.get("pattern")
     if not isinstance(pattern, str):
         raise ValueError("no pattern")
@@ -453,6 +490,8 @@ def _indicator(marker: Marker, bundle_id: str, pattern: str) -> dict:
         indicator["description"] = marker.reference
     if marker.type == "domain" and not marker.subdomains:
         indicator["x_probe_match"] = "exact"
+    if marker.tlp is not None:
+        indicator["object_marking_refs"] = [TLP_2_MARKINGS[marker.tlp]]
     return indicator
 
 
