@@ -186,6 +186,8 @@ def import_command(files: tuple[str, ...], source_format: str, output: str, issu
     """
     for path in files:
         readable(path)
+        if not os.path.isfile(path):
+            fail(f"{path}: import reads a regular file (save what a pipe gives first)")
     report = ImportReport()
     target = Path(output)
     try:

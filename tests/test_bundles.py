@@ -565,3 +565,14 @@ def test_wildcards_and_punctuation_are_not_names(tmp_path: Path) -> None:
     result = run_probe("markers", "validate", bundle)
     assert result.returncode == 1
     assert "give 'evil.example' with match 'subdomains'" in result.stderr and "'evil.example#frag' is not a domain name" in result.stderr
+
+
+def test_validate_finds_ids_used_twice_across_companion_files(tmp_path: Path) -> None:
+    bundle = companion_bundle(tmp_path, ["203.0.113.1", "203.0.113.2", "203.0.113.1"])
+    result = run_probe("markers", "validate", bundle)
+    assert result.returncode == 1 and "value '203.0.113.1'" in result.stderr and "used twice" in result.stderr
+
+
+def test_feeds_and_imports_refuse_a_pipe(tmp_path: Path) -> None:
+    result = run_probe("markers", "import", "--from", "list", "/dev/stdin", "-o", tmp_path / "out.json", "--issuer", "soc", stdin=b"203.0.113.1\n")
+    assert result.returncode == 2 and "regular file" in result.stderr

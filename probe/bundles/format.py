@@ -154,12 +154,14 @@ class Bundle:
         return self.issuer.casefold(), self.id
 
     def counts(self) -> dict[str, int]:
-        """Markers by type; a companion file counts by its declared count (or 0 when unknown)."""
+        """Markers by type; a companion file counts by its declared count, checked when it was
+        compiled (or by reading it, when it declares none)."""
         counts: dict[str, int] = {}
         for marker in self.markers:
             counts[marker.type] = counts.get(marker.type, 0) + 1
         for value_file in self.value_files:
-            counts[value_file.type] = counts.get(value_file.type, 0) + (value_file.count or 0)
+            count = value_file.count if value_file.count is not None else sum(1 for _ in value_file.values())
+            counts[value_file.type] = counts.get(value_file.type, 0) + count
         return counts
 
     def validity_groups(self) -> list[tuple[Marker, int]]:

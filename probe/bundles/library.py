@@ -147,6 +147,8 @@ def read_source(path: str, data: bytes) -> Bundle:
             raise refusal(path, problems)
         assert bundle is not None
         return bundle
+    if not Path(path).is_file():  # a feed is read twice: once to tell its format
+        raise MarkerError(f"{path}: a feed must be a regular file (save what a pipe gives first)")
     source_format = detect_format(path)
     digest = hashlib.sha256(data).hexdigest()
     bundle = Bundle(path, f"{Path(path).stem}-{digest[:12]}", "local", 0, None, None, None, None, digest, [], [], source_format)

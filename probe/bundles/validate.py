@@ -47,11 +47,19 @@ def validate_file(path: str) -> Validation:
     flagged = {_entry_of(path, problem) for problem in problems}
     result.problems = problems + [message for parts, message in _schema_problems(path, json.loads(data.decode("utf-8-sig"))) if not parts & flagged]
     networks = [(marker.value, marker.id) for marker in bundle.markers if marker.type == "cidr"]
+    marker_ids = {marker.id for marker in bundle.markers}
     for value_file in bundle.value_files:
         problems = value_file.check()
         result.problems += problems
-        if value_file.type == "cidr" and not problems:
-            networks += [(value, value_file.id_prefix + value) for value in value_file.values()]
+        if problems:
+            continue
+        for value in value_file.values():
+            marker = value_file.marker(value)
+            if marker.id in marker_ids:
+                result.problems.append(f"{value_file.path}: value {value!r}: marker id {marker.id!r} used twice in the bundle")
+            marker_ids.add(marker.id)
+            if marker.type == "cidr":
+                networks.append((value, marker.id))
     result.information = nested_networks(networks)
     return result
 
