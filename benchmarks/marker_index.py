@@ -37,6 +37,8 @@ import sys
 import time
 from pathlib import Path
 
+from replay_throughput import cpu_model
+
 BENCHMARKS = Path(__file__).resolve().parent
 ROOT = BENCHMARKS.parent
 
@@ -447,16 +449,6 @@ def run_child(out: Path, *arguments: str) -> dict:
     if result.returncode != 0:
         sys.exit(f"marker_index: child {' '.join(arguments)} failed ({result.returncode}):\n{result.stderr.strip()}")
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def verdict(passed: bool) -> str:
