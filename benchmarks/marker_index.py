@@ -312,9 +312,11 @@ def child_build(out: Path, name: str, traced: bool = False) -> dict:
 
 def child_stream(out: Path, name: str) -> dict:
     """Reading and normalising the companion files alone, for comparison with the build."""
-    from probe.bundles.format import read_bundle
+    from probe.bundles.format import read_file
+    from probe.bundles.library import read_source
 
-    bundle = read_bundle(str(out / f"{name}.json"))
+    path = str(out / f"{name}.json")
+    bundle = read_source(path, read_file(path))
     started = time.perf_counter()
     count = sum(1 for value_file in bundle.value_files for _ in value_file.values())
     return {"seconds": time.perf_counter() - started, "markers": count}
