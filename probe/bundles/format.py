@@ -404,7 +404,7 @@ def _value_file(path: str, number: int, entry: object, bundle: Bundle, problems:
     for key in sorted(set(entry) - VALUE_FILE_KEYS):
         problems.append(f"{where}: unknown key {key!r}")
     name, kind, prefix, digest, count = entry.get("path"), entry.get("type"), entry.get("id_prefix"), entry.get("sha256"), entry.get("count")
-    if not isinstance(name, str) or not name or Path(name).name != name:
+    if not isinstance(name, str) or not name or Path(name).name != name or name.startswith("."):
         problems.append(f"{where}: 'path' must be a file name in the bundle's directory (got {name!r})")
         return None
     where = f"{path}: value file {name!r}"
