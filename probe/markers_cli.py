@@ -121,7 +121,10 @@ def verify_command(bundles: tuple[str, ...], trust_store: str | None, config_pat
         except ProbeError as error:
             refusals.append(str(error))
             continue
-        problems = [problem for value_file in bundle.value_files for problem in value_file.check()]
+        problems: list[str] = []
+        for value_file in bundle.value_files:
+            for _ in value_file.every_value(problems):
+                pass
         if problems:
             refusals += problems
             continue

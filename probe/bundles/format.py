@@ -83,12 +83,10 @@ class ValueFile:
         if problems:
             raise CompanionError(str(self.path), problems[0])
 
-    def check(self) -> list[str]:
-        """Every problem of the file (for `probe markers validate`)."""
-        problems: list[str] = []
-        for _ in self._read(problems, stop_at_first=False):
-            pass
-        return problems
+    def every_value(self, problems: list[str]) -> Iterator[str]:
+        """Every valid value, reading on past a bad line; each problem of the file is appended to
+        `problems` (for `probe markers validate` and `verify`)."""
+        return self._read(problems, stop_at_first=False)
 
     def _read(self, problems: list[str], stop_at_first: bool) -> Iterator[str]:
         digest = hashlib.sha256()
@@ -126,6 +124,8 @@ class ValueFile:
             problems.append(f"{self.path}: SHA-256 {digest.hexdigest()} differs from the bundle's {self.sha256}: the file was changed or replaced")
         elif self.count is not None and count != self.count:
             problems.append(f"{self.path}: {count} values, the bundle says {self.count}")
+        elif not problems:
+            self.count = count  # the very file the bundle lists: its count is now known
 
 
 @dataclass
@@ -154,8 +154,8 @@ class Bundle:
         return self.issuer.casefold(), self.id
 
     def counts(self) -> dict[str, int]:
-        """Markers by type; a companion file counts by its declared count, checked when it was
-        compiled (or by reading it, when it declares none)."""
+        """Markers by type; a companion file counts by its declared count, or the count found when
+        it was read (it is read here only if it never was)."""
         counts: dict[str, int] = {}
         for marker in self.markers:
             counts[marker.type] = counts.get(marker.type, 0) + 1

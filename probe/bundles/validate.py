@@ -49,17 +49,18 @@ def validate_file(path: str) -> Validation:
     networks = [(marker.value, marker.id) for marker in bundle.markers if marker.type == "cidr"]
     marker_ids = {marker.id for marker in bundle.markers}
     for value_file in bundle.value_files:
-        problems = value_file.check()
-        result.problems += problems
-        if problems:
-            continue
-        for value in value_file.values():
+        problems: list[str] = []
+        repeated, listed_networks = [], []
+        for value in value_file.every_value(problems):  # one pass: lines, digest and ids together
             marker = value_file.marker(value)
             if marker.id in marker_ids:
-                result.problems.append(f"{value_file.path}: value {value!r}: marker id {marker.id!r} used twice in the bundle")
+                repeated.append(f"{value_file.path}: value {value!r}: marker id {marker.id!r} used twice in the bundle")
             marker_ids.add(marker.id)
             if marker.type == "cidr":
-                networks.append((value, marker.id))
+                listed_networks.append((value, marker.id))
+        result.problems += problems or repeated  # ids and networks only of a file found whole
+        if not problems:
+            networks += listed_networks
     result.information = nested_networks(networks)
     return result
 
