@@ -9,6 +9,7 @@ range is refused with the key's full name, so a typo never silently falls back t
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import socket
 import tomllib
 from dataclasses import dataclass, field
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from probe.errors import ConfigError
-from probe.match.markers import TLP_LEVELS
+from probe.bundles.values import MARKER_TYPES
+from probe.match.markers import RECORD_CLASS, RESERVED_CLASSES, TLP_LEVELS
 
 
 @dataclass(frozen=True)
@@ -76,18 +78,43 @@ class EventsSection:
 
 
 @dataclass(frozen=True)
+class StoreSection:
+    directory: str = ""
+    """The ring store (mode 0700, its files 0600). Empty: `probe replay` stores nothing unless
+    given --store."""
+    segment_period: int = 3600
+    """Seconds of event time per segment file: an expired record stays on disk at most this long
+    after its retention ends (its segment goes when all its records have expired)."""
+    flush_interval: float = 1.0
+    """Seconds an event may wait before it is written and fsync'd (acknowledged)."""
+    max_bytes: int = 10 * 1024**3
+    """Size cap: a warning at 80 %; beyond it the oldest segments are evicted, each one logged."""
+    retention_months: int = 6
+    """Calendar months an event is kept after its last packet; six at most (CPCE art. L33-14)."""
+    class_retention_months: dict[str, int] = field(default_factory=dict)
+    """Shorter retention of named record classes, e.g. { network = 3 } (CPCE art. R10-14 IV)."""
+    class_by_type: dict[str, str] = field(default_factory=dict)
+    """Record class of a marker type's events, when the marker and its bundle name none."""
+    subscriber_prefixes: tuple[str, ...] = ()
+    """The operator's subscriber address space (CIDR), for `probe store subscribers`."""
+
+
+@dataclass(frozen=True)
 class Config:
     probe: ProbeSection = field(default_factory=ProbeSection)
     flows: FlowsSection = field(default_factory=FlowsSection)
     fragments: FragmentsSection = field(default_factory=FragmentsSection)
     markers: MarkersSection = field(default_factory=MarkersSection)
     events: EventsSection = field(default_factory=EventsSection)
+    store: StoreSection = field(default_factory=StoreSection)
 
 
-POSITIVE_FIELDS = {"max_flows", "handshake_buffer_bytes", "max_datagrams", "max_per_source", "max_bytes", "tcp_timeout", "tcp_closed_timeout", "udp_timeout", "other_timeout", "timeout"}
+POSITIVE_FIELDS = {"segment_period", "flush_interval", "max_bytes", "max_flows", "handshake_buffer_bytes", "max_datagrams", "max_per_source", "max_bytes", "tcp_timeout", "tcp_closed_timeout", "udp_timeout", "other_timeout", "timeout"}
 MAXIMUM_SECONDS = 7 * 24 * 3600.0
 """No flow or fragment waits longer than a week of capture time."""
 MAXIMUM_COUNT = 1 << 40
+MAXIMUM_RETENTION_MONTHS = 6
+"""CPCE art. L33-14: six months at most."""
 
 
 def load_config(path: str | None) -> Config:
@@ -144,10 +171,55 @@ def _parse_section(cls: type, raw: dict[str, Any], section: str, origin: str) ->
             if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
                 raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
             value = tuple(value)
+        elif expected.startswith("dict[str, "):
+            item_type = int if expected == "dict[str, int]" else str
+            if not isinstance(value, dict) or not all(isinstance(item, item_type) and not isinstance(item, bool) for item in value.values()):
+                example = "{ network = 3 }" if item_type is int else '{ ipv4 = "network" }'
+                raise ConfigError(f"{where}: expected a table of {item_type.__name__} values, e.g. {example}, got {value!r}")
         if key == "max_tlp" and value not in TLP_LEVELS:
             raise ConfigError(f"{where}: must be one of {', '.join(TLP_LEVELS)}, got {value!r}")
+        if section == "store":
+            value = _store_value(key, value, where)
         if key in POSITIVE_FIELDS and not 0 < value <= (MAXIMUM_SECONDS if expected == "float" else MAXIMUM_COUNT):
             limit = f"{MAXIMUM_SECONDS:.0f} seconds" if expected == "float" else f"{MAXIMUM_COUNT}"
             raise ConfigError(f"{where}: must be greater than 0 and at most {limit}, got {value!r}")
         values[key] = value
     return cls(**values)
+
+
+def _store_value(key: str, value: Any, where: str) -> Any:
+    """The store's keys that the law bounds: retention, class names, subscriber prefixes."""
+    if key == "retention_months":
+        check_retention_months(value, where)
+    elif key == "class_retention_months":
+        for name, months in value.items():
+            _check_record_class(name, f"{where}.{name}")
+            check_retention_months(months, f"{where}.{name}")
+    elif key == "class_by_type":
+        for marker_type, name in value.items():
+            if marker_type not in MARKER_TYPES:
+                raise ConfigError(f"{where}.{marker_type}: unknown marker type (known: {', '.join(MARKER_TYPES)})")
+            _check_record_class(name, f"{where}.{marker_type}")
+    elif key == "subscriber_prefixes":
+        for prefix in value:
+            try:
+                ipaddress.ip_network(prefix)
+            except ValueError:
+                raise ConfigError(f"{where}: {prefix!r} is not a network in CIDR form (address/length, host bits zero)") from None
+    elif key == "segment_period" and not 60 <= value <= 86400:
+        raise ConfigError(f"{where}: must be between 60 and 86400 seconds, got {value!r}")
+    elif key == "flush_interval" and not 0 < value <= 1.0:
+        raise ConfigError(f"{where}: must be greater than 0 and at most 1 second (events are acknowledged within it), got {value!r}")
+    return value
+
+
+def check_retention_months(months: int, where: str) -> None:
+    if months > MAXIMUM_RETENTION_MONTHS:
+        raise ConfigError(f"{where}: {months} months refused: the law allows keeping the data that characterise a detected event for six months at most (CPCE art. L33-14); set 6 or less")
+    if months < 1:
+        raise ConfigError(f"{where}: must be at least 1 month, got {months}")
+
+
+def _check_record_class(name: str, where: str) -> None:
+    if not RECORD_CLASS.fullmatch(name) or name in RESERVED_CLASSES:
+        raise ConfigError(f"{where}: a record class name is 1-32 lower-case letters, digits, '-' or '_', other than {' and '.join(RESERVED_CLASSES)}")

@@ -31,3 +31,7 @@ class CompanionError(MarkerError):
     def __init__(self, path: str, problem: str) -> None:
         super().__init__(problem)
         self.path = path
+
+
+class StoreError(ProbeError):
+    """The event store cannot be opened, read or written as asked; the message names the file."""

@@ -26,7 +26,8 @@ from probe.flows.table import CLASS_CLOSED, INSPECT_BUFFERING, INSPECT_DONE, INS
 from probe.bundles.library import MarkerLibrary
 from probe.match.compiled import CompiledMarkers
 from probe.match.markers import Marker
-from probe.record.events import EventWriter, Hit, event_record
+from probe.record.events import EventWriter, Hit, flow_event
+from probe.store.ring import RingStore
 
 CLOCK_FRAMES = 63
 """The expiry clock is the median time of this many latest frames."""
@@ -47,11 +48,13 @@ def starts_like_handshake(payload: bytes) -> bool:
 
 
 class Pipeline:
-    def __init__(self, config: Config, library: MarkerLibrary, writer: EventWriter) -> None:
+    def __init__(self, config: Config, library: MarkerLibrary, writer: EventWriter, store: RingStore | None = None) -> None:
+        """`writer` receives each event's final revision; `store`, when given, every revision."""
         self.config = config
         self.library = library
         self._use_markers(library.active)
         self.writer = writer
+        self.store = store
         fragments = config.fragments
         self.reassembler = FragmentReassembler(int(fragments.timeout * NANOSECONDS), fragments.max_datagrams, fragments.max_per_source, fragments.max_bytes)
         self.decoder = FrameDecoder(self.reassembler)
@@ -124,6 +127,9 @@ class Pipeline:
         self._close_ended_flows()
         for flow in self.flows.expire(self.now):
             self._end_flow(flow)
+        if self.store is not None:
+            self.store.note_expired_bundles(self.library.bundles.values(), self.now)
+            self.store.flush_if_due()
 
     def start_capture(self) -> None:
         """Each capture runs the expiry clock from its own start, so captures given out of time
@@ -407,7 +413,9 @@ class Pipeline:
         key = (marker.bundle, marker.id)
         hit = hits.get(key)
         if hit is None:
-            hits[key] = Hit(marker, matched_on, to_server, timestamp, encapsulation)
+            hit = hits[key] = Hit(marker, matched_on, to_server, timestamp, encapsulation)
+            if self.store is not None:
+                self.store.append(flow_event(flow, hit, self.flows.counters(flow), 0))
         else:
             hit.count += 1
 
@@ -441,8 +449,10 @@ class Pipeline:
         """Write the flow's events and drop everything it held."""
         flow.stream = None
         if flow.hits:
-            probe = self.config.probe
             counters = flow.final or self.flows.counters(flow)
-            max_tlp = self.config.events.max_tlp
-            self.writer.write([event_record(flow, counters, hit, probe, max_tlp) for hit in flow.hits.values()])
+            events = [flow_event(flow, hit, counters, 1) for hit in flow.hits.values()]
+            self.writer.write(events)
+            if self.store is not None:
+                for event in events:
+                    self.store.append(event)
         flow.hits = None

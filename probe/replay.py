@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import IO
 
-from probe.bundles.library import LoadPolicy, MarkerLibrary
+from probe.bundles.library import LoadPolicy, LoadReport, MarkerLibrary
 from probe.bundles.signing import TrustStore
 from probe.bundles.versions import VersionState
 from probe.capture.reader import read_capture
@@ -22,6 +22,7 @@ from probe.match.markers import ACTIVE_TYPES
 from probe.pipeline import Pipeline
 from probe.progress import Progress
 from probe.record.events import EventWriter, rfc3339
+from probe.store.ring import RingStore
 
 
 @dataclass
@@ -29,6 +30,7 @@ class ReplayResult:
     pipeline: Pipeline
     writer: EventWriter
     library: MarkerLibrary
+    store: RingStore | None = None
     captures: int = 0
     capture_errors: list[CaptureError] = field(default_factory=list)
     elapsed: float = 0.0
@@ -54,12 +56,15 @@ def replay(config: Config, captures: list[str], marker_paths: list[str], events:
     return run_replay(config, captures, load_library(config, marker_paths), events, progress)
 
 
-def run_replay(config: Config, captures: list[str], library: MarkerLibrary, events: IO[str], progress: Progress | None = None) -> ReplayResult:
+def run_replay(config: Config, captures: list[str], library: MarkerLibrary, events: IO[str], progress: Progress | None = None, store: RingStore | None = None) -> ReplayResult:
     """Replay with markers already loaded (so that a bad marker file is reported before the
-    events file is touched)."""
-    writer = EventWriter(events)
-    pipeline = Pipeline(config, library, writer)
-    result = ReplayResult(pipeline, writer, library)
+    events file is touched). With a `store`, every event revision is stored too; the caller
+    closes it."""
+    writer = EventWriter(events, config.probe, config.events.max_tlp)
+    if store is not None:
+        store.record_load(LoadReport(accepted=list(library.bundles.values())))
+    pipeline = Pipeline(config, library, writer, store)
+    result = ReplayResult(pipeline, writer, library, store)
     started = time.perf_counter()
     # The packet path makes no reference cycles, so the cyclic collector would only spend time
     # rescanning the flow table as it grows; it is paused for the replay.
@@ -77,6 +82,8 @@ def run_replay(config: Config, captures: list[str], library: MarkerLibrary, even
             except CaptureError as error:
                 result.capture_errors.append(error.with_traceback(None))
         pipeline.finish()
+        if store is not None:
+            store.flush()
     finally:
         if collecting:
             gc.enable()
@@ -124,6 +131,18 @@ def write_summary(result: ReplayResult, stream: IO[str] = sys.stderr) -> None:
         f"flows: {flows.created} created, {flows.expired} ended by idle timeout, {flows.evicted} evicted, {pipeline.handshake_overflows} handshake buffers overflowed",
         f"markers: {result.library.active.active_count} active, {sum(result.library.active.inactive.values())} inactive, from {len(result.library.bundles)} bundle(s)",
         f"events: {result.writer.written}" + (" (" + ", ".join(f"{kind} {count}" for kind, count in sorted(result.writer.by_marker_type.items())) + ")" if result.writer.written else ""),
+        *store_summary(result.store),
         f"elapsed: {result.elapsed:.2f} s  ({rate:,.0f} packets/s, {pipeline.bytes * 8 / result.elapsed / 1e6 if result.elapsed else 0:,.1f} Mbit/s)",
     ]
     stream.write("".join(f"probe: {line}\n" for line in lines))
+
+
+def store_summary(store: RingStore | None) -> list[str]:
+    if store is None:
+        return []
+    lines = [f"store: {store.stored} records stored in {store.directory}" + (f", {store.not_stored} NOT stored (disk errors)" if store.not_stored else "")]
+    if store.expired_on_arrival:
+        lines.append(f"store: {store.expired_on_arrival} event revisions not stored: already past their retention (their last packet is older than the retention allows)")
+    if store.evicted_segments:
+        lines.append(f"store: {store.evicted_segments} segments ({store.evicted_records} records) evicted at max_bytes")
+    return lines

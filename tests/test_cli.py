@@ -53,6 +53,7 @@ EVENT_FIELDS = {
     "packets",
     "bytes",
     "hits",
+    "revision",
     "probe",
 }
 MARKER_FIELDS = {"id", "type", "value", "bundle", "bundle_version", "severity", "tlp"}

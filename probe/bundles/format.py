@@ -20,16 +20,16 @@ from pathlib import Path
 
 from probe.bundles.values import BYTES_ENCODINGS, LISTABLE_TYPES, MARKER_TYPES, PATTERN_TYPES, normalise_value, value_id
 from probe.errors import CompanionError, MarkerError
-from probe.match.markers import SEVERITIES, TLP_LEVELS, Constraints, Marker
+from probe.match.markers import RECORD_CLASS, RESERVED_CLASSES, SEVERITIES, TLP_LEVELS, Constraints, Marker
 
 BUNDLE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 ISSUER = re.compile(r"[A-Za-z0-9_-]{1,64}")
 """An issuer names the trust store's key files (`<issuer>.pub`, `<issuer>.<label>.pub`): no dot,
 so that no key file can be read as another issuer's."""
 PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132}
-BUNDLE_KEYS = {"id", "issuer", "version", "created", "valid_from", "valid_until", "tlp", "description", "markers", "value_files", "$schema"}
-MARKER_KEYS = {"id", "type", "value", "match", "encoding", "name", "valid_from", "valid_until", "severity", "reference", "tlp", "constraints"}
-VALUE_FILE_KEYS = {"path", "type", "id_prefix", "sha256", "count", "match", "valid_from", "valid_until", "severity", "reference", "tlp", "constraints"}
+BUNDLE_KEYS = {"id", "issuer", "version", "created", "valid_from", "valid_until", "tlp", "retention_class", "description", "markers", "value_files", "$schema"}
+MARKER_KEYS = {"id", "type", "value", "match", "encoding", "name", "valid_from", "valid_until", "severity", "reference", "tlp", "retention_class", "constraints"}
+VALUE_FILE_KEYS = {"path", "type", "id_prefix", "sha256", "count", "match", "valid_from", "valid_until", "severity", "reference", "tlp", "retention_class", "constraints"}
 READ_CHUNK = 1 << 20
 
 
@@ -145,6 +145,8 @@ class Bundle:
     markers: list[Marker]
     value_files: list[ValueFile]
     source_format: str = "bundle"
+    retention_class: str | None = None
+    """Default record class of its markers' events in the store (a shorter retention)."""
     notes: list[str] = field(default_factory=list)
     """What reading a feed in another format could not use (warnings, never silent)."""
 
@@ -190,7 +192,7 @@ def read_file(path: str) -> bytes:
         raise MarkerError(f"{path}: cannot read marker file: {error.strerror}") from None
 
 
-BUNDLE_START = re.compile(rb'\s*\{\s*"(id|issuer|version|created|valid_from|valid_until|tlp|description|markers|value_files|\$schema)"')
+BUNDLE_START = re.compile(rb'\s*\{\s*"(id|issuer|version|created|valid_from|valid_until|tlp|retention_class|description|markers|value_files|\$schema)"')
 
 
 def is_bundle(data: bytes) -> bool:
@@ -224,7 +226,7 @@ def parse_bundle(path: str, data: bytes) -> tuple[Bundle | None, list[str]]:
     problems: list[str] = []
     header = _bundle_header(path, document, problems)
     digest = hashlib.sha256(data).hexdigest()
-    bundle = Bundle(path, header["id"], header["issuer"], header["version"], header["created"], header["valid_from"], header["valid_until"], header["tlp"], digest, [], [])
+    bundle = Bundle(path, header["id"], header["issuer"], header["version"], header["created"], header["valid_from"], header["valid_until"], header["tlp"], digest, [], [], retention_class=header["retention_class"])
     bundle.markers = list(markers_from_entries(path, document["markers"], bundle, problems))
     value_files = document.get("value_files", [])
     if not isinstance(value_files, list):
@@ -265,6 +267,7 @@ def _bundle_header(path: str, document: dict, problems: list[str]) -> dict:
         problems.append(f"{path}: 'tlp' must be one of {', '.join(TLP_LEVELS)} (got {tlp!r})")
         tlp = None
     header["tlp"] = tlp
+    header["retention_class"] = _retention_class(path, document.get("retention_class"), problems)
     if header["valid_from"] is not None and header["valid_until"] is not None and header["valid_from"] > header["valid_until"]:
         problems.append(f"{path}: valid_from is after valid_until")
     return header
@@ -347,6 +350,7 @@ def _shared_attributes(where: str, entry: dict, kind: str, bundle: Bundle, probl
     if valid_from is not None and valid_until is not None and valid_from > valid_until:
         problems.append(f"{where}: valid_from is after valid_until (it could never match)")
     constraints = _constraints(where, entry.get("constraints"), problems)
+    retention_class = _retention_class(where, entry.get("retention_class"), problems)
     if len(problems) > count:
         return None
     if bundle.valid_from is not None and (valid_from is None or valid_from < bundle.valid_from):
@@ -365,7 +369,17 @@ def _shared_attributes(where: str, entry: dict, kind: str, bundle: Bundle, probl
         "tlp": strictest_tlp(tlp, bundle.tlp),
         "constraints": constraints,
         "issuer": bundle.issuer,
+        "retention_class": retention_class or bundle.retention_class,
     }
+
+
+def _retention_class(where: str, value: object, problems: list[str]) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not RECORD_CLASS.fullmatch(value) or value in RESERVED_CLASSES:
+        problems.append(f"{where}: 'retention_class' must be 1-32 lower-case letters, digits, '-' or '_', other than {' and '.join(RESERVED_CLASSES)} (got {value!r})")
+        return None
+    return value
 
 
 def _constraints(where: str, raw: object, problems: list[str]) -> Constraints | None:

@@ -52,10 +52,13 @@ def canonical_key(src: bytes, sport: int, dst: bytes, dport: int, proto: int) ->
 class Flow:
     """One bidirectional flow. `client_is_a` says which key side opened it (events' `src`)."""
 
-    __slots__ = ("key", "slot", "client_is_a", "timeout_class", "inspect", "stream", "hits", "fin_a", "fin_b", "final", "encapsulation")
+    __slots__ = ("key", "slot", "client_is_a", "timeout_class", "inspect", "stream", "hits", "fin_a", "fin_b", "final", "encapsulation", "opened")
 
-    def __init__(self, key: bytes, slot: int, client_is_a: bool, timeout_class: int) -> None:
+    def __init__(self, key: bytes, slot: int, client_is_a: bool, timeout_class: int, opened: int) -> None:
         self.key = key
+        self.opened = opened
+        """Time of its first packet in capture order: with the key, what its event ids derive
+        from (first seen may move earlier when capture timestamps step back)."""
         self.slot = slot
         self.client_is_a = client_is_a
         self.timeout_class = timeout_class
@@ -143,7 +146,7 @@ class FlowTable:
         slot = self._free.pop()
         proto = key[36]
         timeout_class = CLASS_TCP if proto == PROTO_TCP else CLASS_UDP if proto == PROTO_UDP else CLASS_OTHER
-        flow = Flow(key, slot, client_is_a, timeout_class)
+        flow = Flow(key, slot, client_is_a, timeout_class, timestamp)
         self.flows[key] = flow
         self._slot_flows[slot] = flow
         self._class[slot] = timeout_class

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -11,6 +12,10 @@ ACTIVE_TYPES = ("ipv4", "ipv6", "cidr", "domain", "http_host", "tls_sni")
 TLP_LEVELS = ("clear", "green", "amber", "amber+strict", "red")
 """Traffic Light Protocol 2.0, least to most restricted."""
 SEVERITIES = ("info", "low", "medium", "high", "critical")
+RECORD_CLASS = re.compile(r"[a-z0-9_-]{1,32}")
+"""Name of a store record class (a directory name): what a marker's `retention_class` may say."""
+RESERVED_CLASSES = ("bundles", "audit")
+"""The store's own record classes: bundle history and audit log."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +60,8 @@ class Marker(NamedTuple):
     """`bytes`: literal, hex or regex."""
     constraints: Constraints | None = None
     issuer: str = ""
+    retention_class: str | None = None
+    """The store's record class for its events (its own retention limit); None: by type."""
 
     def valid_at(self, timestamp: int) -> bool:
         return (self.valid_from is None or timestamp >= self.valid_from) and (self.valid_until is None or timestamp <= self.valid_until)

@@ -3,7 +3,8 @@
 The law (CPCE L34-1 VI) forbids keeping the content of communications: a record names the marker's
 value, never the observed name (a subdomain) nor any payload byte. Field names follow Suricata's
 eve.json where a counterpart exists. Identifiers are derived from the marker id, the flow's
-canonical 5-tuple and its first-packet time, so a capture gives the same ids in every run.
+canonical 5-tuple and its first-packet time, so a capture gives the same ids in every run, and the
+store, which keeps exactly those fields, derives them again instead of keeping them.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime, timezone
-from typing import IO
+from typing import IO, NamedTuple
 
 from probe.config import ProbeSection
 from probe.decode.packet import PROTO_NAMES, address_text
-from probe.flows.table import Flow
+from probe.flows.table import Flow, canonical_key
 from probe.bundles.values import PATTERN_TYPES
 from probe.match.markers import TLP_LEVELS, Marker
 
@@ -34,21 +35,65 @@ class Hit:
         self.count = 1
 
 
+class Event(NamedTuple):
+    """Everything the probe may keep of a detected event, and nothing else: network metadata,
+    counters and the marker's identity. This tuple is the allowlist; the store writes these
+    fields and no other. Times are nanoseconds since the epoch; addresses the 16-byte form."""
+
+    revision: int
+    """0 at the first hit; 1 with the final counters when the flow ends."""
+    timestamp: int
+    """Of the first packet that hit."""
+    proto: int
+    src: bytes
+    """The client (the side that opened the flow)."""
+    src_port: int
+    dst: bytes
+    dst_port: int
+    to_server: bool
+    """The marked value is on the server's side (`direction: to_server`)."""
+    matched_on: str
+    marker: Marker
+    encapsulation: list[dict]
+    opened: int
+    """The flow's first packet in capture order: the ids derive from it."""
+    first_seen: int
+    last_seen: int
+    packets: int
+    bytes: int
+    hits: int
+
+    @property
+    def event_id(self) -> str:
+        digest = hashlib.sha256(self.marker.bundle.encode() + b"\0" + self.marker.id.encode() + b"\0" + self._flow_key()).hexdigest()
+        return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
+
+    @property
+    def flow_id(self) -> int:
+        """Suricata-style integer flow id, stable across runs and worker counts (fits a JSON double)."""
+        digest = hashlib.sha256(self._flow_key()).digest()
+        return int.from_bytes(digest[:7], "big") >> 3  # 53 bits: exact in every JSON reader
+
+    def _flow_key(self) -> bytes:
+        """The flow's canonical key and opening time (microseconds: what the store keeps)."""
+        key, _ = canonical_key(self.src, self.src_port, self.dst, self.dst_port, self.proto)
+        return key + (self.opened // 1000).to_bytes(8, "big")
+
+
+def flow_event(flow: Flow, hit: Hit, counters: tuple[int, int, int, int], revision: int) -> Event:
+    """`counters`: the flow's (packets, bytes, first seen, last seen) from the flow table. At the
+    first hit the table may not have counted the hitting packet yet: the event still covers it."""
+    client, client_port, server, server_port = flow.endpoints()
+    packets, byte_count, first_seen, last_seen = counters
+    if revision == 0:
+        first_seen, last_seen, packets = min(first_seen, hit.timestamp), max(last_seen, hit.timestamp), max(packets, 1)
+    return Event(revision, hit.timestamp, flow.proto, client, client_port, server, server_port, hit.to_server, hit.matched_on, hit.marker, hit.encapsulation, flow.opened, first_seen, last_seen, packets, byte_count, hit.count)
+
+
 def rfc3339(timestamp: int) -> str:
     seconds, nanoseconds = divmod(timestamp, 1_000_000_000)
     moment = datetime.fromtimestamp(seconds, timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{nanoseconds // 1000:06d}Z"
-
-
-def flow_id(flow: Flow, first_seen: int) -> int:
-    """Suricata-style integer flow id, stable across runs and worker counts (fits a JSON double)."""
-    digest = hashlib.sha256(flow.key + first_seen.to_bytes(8, "big")).digest()
-    return int.from_bytes(digest[:7], "big") >> 3  # 53 bits: exact in every JSON reader
-
-
-def event_id(marker: Marker, flow: Flow, first_seen: int) -> str:
-    digest = hashlib.sha256(marker.bundle.encode() + b"\0" + marker.id.encode() + b"\0" + flow.key + first_seen.to_bytes(8, "big")).hexdigest()
-    return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
 
 
 def marker_fields(marker: Marker, max_tlp: str) -> dict:
@@ -70,46 +115,48 @@ def marker_fields(marker: Marker, max_tlp: str) -> dict:
     return fields
 
 
-def event_record(flow: Flow, counters: tuple[int, int, int, int], hit: Hit, probe: ProbeSection, max_tlp: str = "red") -> dict:
-    """`counters`: the flow's (packets, bytes, first seen, last seen) from the flow table."""
-    marker = hit.marker
-    client, client_port, server, server_port = flow.endpoints()
-    packets, byte_count, first_seen, last_seen = counters
+def event_record(event: Event, probe: ProbeSection, max_tlp: str = "red") -> dict:
+    """The event as eve.json-style JSON."""
     return {
-        "event_id": event_id(marker, flow, first_seen),
-        "timestamp": rfc3339(hit.timestamp),
+        "event_id": event.event_id,
+        "timestamp": rfc3339(event.timestamp),
         "event_type": "marker",
-        "flow_id": flow_id(flow, first_seen),
-        "proto": PROTO_NAMES.get(flow.proto, str(flow.proto)),
-        "src_ip": address_text(client),
-        "src_port": client_port,
-        "dest_ip": address_text(server),
-        "dest_port": server_port,
-        "direction": "to_server" if hit.to_server else "to_client",
-        "vlan": [layer["id"] for layer in hit.encapsulation if layer["type"] == "vlan"],
-        "matched_on": hit.matched_on,
-        "marker": marker_fields(marker, max_tlp),
-        "encapsulation": hit.encapsulation,
-        "first_seen": rfc3339(first_seen),
-        "last_seen": rfc3339(last_seen),
-        "packets": packets,
-        "bytes": byte_count,
-        "hits": hit.count,
+        "flow_id": event.flow_id,
+        "proto": PROTO_NAMES.get(event.proto, str(event.proto)),
+        "src_ip": address_text(event.src),
+        "src_port": event.src_port,
+        "dest_ip": address_text(event.dst),
+        "dest_port": event.dst_port,
+        "direction": "to_server" if event.to_server else "to_client",
+        "vlan": [layer["id"] for layer in event.encapsulation if layer["type"] == "vlan"],
+        "matched_on": event.matched_on,
+        "marker": marker_fields(event.marker, max_tlp),
+        "encapsulation": event.encapsulation,
+        "first_seen": rfc3339(event.first_seen),
+        "last_seen": rfc3339(event.last_seen),
+        "packets": event.packets,
+        "bytes": event.bytes,
+        "hits": event.hits,
+        "revision": event.revision,
         "probe": {"name": probe.name, "site": probe.site},
     }
 
 
 class EventWriter:
-    """Writes event records as JSON Lines, flushed after every group so a reader sees them at once."""
+    """Writes each event's final revision as JSON Lines, flushed after every group so a reader sees
+    them at once."""
 
-    def __init__(self, stream: IO[str]) -> None:
+    def __init__(self, stream: IO[str], probe: ProbeSection | None = None, max_tlp: str = "red") -> None:
         self.stream = stream
+        self.probe = probe or ProbeSection()
+        self.max_tlp = max_tlp
         self.written = 0
         self.by_marker_type: dict[str, int] = {}
 
-    def write(self, records: list[dict]) -> None:
-        if not records:
+    def write(self, events: list[Event]) -> None:
+        if not events:
             return
+        records = [event_record(event, self.probe, self.max_tlp) for event in events]
         self.stream.write("".join(json.dumps(record, separators=(",", ":")) + "\n" for record in records))
         self.stream.flush()
         self.written += len(records)

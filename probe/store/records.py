@@ -1,0 +1,247 @@
+"""What a store record may hold: the allowlist, enforced where records are encoded.
+
+An event record is a msgpack array of exactly the `Event` fields (network metadata, counters,
+the marker's identity, encapsulation ids), each of a fixed type; anything else, a field the
+allowlist does not name or a value of the wrong kind, is refused before it reaches a file. Markers
+and encapsulations are declared once per segment and referred to by number, and times are
+microseconds relative to the segment's start, which keeps an event near 50 bytes. Ids are not
+stored: they derive from the stored fields (`Event.event_id`).
+
+The two other record classes have a fixed shape too: the history of bundle versions (`bundles`)
+and the audit log (`audit`).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, NamedTuple
+
+import msgpack
+
+from probe.bundles.values import PATTERN_TYPES
+from probe.decode.packet import IPV4_MAPPED_PREFIX
+from probe.match.markers import Marker
+from probe.record.events import Event
+
+KIND_MARKER = -1
+KIND_ENCAPSULATION = -2
+KIND_BUNDLE = -3
+KIND_AUDIT = -4
+"""An event record starts with its revision (>= 0); every other record with one of these."""
+
+MATCHED_ON = ("ip.src", "ip.dst", "dns.query", "tls.sni", "http.host", "url", "tls.ja3", "tls.ja4", "x509.sha256", "payload")
+"""Where a marker can be seen, by code; `flags` holds the code shifted left by one."""
+ENCAPSULATION_FIELDS = {"type": str, "id": int, "label": int, "src": str, "dst": str, "key": int, "vni": int, "version": int, "session": int}
+"""Layer fields an event may record: tunnel endpoints and ids, never anything from the payload."""
+ENCAPSULATION_TYPES = frozenset({"vlan", "mpls", "gre", "erspan", "vxlan", "geneve", "ipip", "6in4", "4in6", "ip6ip6"})
+MARKER_FIELDS = ("id", "type", "value", "bundle", "bundle_version", "severity", "reference", "tlp", "name", "issuer", "retention_class")
+"""The marker's own identity as supplied by its issuer; the value of a pattern type is left out."""
+BUNDLE_ACTIONS = ("activated", "refused", "expired")
+AUDIT_FILTERS = frozenset({"since", "until", "marker", "ip", "prefix", "event", "format", "for_authority", "now"})
+NO_ENCAPSULATION_REFERENCE = 0
+
+
+class BundleRecord(NamedTuple):
+    """A change of the active marker set: a version activated, a file refused, a version expired."""
+
+    time: int
+    action: str
+    issuer: str
+    bundle: str
+    version: int
+    digest: str
+    reason: str
+
+
+class AuditRecord(NamedTuple):
+    """Who read the store, what for, and how much they got."""
+
+    time: int
+    user: str
+    uid: int
+    command: str
+    filters: dict[str, str]
+    purpose: str
+    returned: int
+
+
+class RecordError(ValueError):
+    """A record the allowlist refuses (a programming error: nothing reaches a file)."""
+
+
+class SegmentDictionary:
+    """The markers and encapsulations a segment's events refer to by number. Each is declared by
+    a record of its own before its first use, so a segment read from its start, or cut at any
+    frame, resolves every reference it holds."""
+
+    def __init__(self) -> None:
+        self.markers: dict[Marker, int] = {}
+        self.encapsulations: dict[bytes, int] = {}
+        self.marker_list: list[Marker] = []
+        self.encapsulation_list: list[list[dict]] = [[]]
+
+    def size(self) -> tuple[int, int]:
+        return len(self.marker_list), len(self.encapsulation_list)
+
+    def rollback(self, size: tuple[int, int]) -> None:
+        """Forget declarations written after `size` (their frames were not stored)."""
+        markers, encapsulations = size
+        for marker in self.marker_list[markers:]:
+            del self.markers[marker]
+        del self.marker_list[markers:]
+        for packed, number in list(self.encapsulations.items()):
+            if number >= encapsulations:
+                del self.encapsulations[packed]
+        del self.encapsulation_list[encapsulations:]
+
+    def declare(self, record: list) -> None:
+        """Take a declaration read back from a segment."""
+        kind, number, content = record
+        if kind == KIND_MARKER:
+            marker = decode_marker(content)
+            if number != len(self.marker_list):
+                raise RecordError(f"marker declared as number {number}, expected {len(self.marker_list)}")
+            self.markers[marker] = number
+            self.marker_list.append(marker)
+        else:
+            if number != len(self.encapsulation_list):
+                raise RecordError(f"encapsulation declared as number {number}, expected {len(self.encapsulation_list)}")
+            self.encapsulations[msgpack.packb(content)] = number
+            self.encapsulation_list.append(content)
+
+
+def encode_event(event: Event, dictionary: SegmentDictionary, base: int) -> list[bytes]:
+    """The msgpack payloads for `event` in a segment starting at `base` (microseconds): the
+    declarations it needs first, then the event."""
+    payloads = []
+    marker = event.marker
+    marker_number = dictionary.markers.get(marker)
+    if marker_number is None:
+        marker_number = dictionary.markers[marker] = len(dictionary.marker_list)
+        dictionary.marker_list.append(marker)
+        payloads.append(msgpack.packb([KIND_MARKER, marker_number, encode_marker(marker)]))
+    encapsulation = event.encapsulation
+    if encapsulation:
+        packed = msgpack.packb([_checked_layer(layer) for layer in encapsulation])
+        encapsulation_number = dictionary.encapsulations.get(packed)
+        if encapsulation_number is None:
+            encapsulation_number = dictionary.encapsulations[packed] = len(dictionary.encapsulation_list)
+            dictionary.encapsulation_list.append(encapsulation)
+            payloads.append(msgpack.packb([KIND_ENCAPSULATION, encapsulation_number, msgpack.unpackb(packed)]))
+    else:
+        encapsulation_number = NO_ENCAPSULATION_REFERENCE
+    try:
+        where = MATCHED_ON.index(event.matched_on)
+    except ValueError:
+        raise RecordError(f"matched_on {event.matched_on!r} is not in the allowlist") from None
+    first = event.first_seen // 1000
+    timestamp = event.timestamp // 1000
+    row = [
+        _count(event.revision), timestamp - base, _count(event.proto), _address(event.src), _port(event.src_port), _address(event.dst), _port(event.dst_port),
+        (where << 1) | bool(event.to_server), marker_number, encapsulation_number, timestamp - first, event.last_seen // 1000 - first,
+        _count(event.packets), _count(event.bytes), _count(event.hits),
+    ]
+    opened = event.opened // 1000
+    if opened != first:
+        row.append(opened - first)
+    payloads.append(msgpack.packb(row))
+    return payloads
+
+
+def decode_event(row: list, dictionary: SegmentDictionary, base: int) -> Event:
+    revision, timestamp, proto, src, src_port, dst, dst_port, flags, marker_number, encapsulation_number, back, duration, packets, byte_count, hits = row[:15]
+    timestamp += base
+    first = timestamp - back
+    opened = first + row[15] if len(row) > 15 else first
+    return Event(
+        revision, timestamp * 1000, proto, _address_bytes(src), src_port, _address_bytes(dst), dst_port, bool(flags & 1), MATCHED_ON[flags >> 1],
+        dictionary.marker_list[marker_number], dictionary.encapsulation_list[encapsulation_number], opened * 1000, first * 1000, (first + duration) * 1000,
+        packets, byte_count, hits,
+    )
+
+
+def encode_marker(marker: Marker) -> list:
+    value = "" if marker.type in PATTERN_TYPES else marker.value
+    fields = [marker.id, marker.type, value, marker.bundle, marker.bundle_version, marker.severity, marker.reference, marker.tlp, marker.name, marker.issuer, marker.retention_class]
+    for name, field in zip(MARKER_FIELDS, fields):
+        if field is not None and not isinstance(field, int if name == "bundle_version" else str):
+            raise RecordError(f"marker field {name} holds {type(field).__name__}")
+    return fields
+
+
+def decode_marker(fields: list) -> Marker:
+    values = dict(zip(MARKER_FIELDS, fields))
+    return Marker(**values)
+
+
+def encode_bundle(record: BundleRecord) -> bytes:
+    if record.action not in BUNDLE_ACTIONS:
+        raise RecordError(f"bundle action {record.action!r} is not one of {BUNDLE_ACTIONS}")
+    return msgpack.packb([KIND_BUNDLE, record.time // 1000, record.action, record.issuer, record.bundle, _count(record.version), record.digest, record.reason])
+
+
+def encode_audit(record: AuditRecord) -> bytes:
+    unknown = set(record.filters) - AUDIT_FILTERS
+    if unknown:
+        raise RecordError(f"audit filters {sorted(unknown)} are not in the allowlist")
+    return msgpack.packb([KIND_AUDIT, record.time // 1000, record.user, _count(record.uid), record.command, {key: str(value) for key, value in record.filters.items()}, record.purpose, _count(record.returned)])
+
+
+Record = Event | BundleRecord | AuditRecord
+
+
+def decode_records(payloads: list[bytes], base: int, dictionary: SegmentDictionary | None = None) -> Iterator[Record]:
+    """The records of a segment's frames, in order; declarations update `dictionary`."""
+    dictionary = dictionary if dictionary is not None else SegmentDictionary()
+    for payload in payloads:
+        row = msgpack.unpackb(payload)
+        kind = row[0]
+        if kind >= 0:
+            yield decode_event(row, dictionary, base)
+        elif kind == KIND_MARKER or kind == KIND_ENCAPSULATION:
+            dictionary.declare(row)
+        elif kind == KIND_BUNDLE:
+            yield BundleRecord(row[1] * 1000, *row[2:])
+        elif kind == KIND_AUDIT:
+            yield AuditRecord(row[1] * 1000, *row[2:])
+        else:
+            raise RecordError(f"unknown record kind {kind}")
+
+
+def record_time(record: Record) -> int:
+    """The time retention counts from: an event's last packet, or when the record was made."""
+    return record.last_seen if isinstance(record, Event) else record.time
+
+
+def _checked_layer(layer: dict) -> dict:
+    if layer.get("type") not in ENCAPSULATION_TYPES:
+        raise RecordError(f"encapsulation type {layer.get('type')!r} is not in the allowlist")
+    for name, value in layer.items():
+        expected = ENCAPSULATION_FIELDS.get(name)
+        if expected is None or not isinstance(value, expected) or isinstance(value, bool):
+            raise RecordError(f"encapsulation field {name}={value!r} is not in the allowlist")
+    return layer
+
+
+def _count(value: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise RecordError(f"expected a count, got {value!r}")
+    return value
+
+
+def _port(value: int) -> int:
+    if not isinstance(value, int) or not 0 <= value <= 0xFFFF:
+        raise RecordError(f"expected a port, got {value!r}")
+    return value
+
+
+def _address(address: bytes) -> int | bytes:
+    """An IPv4 address as an integer (5 bytes packed), an IPv6 address as its 16 bytes."""
+    if not isinstance(address, bytes) or len(address) != 16:
+        raise RecordError("expected a 16-byte address")
+    if address[:12] == IPV4_MAPPED_PREFIX:
+        return int.from_bytes(address[12:], "big")
+    return address
+
+
+def _address_bytes(value: int | bytes) -> bytes:
+    return IPV4_MAPPED_PREFIX + value.to_bytes(4, "big") if isinstance(value, int) else value

@@ -1,0 +1,551 @@
+"""`RingStore`: append-only segments of event records, durable before acknowledged, expiring on time.
+
+Layout of a store directory (0700, files 0600):
+
+    lock                         held by the one process that writes events
+    audit.lock                   held briefly by whoever appends an audit record
+    segments/<class>/<UTC start>.seg   records of one class whose time falls in one period
+    segments/<class>/<UTC start>.idx   its summary, once sealed (index.py)
+
+A record goes to the segment of its class and of the period holding its time (an event's last
+packet), so a segment's records expire within one period of each other and a segment is deleted
+as soon as its last record expires. Records wait in memory at most `flush_interval`; `flush`
+writes them, fsyncs, and only then counts them as stored (acknowledged). A crash can cut only
+what was not acknowledged: at the next open each segment that was being written is read back,
+its torn or corrupt tail (the first frame whose CRC fails, and all after it) is truncated and
+reported. A write that fails (disk full) stores nothing of that flush, counts the records it
+drops, truncates the segment back to its acknowledged length, and the next flush tries again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import stat
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
+from datetime import datetime, timezone
+
+from probe.bundles.format import Bundle
+from probe.bundles.library import LoadReport
+from probe.clock import NANOSECONDS, Clock
+from probe.config import ProbeSection, StoreSection
+from probe.errors import StoreError
+from probe.record.events import Event
+from probe.store.framing import SEGMENT_MAGIC, file_header, frame, read_file, read_frames, read_header, sync_directory, write_all
+from probe.store.index import SegmentSummary, load_summary, remove_index
+from probe.store.records import AuditRecord, BundleRecord, Record, RecordError, SegmentDictionary, decode_records, encode_audit, encode_bundle, encode_event, record_time
+from probe.store.retention import AUDIT_CLASS, BUNDLES_CLASS, Retention
+
+log = logging.getLogger("probe.store")
+
+SEGMENTS = "segments"
+MAX_PENDING = 65_536
+"""Records waiting before a flush is forced, whatever the interval."""
+MAX_OPEN_SEGMENTS = 64
+PURGE_INTERVAL = 60.0
+"""Seconds of wall time between two purges while events are written."""
+SIZE_WARNING = 0.8
+
+
+def segment_name(base: int) -> str:
+    return datetime.fromtimestamp(base // NANOSECONDS, timezone.utc).strftime("%Y%m%dT%H%M%SZ") + ".seg"
+
+
+def segment_base(name: str) -> int | None:
+    try:
+        moment = datetime.strptime(name, "%Y%m%dT%H%M%SZ.seg").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+    return int(moment.timestamp()) * NANOSECONDS
+
+
+def check_private(path: str, is_directory: bool) -> None:
+    """Refuse a store path that another user could read or write, or that belongs to another user."""
+    status = os.stat(path)
+    mode = stat.S_IMODE(status.st_mode)
+    if mode & 0o077:
+        wanted = "700" if is_directory else "600"
+        raise StoreError(f"{path}: mode {mode:04o} lets other users read or write stored events; the law restricts them to the probe: run chmod {wanted} {path}")
+    user = os.geteuid()
+    if status.st_uid != user and user != 0:
+        raise StoreError(f"{path}: owned by uid {status.st_uid}, not by this user (uid {user}): run the command as the store's owner (the probe's service account)")
+
+
+class SegmentWriter:
+    """A segment open for appending: its descriptor, its dictionary of markers and encapsulations,
+    and the frames not yet acknowledged."""
+
+    def __init__(self, summary: SegmentSummary, descriptor: int, dictionary: SegmentDictionary, header: bytes, new_entry: bool) -> None:
+        self.summary = summary
+        self.descriptor = descriptor
+        self.dictionary = dictionary
+        self.header = header
+        """Written with the first frames, while the file is empty."""
+        self.new_entry = new_entry
+        """The file's directory entry is not yet durable."""
+        self.frames: list[bytes] = []
+        self.records: list[Record] = []
+        self.mark = dictionary.size()
+
+    @property
+    def base_microseconds(self) -> int:
+        return self.summary.base // 1000
+
+    def write(self) -> int:
+        """Write and fsync the pending frames; the bytes written."""
+        data = b"".join(self.frames)
+        if self.summary.length == 0:
+            data = self.header + data
+        write_all(self.descriptor, data)
+        os.fsync(self.descriptor)
+        if self.new_entry:
+            sync_directory(os.path.dirname(self.summary.path))
+            self.new_entry = False
+        return len(data)
+
+    def commit(self, written: int) -> list[Record]:
+        self.summary.length += written
+        for record in self.records:
+            self.summary.add(record)
+        records = self.records
+        self.frames, self.records = [], []
+        self.mark = self.dictionary.size()
+        return records
+
+    def rollback(self) -> int:
+        """Drop the pending frames; put the file back to its acknowledged length. The number of
+        records dropped."""
+        dropped = len(self.records)
+        self.frames, self.records = [], []
+        self.dictionary.rollback(self.mark)
+        os.ftruncate(self.descriptor, self.summary.length)
+        return dropped
+
+    def close(self) -> None:
+        os.close(self.descriptor)
+
+
+class RingStore:
+    """One store directory. `writable`: this process appends events (it takes the store's lock,
+    recovers torn tails and purges); otherwise it only reads, and appends audit records."""
+
+    def __init__(self, directory: str, section: StoreSection, clock: Clock | None = None, probe: ProbeSection | None = None, writable: bool = True) -> None:
+        self.directory = directory
+        self.section = section
+        self.clock = clock or Clock()
+        self.probe = probe or ProbeSection()
+        self.writable = writable
+        self.retention = Retention(section)
+        self.period = section.segment_period * NANOSECONDS
+        self.summaries: dict[str, SegmentSummary] = {}
+        self.writers: dict[str, SegmentWriter] = {}
+        self.stored = 0
+        """Records acknowledged (written and fsync'd) by this process."""
+        self.not_stored = 0
+        """Records dropped because the disk refused them (full, quota, I/O error)."""
+        self.expired_on_arrival = 0
+        """Events already past their retention when they were found (an old capture)."""
+        self.evicted_segments = 0
+        self.evicted_records = 0
+        self.purged_segments = 0
+        self.recovered: list[str] = []
+        """One line per segment whose torn or corrupt tail was truncated at open."""
+        self.problems: list[str] = []
+        """Segments that could not be read whole (reported, never returned as records)."""
+        self._pending = 0
+        self._oldest_pending = 0.0
+        self._latest = 0
+        self._failure: str | None = None
+        self._size_warned = False
+        self._last_purge = time.monotonic()
+        self._lock_descriptor: int | None = None
+        self._expired_bundles: set[tuple[tuple[str, str], int]] = set()
+        self._open_directory()
+        if writable:
+            self._take_lock()
+        try:
+            self._load_segments()
+            if writable:
+                self.purge()
+        except BaseException:
+            self.close()
+            raise
+
+    # Opening
+
+    def _open_directory(self) -> None:
+        directory = self.directory
+        if not os.path.exists(directory):
+            if not self.writable:
+                raise StoreError(f"{directory}: no store there (give the directory events were stored in, with --store or [store] directory)")
+            try:
+                os.makedirs(directory, mode=0o700)
+            except OSError as error:
+                raise StoreError(f"{directory}: cannot create the store directory: {error.strerror}") from None
+        if not os.path.isdir(directory):
+            raise StoreError(f"{directory}: not a directory")
+        check_private(directory, True)
+        if not os.access(directory, os.R_OK | os.X_OK | (os.W_OK if self.writable else 0)):
+            raise StoreError(f"{directory}: permission denied: run the command as the store's owner")
+        segments = os.path.join(directory, SEGMENTS)
+        if not os.path.isdir(segments) and self.writable:
+            os.mkdir(segments, 0o700)
+            sync_directory(directory)
+
+    def _take_lock(self) -> None:
+        path = os.path.join(self.directory, "lock")
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(descriptor, 32).decode(errors="replace").strip() or "?"
+            os.close(descriptor)
+            raise StoreError(f"{self.directory}: the store is in use by another probe process (pid {owner}); it purges and writes on its own, stop it first") from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, str(os.getpid()).encode(), 0)
+        self._lock_descriptor = descriptor
+
+    def _load_segments(self) -> None:
+        root = os.path.join(self.directory, SEGMENTS)
+        if not os.path.isdir(root):
+            return
+        check_private(root, True)
+        for record_class in sorted(os.listdir(root)):
+            class_directory = os.path.join(root, record_class)
+            check_private(class_directory, True)
+            for name in sorted(os.listdir(class_directory)):
+                path = os.path.join(class_directory, name)
+                if name.endswith(".idx") or name.endswith(".tmp"):
+                    continue
+                base = segment_base(name)
+                if base is None:
+                    raise StoreError(f"{path}: not a segment of this store (names are <UTC start>.seg); move it out of {self.directory}")
+                check_private(path, False)
+                summary = self._summary(path, record_class, base)
+                if summary is not None:
+                    self.summaries[path] = summary
+
+    def _summary(self, path: str, record_class: str, base: int) -> SegmentSummary | None:
+        """A segment's summary: its index when valid, otherwise read from the segment itself (and,
+        in the writing process, its torn tail truncated and its index written)."""
+        size = os.path.getsize(path)
+        summary = load_summary(path, record_class, base, size)
+        if summary is not None:
+            return summary
+        data = read_file(path)
+        header, start = read_header(path, data, SEGMENT_MAGIC)
+        payloads, end = read_frames(data, start) if header else ([], 0)
+        summary = SegmentSummary(path, record_class, base, end)
+        try:
+            for record in decode_records(payloads, base // 1000):
+                summary.add(record)
+        except (RecordError, ValueError, TypeError, IndexError) as error:
+            raise StoreError(f"{path}: a record that passed its CRC cannot be decoded ({error}); the segment was not written by this probe version") from None
+        if not self.writable:
+            return summary
+        if end < len(data):
+            self._truncate(path, end, len(data) - end, summary.records)
+        if summary.records == 0:
+            self._delete(summary)
+            return None
+        summary.seal()
+        return summary
+
+    def _truncate(self, path: str, end: int, lost: int, kept: int) -> None:
+        descriptor = os.open(path, os.O_WRONLY)
+        try:
+            os.ftruncate(descriptor, end)
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        message = f"{path}: torn or corrupt tail of {lost} bytes truncated at byte {end} ({kept} records before it intact; none of them was lost)"
+        self.recovered.append(message)
+        log.warning(message)
+
+    # Appending
+
+    def append(self, event: Event) -> None:
+        """Queue an event revision; it is stored (acknowledged) at the next flush."""
+        record_class = self.retention.class_of(event.marker)
+        if self.retention.expired(record_class, event.last_seen, self.clock.now()):
+            self.expired_on_arrival += 1
+            return
+        writer = self._writer(record_class, event.last_seen)
+        if writer is None:
+            return
+        writer.frames += [frame(payload) for payload in encode_event(event, writer.dictionary, writer.base_microseconds)]
+        self._queued(writer, event)
+
+    def append_bundle(self, record: BundleRecord) -> None:
+        """Queue a change of the active marker set (history of which bundle versions were in force)."""
+        writer = self._writer(BUNDLES_CLASS, record.time)
+        if writer is not None:
+            writer.frames.append(frame(encode_bundle(record)))
+            self._queued(writer, record)
+
+    def record_load(self, report: LoadReport) -> None:
+        """Keep the history of the marker set: each bundle version activated, each file refused
+        (with its reason), so that any event can be tied to the markers in force."""
+        now = self.clock.now()
+        for bundle in report.accepted:
+            self.append_bundle(BundleRecord(now, "activated", bundle.issuer, bundle.id, bundle.version, bundle.digest, ""))
+        for reason in report.refused:
+            self.append_bundle(BundleRecord(now, "refused", "", "", 0, "", reason))
+
+    def note_expired_bundles(self, bundles: Iterable[Bundle], now: int) -> None:
+        """Record, once, each active bundle whose validity ended before `now` (capture time)."""
+        for bundle in bundles:
+            if bundle.valid_until is not None and bundle.valid_until < now and (bundle.key, bundle.version) not in self._expired_bundles:
+                self._expired_bundles.add((bundle.key, bundle.version))
+                self.append_bundle(BundleRecord(bundle.valid_until, "expired", bundle.issuer, bundle.id, bundle.version, bundle.digest, "valid_until passed"))
+
+    def _queued(self, writer: SegmentWriter, record: Record) -> None:
+        writer.records.append(record)
+        if not self._pending:
+            self._oldest_pending = time.monotonic()
+        self._pending += 1
+        self._latest = max(self._latest, record_time(record))
+        if self._pending >= MAX_PENDING:
+            self.flush()
+
+    def flush_if_due(self) -> list[Record]:
+        """Flush when the oldest waiting record has waited `flush_interval`; purge every minute."""
+        if self._pending and time.monotonic() - self._oldest_pending >= self.section.flush_interval:
+            return self.flush()
+        if time.monotonic() - self._last_purge >= PURGE_INTERVAL:
+            self.purge()
+        return []
+
+    def flush(self) -> list[Record]:
+        """Write and fsync every waiting record; the records acknowledged (durable) by this call.
+        A disk that refuses the write drops that segment's waiting records, counted in
+        `not_stored`; what was acknowledged before is intact."""
+        acknowledged: list[Record] = []
+        for writer in list(self.writers.values()):
+            if not writer.records:
+                continue
+            try:
+                written = writer.write()
+            except OSError as error:
+                self._write_failed(writer, error)
+                continue
+            acknowledged += writer.commit(written)
+        self._pending = 0
+        if acknowledged:
+            self.stored += len(acknowledged)
+            if self._failure is not None:
+                log.warning(f"{self.directory}: storing again ({self.not_stored} records could not be stored meanwhile)")
+                self._failure = None
+            self._seal_behind()
+            self._check_size()
+        return acknowledged
+
+    def _write_failed(self, writer: SegmentWriter, error: OSError) -> None:
+        try:
+            dropped = writer.rollback()
+        except OSError:  # cannot even truncate: reopen (and recover) it at the next record
+            dropped = len(writer.records)
+            writer.close()
+            del self.writers[writer.summary.path]
+        self.not_stored += dropped
+        message = f"{writer.summary.path}: cannot store events: {error.strerror or error}; matching goes on, {self.not_stored} records not stored so far"
+        if self._failure != message.split(":", 2)[-1]:
+            log.error(message)
+        self._failure = message.split(":", 2)[-1]
+
+    def _writer(self, record_class: str, when: int) -> SegmentWriter | None:
+        base = when - when % self.period
+        path = os.path.join(self.directory, SEGMENTS, record_class, segment_name(base))
+        writer = self.writers.get(path)
+        if writer is not None:
+            return writer
+        try:
+            writer = self._open_writer(path, record_class, base)
+        except OSError as error:
+            self.not_stored += 1
+            message = f"{path}: cannot store events: {error.strerror}; matching goes on, {self.not_stored} records not stored so far"
+            if self._failure != error.strerror:
+                log.error(message)
+            self._failure = error.strerror
+            return None
+        self.writers[path] = writer
+        if len(self.writers) > MAX_OPEN_SEGMENTS:
+            self.flush()
+            self._seal(min(self.writers.values(), key=lambda candidate: candidate.summary.base))
+        return writer
+
+    def _open_writer(self, path: str, record_class: str, base: int) -> SegmentWriter:
+        """Open a segment for appending: a new file, or one sealed earlier (read back first, so
+        that its dictionary goes on and its summary stays whole)."""
+        class_directory = os.path.dirname(path)
+        if not os.path.isdir(class_directory):
+            os.mkdir(class_directory, 0o700)
+            sync_directory(os.path.dirname(class_directory))
+        dictionary = SegmentDictionary()
+        header = file_header(SEGMENT_MAGIC, {"class": record_class, "base": base, "period": self.section.segment_period, "probe": self.probe.name, "site": self.probe.site})
+        existing = self.summaries.get(path)
+        if existing is None and not os.path.exists(path):
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+            summary = SegmentSummary(path, record_class, base)
+            self.summaries[path] = summary
+            return SegmentWriter(summary, descriptor, dictionary, header, True)
+        data = read_file(path)
+        start = read_header(path, data, SEGMENT_MAGIC)[1]
+        payloads, end = read_frames(data, start) if start else ([], 0)
+        summary = SegmentSummary(path, record_class, base, end)
+        for record in decode_records(payloads, base // 1000, dictionary):
+            summary.add(record)
+        if end < len(data):
+            self._truncate(path, end, len(data) - end, summary.records)
+        remove_index(path)
+        self.summaries[path] = summary
+        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND)
+        return SegmentWriter(summary, descriptor, dictionary, header, False)
+
+    def _seal_behind(self) -> None:
+        """Seal the segments two periods behind the latest record: flows end within their idle
+        timeout, so later records for those periods are rare (a sealed segment reopens if one comes)."""
+        for writer in list(self.writers.values()):
+            if writer.summary.base + 2 * self.period <= self._latest and not writer.records:
+                self._seal(writer)
+
+    def _seal(self, writer: SegmentWriter) -> None:
+        del self.writers[writer.summary.path]
+        writer.close()
+        if writer.summary.records:
+            writer.summary.seal()
+
+    def close(self) -> None:
+        """Flush, seal every open segment, release the lock."""
+        if self.writers:
+            self.flush()
+            for writer in list(self.writers.values()):
+                self._seal(writer)
+        if self._lock_descriptor is not None:
+            os.close(self._lock_descriptor)
+            self._lock_descriptor = None
+
+    # Expiry and size
+
+    def purge(self, now: int | None = None) -> list[SegmentSummary]:
+        """Delete every segment whose records have all expired; the segments deleted."""
+        now = self.clock.now() if now is None else now
+        self._last_purge = time.monotonic()
+        deleted = []
+        for summary in list(self.summaries.values()):
+            if summary.time_max is not None and self.retention.expired(summary.record_class, summary.time_max, now):
+                self._delete(summary)
+                deleted.append(summary)
+        self.purged_segments += len(deleted)
+        return deleted
+
+    def _delete(self, summary: SegmentSummary) -> None:
+        writer = self.writers.pop(summary.path, None)
+        if writer is not None:  # expired while open: its waiting records expired too
+            writer.close()
+        with self._audit_lock() if summary.record_class == AUDIT_CLASS else nullcontext():
+            for path in (summary.path, summary.index_path()):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+        sync_directory(os.path.dirname(summary.path))
+        self.summaries.pop(summary.path, None)
+
+    def total_bytes(self) -> int:
+        return sum(summary.length for summary in self.summaries.values())
+
+    def _check_size(self) -> None:
+        """Warn at 80 % of `max_bytes`; beyond it, evict the oldest sealed segments, each logged."""
+        limit = self.section.max_bytes
+        total = self.total_bytes()
+        if total >= SIZE_WARNING * limit and not self._size_warned:
+            log.warning(f"{self.directory}: the store holds {total} bytes, {total * 100 // limit} % of max_bytes ({limit}); the oldest segments will be evicted at the cap")
+            self._size_warned = True
+        elif total < SIZE_WARNING * limit:
+            self._size_warned = False
+        if total <= limit:
+            return
+        for summary in sorted(self.summaries.values(), key=lambda candidate: (candidate.time_min or 0, candidate.path)):
+            if total <= limit:
+                break
+            if summary.path in self.writers or summary.record_class == AUDIT_CLASS:
+                continue
+            total -= summary.length
+            self._delete(summary)
+            self.evicted_segments += 1
+            self.evicted_records += summary.records
+            log.warning(f"{summary.path}: evicted before its retention ended to stay under max_bytes ({limit}): {summary.records} records from {_moment(summary.time_min)} to {_moment(summary.time_max)}")
+
+    # Reading
+
+    def segments(self, record_class: str | None = None) -> list[SegmentSummary]:
+        return sorted((summary for summary in self.summaries.values() if record_class is None or summary.record_class == record_class), key=lambda summary: (summary.base, summary.path))
+
+    def read(self, summary: SegmentSummary, now: int | None = None) -> Iterator[Record]:
+        """The unexpired records of one segment, in the order they were written. A frame that does
+        not check ends the segment for this read (reported in `problems`), and nothing after it
+        is returned."""
+        now = self.clock.now() if now is None else now
+        try:
+            data = read_file(summary.path)
+        except FileNotFoundError:  # purged meanwhile by the writing process
+            return
+        header, start = read_header(summary.path, data, SEGMENT_MAGIC)
+        if not header:
+            return
+        payloads, end = read_frames(data, start)
+        if end < summary.length:  # bytes known good when summarised no longer check
+            self.problems.append(f"{summary.path}: unreadable from byte {end} (CRC does not check): the records after it are not returned")
+        expired = self.retention.expired
+        record_class = summary.record_class
+        for record in decode_records(payloads, summary.base // 1000):
+            if not expired(record_class, record_time(record), now):
+                yield record
+
+    def append_audit(self, record: AuditRecord) -> None:
+        """Append one audit record, durably, before the caller shows anything it audited. Works
+        beside the writing process: audit segments have a lock of their own."""
+        with self._audit_lock():
+            base = record.time - record.time % self.period
+            path = os.path.join(self.directory, SEGMENTS, AUDIT_CLASS, segment_name(base))
+            try:
+                writer = self._open_writer(path, AUDIT_CLASS, base)
+                writer.frames.append(frame(encode_audit(record)))
+                writer.records.append(record)
+                writer.commit(writer.write())
+                writer.close()
+                writer.summary.seal()
+            except OSError as error:
+                raise StoreError(f"{path}: cannot write the audit record, so nothing is shown: {error.strerror}") from None
+
+    def _audit_lock(self) -> "_FileLock":
+        return _FileLock(os.path.join(self.directory, "audit.lock"))
+
+    def __enter__(self) -> RingStore:
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self.close()
+
+
+class _FileLock:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        self.descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self.descriptor, fcntl.LOCK_EX)
+
+    def __exit__(self, *exception: object) -> None:
+        os.close(self.descriptor)
+
+
+def _moment(timestamp: int | None) -> str:
+    if timestamp is None:
+        return "-"
+    return datetime.fromtimestamp(timestamp // NANOSECONDS, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
