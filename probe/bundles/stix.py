@@ -471,12 +471,20 @@ def _quote(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def indicator_id(marker: Marker, bundle_id: str) -> str:
+    """The STIX indicator of a marker: the one it was imported from, or the one `export_stix`
+    gives it (UUIDv5 of the bundle and marker ids)."""
+    if marker.id.startswith("indicator--"):
+        return marker.id.split("#", 1)[0]
+    return f"indicator--{uuid.uuid5(ID_NAMESPACE, f'{bundle_id}/{marker.id}')}"
+
+
 def _indicator(marker: Marker, bundle_id: str, pattern: str) -> dict:
     moment = _timestamp(marker.valid_from or 0, milliseconds=True)
     indicator = {
         "type": "indicator",
         "spec_version": "2.1",
-        "id": f"indicator--{uuid.uuid5(ID_NAMESPACE, f'{bundle_id}/{marker.id}')}",
+        "id": indicator_id(marker, bundle_id),
         "created": moment,
         "modified": moment,
         "name": marker.id,
