@@ -89,6 +89,8 @@ class SegmentSummary:
     keys: set[bytes] | None = field(default_factory=set)
     """Filter keys while the segment is open; None once sealed (then `bloom` answers)."""
     bloom: Bloom | None = None
+    index_length: int = 0
+    """Bytes of its index file (counted against max_bytes with the segment)."""
 
     def add(self, record: Record) -> None:
         time = record_time(record)
@@ -127,7 +129,9 @@ class SegmentSummary:
             self.bloom = Bloom.of(self.keys)
             self.keys = None
         header = {"class": self.record_class, "base": self.base, "length": self.length, "records": self.records, "time_min": self.time_min, "time_max": self.time_max, "first_min": self.first_min, "markers": self.markers, "bloom": bytes(self.bloom.bits) if self.bloom else b""}
-        write_atomically(self.index_path(), file_header(INDEX_MAGIC, header))
+        data = file_header(INDEX_MAGIC, header)
+        write_atomically(self.index_path(), data)
+        self.index_length = len(data)
 
 
 def load_summary(path: str, record_class: str, base: int, length: int) -> SegmentSummary | None:
@@ -141,7 +145,7 @@ def load_summary(path: str, record_class: str, base: int, length: int) -> Segmen
     header, end = read_header(index_path, data, INDEX_MAGIC)
     if not header or end != len(data) or header.get("length") != length or header.get("class") != record_class or header.get("base") != base:
         return None
-    summary = SegmentSummary(path, record_class, base, length, header["records"], header["time_min"], header["time_max"], header["first_min"], header["markers"], None, Bloom(bytearray(header["bloom"])) if header["bloom"] else None)
+    summary = SegmentSummary(path, record_class, base, length, header["records"], header["time_min"], header["time_max"], header["first_min"], header["markers"], None, Bloom(bytearray(header["bloom"])) if header["bloom"] else None, len(data))
     return summary
 
 

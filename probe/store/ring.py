@@ -456,7 +456,7 @@ class RingStore:
         self.summaries.pop(summary.path, None)
 
     def total_bytes(self) -> int:
-        return sum(summary.length for summary in self.summaries.values())
+        return sum(summary.length + summary.index_length for summary in self.summaries.values())
 
     def _check_size(self) -> None:
         """Warn at 80 % of `max_bytes`; beyond it, evict the oldest sealed segments, each logged."""
@@ -474,7 +474,7 @@ class RingStore:
                 break
             if summary.path in self.writers or summary.record_class == AUDIT_CLASS:
                 continue
-            total -= summary.length
+            total -= summary.length + summary.index_length
             self._delete(summary)
             self.evicted_segments += 1
             self.evicted_records += summary.records
