@@ -62,6 +62,12 @@ def _instant(text: str | None, option: str) -> int | None:
         raise StoreError(f"{option}: {error}") from None
 
 
+def _require_purpose(purpose: str) -> None:
+    """Before anything is read: the law allows use of the data only to characterise a threat."""
+    if not purpose.strip():
+        raise StoreError("--purpose must say why the data is read (the law allows its use only to characterise a threat)")
+
+
 def _run(action: Callable[[], None]) -> None:
     try:
         action()
@@ -90,6 +96,7 @@ def query_command(since_text: str | None, until_text: str | None, marker: str | 
     """Events (each at its latest revision) matching every filter given, oldest first."""
 
     def run() -> None:
+        _require_purpose(purpose)
         config, store = open_store(store_path, config_path, now_text)
         event_filter = EventFilter(_instant(since_text, "--since"), _instant(until_text, "--until"), marker, parse_network(ip_text) if ip_text else None, event_id)
         events = latest_events(store, event_filter)
@@ -112,6 +119,7 @@ def export_command(for_authority: bool, event_id: str | None, marker: str | None
     """Export events for the authority: one event (--event) or every event of a marker (--marker)."""
 
     def run() -> None:
+        _require_purpose(purpose)
         if not (event_id or marker) or (event_id and marker):
             raise StoreError("give exactly one of --event ID and --marker ID: an export characterises one event or one marker's events")
         config, store = open_store(store_path, config_path, now_text)
@@ -137,6 +145,7 @@ def subscribers_command(since_text: str | None, until_text: str | None, prefix_t
     """
 
     def run() -> None:
+        _require_purpose(purpose)
         config, store = open_store(store_path, config_path, now_text)
         prefixes = [parse_network(text) for text in config.store.subscriber_prefixes]
         if not prefixes:
@@ -171,6 +180,7 @@ def audit_command(since_text: str | None, until_text: str | None, output_format:
     """
 
     def run() -> None:
+        _require_purpose(purpose)
         _, store = open_store(store_path, config_path, now_text)
         records = audit_records(store, _instant(since_text, "--since"), _instant(until_text, "--until"))
         audit(store, "audit", {"since": since_text, "until": until_text, "format": output_format, "now": now_text}, purpose, len(records))

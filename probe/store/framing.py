@@ -59,7 +59,7 @@ def read_header(path: str, data: bytes | memoryview, magic: bytes) -> tuple[dict
 def read_frames(data: bytes | memoryview, start: int, stop: int | None = None) -> tuple[list[bytes], int]:
     """Payloads of the good frames from `start`, and where the first bad or incomplete frame (or
     the end) is."""
-    stop = len(data) if stop is None else stop
+    stop = len(data) if stop is None else min(stop, len(data))
     payloads = []
     position = start
     unpack = FRAME.unpack_from

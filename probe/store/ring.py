@@ -351,10 +351,14 @@ class RingStore:
             writer.close()
             del self.writers[writer.summary.path]
         self.not_stored += dropped
-        message = f"{writer.summary.path}: cannot store events: {error.strerror or error}; matching goes on, {self.not_stored} records not stored so far"
-        if self._failure != message.split(":", 2)[-1]:
-            log.error(message)
-        self._failure = message.split(":", 2)[-1]
+        self._report_failure(writer.summary.path, error)
+
+    def _report_failure(self, path: str, error: OSError) -> None:
+        """Log a storage failure once per outage (the count goes on in `not_stored`)."""
+        reason = error.strerror or str(error)
+        if self._failure != reason:
+            log.error(f"{path}: cannot store events: {reason}; matching goes on, {self.not_stored} records not stored so far (counted until storing resumes)")
+        self._failure = reason
 
     def _writer(self, record_class: str, when: int) -> SegmentWriter | None:
         base = when - when % self.period
@@ -366,10 +370,7 @@ class RingStore:
             writer = self._open_writer(path, record_class, base)
         except OSError as error:
             self.not_stored += 1
-            message = f"{path}: cannot store events: {error.strerror}; matching goes on, {self.not_stored} records not stored so far"
-            if self._failure != error.strerror:
-                log.error(message)
-            self._failure = error.strerror
+            self._report_failure(path, error)
             return None
         self.writers[path] = writer
         if len(self.writers) > MAX_OPEN_SEGMENTS:
