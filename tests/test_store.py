@@ -384,3 +384,19 @@ def test_reading_skips_nothing_silently_when_a_sealed_segment_rots(tmp_path: Pat
     assert sorted(event.src_port for event in returned) == [1, 2, 3, 4]
     assert any("unreadable from byte" in problem for problem in store.problems)
 
+
+
+def test_a_reader_purges_at_open_unless_a_writer_holds_the_store(tmp_path: Path):
+    """Every open purges: a reader does it itself when no writing process runs; beside a writer
+    (which purges on its own every minute) it leaves the files alone but returns nothing expired."""
+    event = make_event("2026-01-10T00:00:00Z")
+    with open_store(tmp_path / "store", "2026-01-11T00:00:00Z") as store:
+        store.append(event)
+    later = instant("2026-07-10T00:00:00Z")
+    with open_store(tmp_path / "store", "2026-01-11T00:00:00Z"):
+        reader = RingStore(str(tmp_path / "store"), StoreSection(), Clock(later), writable=False)
+        assert stored_ids(reader) == set()
+        assert files_under(tmp_path / "store")
+    reader = RingStore(str(tmp_path / "store"), StoreSection(), Clock(later), writable=False)
+    assert reader.purged_segments == 1 and not files_under(tmp_path / "store")
+    assert open_store(tmp_path / "store", later).maintaining  # the reader released the lock

@@ -164,15 +164,18 @@ class RingStore:
         self._lock_descriptor: int | None = None
         self._expired_bundles: set[tuple[tuple[str, str], int]] = set()
         self._open_directory()
-        if writable:
-            self._take_lock()
+        self.maintaining = self._take_lock(must=writable)
+        """This process holds the store's lock: it truncates torn tails and purges at open (a
+        reader does too when no writing process is running)."""
         try:
             self._load_segments()
-            if writable:
+            if self.maintaining:
                 self.purge()
         except BaseException:
             self.close()
             raise
+        if not writable:
+            self._release_lock()
 
     # Opening
 
@@ -195,18 +198,32 @@ class RingStore:
             os.mkdir(segments, 0o700)
             sync_directory(directory)
 
-    def _take_lock(self) -> None:
+    def _take_lock(self, must: bool) -> bool:
+        """Take the store's lock; when another process holds it, an error if `must`, else False."""
         path = os.path.join(self.directory, "lock")
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as error:
+            if must:
+                raise StoreError(f"{path}: cannot open the store's lock: {error.strerror}") from None
+            return False
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             owner = os.read(descriptor, 32).decode(errors="replace").strip() or "?"
             os.close(descriptor)
-            raise StoreError(f"{self.directory}: the store is in use by another probe process (pid {owner}); it purges and writes on its own, stop it first") from None
+            if must:
+                raise StoreError(f"{self.directory}: the store is in use by another probe process (pid {owner}); it purges and writes on its own, stop it first") from None
+            return False
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, str(os.getpid()).encode(), 0)
         self._lock_descriptor = descriptor
+        return True
+
+    def _release_lock(self) -> None:
+        if self._lock_descriptor is not None:
+            os.close(self._lock_descriptor)
+            self._lock_descriptor = None
 
     def _load_segments(self) -> None:
         root = os.path.join(self.directory, SEGMENTS)
@@ -244,7 +261,7 @@ class RingStore:
                 summary.add(record)
         except (RecordError, ValueError, TypeError, IndexError) as error:
             raise StoreError(f"{path}: a record that passed its CRC cannot be decoded ({error}); the segment was not written by this probe version") from None
-        if not self.writable:
+        if not self.maintaining:
             return summary
         if end < len(data):
             self._truncate(path, end, len(data) - end, summary.records)
@@ -425,9 +442,7 @@ class RingStore:
             self.flush()
             for writer in list(self.writers.values()):
                 self._seal(writer)
-        if self._lock_descriptor is not None:
-            os.close(self._lock_descriptor)
-            self._lock_descriptor = None
+        self._release_lock()
 
     # Expiry and size
 
