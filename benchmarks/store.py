@@ -87,7 +87,8 @@ CHUNK_EVENTS = 100_000
 FLUSH_CHECK_EVERY = 256
 """Records between two `flush_if_due` calls (the pipeline calls it once per packet batch)."""
 SLOW_QUERY_SECONDS = 20.0
-"""A query slower than this warm is not repeated: its median would not change the verdict."""
+"""A query slower than this is not repeated: it is bound by decoding, not by the disk, so a warm
+run would say the same, and at 10M events each run of such a query takes minutes."""
 WARM_RUNS = 3
 PROFILE_EVENTS = 200_000
 PROFILE_LINES = 14
@@ -538,10 +539,15 @@ class QueryResult:
     query: Query
     cold: float
     warm: list[float] = field(default_factory=list)
+    """Empty when the cold run took longer than SLOW_QUERY_SECONDS."""
     returned: int = 0
     segments_read: int = 0
     final_revisions: bool = True
     """Every event returned is its revision 1 (the latest), as the store holds both of each."""
+
+    @property
+    def warm_median(self) -> float:
+        return statistics.median(self.warm) if self.warm else self.cold
 
     @property
     def correct(self) -> bool:
@@ -616,7 +622,7 @@ def run_query(store: RingStore, directory: str, query: Query, reads: list[int]) 
     result = QueryResult(query, time.perf_counter() - started, returned=len(events), segments_read=reads[0])
     result.final_revisions = all(event.revision == 1 for event in events)
     del events
-    while len(result.warm) < WARM_RUNS and sum(result.warm) < SLOW_QUERY_SECONDS:
+    while result.cold < SLOW_QUERY_SECONDS and len(result.warm) < WARM_RUNS and sum(result.warm) < SLOW_QUERY_SECONDS:
         started = time.perf_counter()
         latest_events(store, query.event_filter)
         result.warm.append(time.perf_counter() - started)
@@ -640,9 +646,12 @@ def print_profile(title: str, profile: cProfile.Profile) -> None:
         print(f"    {own:>7.2f}{own / total * 100:>6.1f}%{cumulative:>9.2f}{calls:>12,}  {where}:{line}({name})")
 
 
-def profile_append(work: str, events: int, seed: int) -> None:
+def profile_append(work: str, seed: int) -> None:
+    """Profile the first events of a full-size run, whatever --events says: with fewer events over
+    the same six months, segments hold fewer records and their fixed costs (files, fsyncs,
+    indexes, marker declarations) would weigh more than they do at full size."""
     directory = os.path.join(work, "profile-store")
-    generator = EventGenerator(events, seed)
+    generator = EventGenerator(DEFAULT_EVENTS, seed)
     chunks = generator.chunks()
     records: list[Event] = []
     while len(records) < 2 * PROFILE_EVENTS:
@@ -789,8 +798,8 @@ def main() -> int:
             results.append(result)
             failed |= not result.correct
             check = "OK" if result.correct else ("FAILED" if result.final_revisions else "FAILED (not the latest revision)")
-            print(f"  {query.label:44}{result.cold:>8.3f}{statistics.median(result.warm):>8.3f}{result.returned:>10,}{query.expected:>10,}{f'{result.segments_read:,}/{segments:,}':>10}  {check}"
-                  + (f"  ({len(result.warm)} warm run)" if len(result.warm) < WARM_RUNS else ""), flush=True)
+            print(f"  {query.label:44}{result.cold:>8.3f}{(f'{result.warm_median:.3f}' if result.warm else '-'):>8}{result.returned:>10,}{query.expected:>10,}{f'{result.segments_read:,}/{segments:,}':>10}  {check}"
+                  + (f"  ({len(result.warm)} warm run{'s' if len(result.warm) != 1 else ''})" if len(result.warm) < WARM_RUNS else ""), flush=True)
         print("  (a query's time excludes the open; the CLI pays both)")
 
         print("\ngoals of the issue (informative):")
@@ -798,8 +807,8 @@ def main() -> int:
         day, typical = results[0], results[1]
         goals = [
             (f"append >= {GOAL_EVENTS_PER_SECOND:,} events/s ({events_per_second:,.0f} events/s, {records / appended.append_seconds:,.0f} records/s)", events_per_second >= GOAL_EVENTS_PER_SECOND),
-            (f"one-day query < {GOAL_QUERY_SECONDS:.0f} s, open included (cold {open_cold + day.cold:.2f} s, warm {statistics.median(open_warm) + statistics.median(day.warm):.2f} s)", open_cold + day.cold < GOAL_QUERY_SECONDS),
-            (f"address query < {GOAL_QUERY_SECONDS:.0f} s, open included (typical: cold {open_cold + typical.cold:.2f} s, warm {statistics.median(open_warm) + statistics.median(typical.warm):.2f} s)", open_cold + typical.cold < GOAL_QUERY_SECONDS),
+            (f"one-day query < {GOAL_QUERY_SECONDS:.0f} s, open included (cold {open_cold + day.cold:.2f} s, warm {statistics.median(open_warm) + day.warm_median:.2f} s)", open_cold + day.cold < GOAL_QUERY_SECONDS),
+            (f"address query < {GOAL_QUERY_SECONDS:.0f} s, open included (typical: cold {open_cold + typical.cold:.2f} s, warm {statistics.median(open_warm) + typical.warm_median:.2f} s)", open_cold + typical.cold < GOAL_QUERY_SECONDS),
             (f"address query < {GOAL_QUERY_SECONDS:.0f} s for the busiest subscriber (cold {open_cold + results[2].cold:.2f} s)", open_cold + results[2].cold < GOAL_QUERY_SECONDS),
             (f"disk <= {GOAL_BYTES_PER_EVENT} bytes per event ({bytes_per_event:.1f})", bytes_per_event <= GOAL_BYTES_PER_EVENT),
         ]
@@ -809,7 +818,7 @@ def main() -> int:
 
         if args.profile:
             print("\nprofiles:", flush=True)
-            profile_append(work, events, args.seed)
+            profile_append(work, args.seed)
             profile_queries(directory, queries)
     finally:
         if not args.keep:

@@ -1,13 +1,18 @@
-"""The writing process that test_store_crash.py kills: appends synthetic events to a ring store and
-reports each event the store acknowledged, until SIGKILL stops it.
+"""The writing processes that test_store_crash.py kills: each appends synthetic events to a ring
+store and reports every event the store acknowledged, until SIGKILL stops it.
 
-Run as `python store_writer.py DIRECTORY ITERATION SEED REPORT_FD`. It imports the store, writes
-`ready` on standard output and waits for one byte on standard input, so that the test's kill timer
-starts when the store is about to be opened rather than while Python imports. It then opens the
-store writable (which recovers what the previous kill left) and appends random small batches,
-flushing after each; once a flush returns, the ids it acknowledged are written to REPORT_FD (a
-file the test opened, which outlives this process), one a line, in one write. A complete line in
-that file is therefore a promise the store made before the kill.
+Run as `python store_writer.py DIRECTORY`, this imports the store once and serves: for each line
+`run ITERATION SEED REPORT` on standard input it forks a writer, says `started PID`, waits for
+that process to die and says `ended PID CODE` (CODE as subprocess reports it: -9 for SIGKILL).
+Forking from one imported process costs milliseconds where starting Python and importing the
+store costs 0.2 s, which is what lets the test kill a hundred writers and more in seconds; each
+writer is still a process of its own, which the kernel cleans up after SIGKILL (its descriptors
+closed, the store's lock released) exactly as after a crash of the probe.
+
+A writer opens the store writable (which recovers what the previous kill left) and appends random
+small batches, flushing after each; once a flush returns, the ids it acknowledged are written, one
+a line and in one write, to the file REPORT, which the test created and reads after the kill. A
+complete line there is therefore a promise the store made.
 
 Every event is `synthetic_event(number)`: each field derives from its number, and the number can
 be read back from the stored source address, so the test recomputes exactly what was written and
@@ -19,7 +24,9 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import traceback
 from random import Random
+from typing import NoReturn
 
 from probe.clock import NANOSECONDS, Clock, parse_instant
 from probe.config import StoreSection
@@ -104,11 +111,8 @@ def report(descriptor: int, data: bytes) -> None:
         data = data[os.write(descriptor, data) :]
 
 
-def main(arguments: list[str]) -> int:
-    directory, iteration, seed, report_descriptor = arguments[0], int(arguments[1]), int(arguments[2]), int(arguments[3])
-    report(1, b"ready\n")
-    if os.read(0, 1) != b"g":
-        return 2
+def write_until_killed(directory: str, iteration: int, seed: int, report_path: str) -> None:
+    report_descriptor = os.open(report_path, os.O_WRONLY | os.O_APPEND)
     store = RingStore(directory, SECTION, Clock(NOW), writable=True)
     batches = Random(seed)
     number = iteration * EVENTS_PER_WRITER
@@ -120,6 +124,32 @@ def main(arguments: list[str]) -> int:
         acknowledged = store.flush()
         report(report_descriptor, "".join(f"{record.event_id}\n" for record in acknowledged).encode())
     signal.pause()
+
+
+def writer_process(directory: str, iteration: int, seed: int, report_path: str) -> NoReturn:
+    """The forked child: never returns into the serving loop, whatever happens."""
+    try:
+        write_until_killed(directory, iteration, seed, report_path)
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+    os._exit(0)
+
+
+def main(arguments: list[str]) -> int:
+    directory = arguments[0]
+    commands = sys.stdin.buffer
+    while line := commands.readline():
+        verb, iteration, seed, report_path = line.decode().split()
+        if verb != "run":
+            raise SystemExit(f"unknown command {line!r}")
+        process = os.fork()
+        if process == 0:
+            writer_process(directory, int(iteration), int(seed), report_path)
+        report(1, f"started {process}\n".encode())
+        _, status = os.waitpid(process, 0)
+        report(1, f"ended {process} {os.waitstatus_to_exitcode(status)}\n".encode())
     return 0
 
 

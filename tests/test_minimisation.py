@@ -111,7 +111,7 @@ EXPECTED_EVENTS = {
 }
 """(marker, matched_on, src, dest, encapsulation) of every event the capture must give, no more."""
 
-SUBSCRIBER_CONFIG = f"""
+SUBSCRIBER_CONFIG = """
 [probe]
 name = "minimisation-probe"
 site = "tap-1"
@@ -232,6 +232,11 @@ def dns_exchange(client: str, server: str, names: list[str], answers: list[str],
     return udp_exchange(client, cport, server, 53, [(True, bytes(query)), (False, bytes(response))], start, wrap)
 
 
+def dns_over_tcp(message: DNS) -> bytes:
+    data = bytes(message)
+    return struct.pack("!H", len(data)) + data
+
+
 def tls_extension(kind: int, data: bytes) -> bytes:
     return struct.pack("!HH", kind, len(data)) + data
 
@@ -260,7 +265,8 @@ def tls_record(content_type: int, data: bytes) -> bytes:
 
 
 def tls_session(client: str, cport: int, server: str, server_name: str, canary: Canaries, start: float, wrap: Wrap = plain) -> list[Packet]:
-    """ClientHello, a server flight and application data both ways, all but the SNI canaries."""
+    """ClientHello, a server flight and application data both ways: canaries everywhere but the
+    matching SNI."""
     server_flight = tls_record(0x16, b"\x02\x00\x00\x46" + canary.b() + b"certificate CN=" + canary.b())
     return tcp_session(client, cport, server, 443, [(client_hello(server_name, canary), server_flight), (tls_record(0x17, canary.b()), tls_record(0x17, canary.b()))], start, wrap)
 
@@ -317,7 +323,7 @@ def crafted_traffic() -> Traffic:
     flows.append(tcp_session("2001:db8:cafe::21", 42003, "2001:db8:cafe::22", 80, [(http_request(f"{canary()}.harmless6.example", canary), http_response(canary))], START + 10))
     flows.append(dns_exchange("2001:db8:beef::31", "2001:db8:beef::53", [f"{canary()}.other6.example"], [f"{canary()}.cdn6.example", canary()], START + 11, cport=40002))
     flows.append(tls_session("fd00:c0de::41", 42004, "fd00:c0de::42", f"{canary()}.harmless6.example", canary, START + 12))
-    flows.append(tcp_session("198.18.21.91", 42005, "198.18.21.92", 53, [(struct.pack("!H", len(query)) + query, b"") for query in [bytes(DNS(id=7, rd=1, qd=[DNSQR(qname=f"{canary()}.tcp.example")]))]], START + 13))
+    flows.append(tcp_session("198.18.21.91", 42005, "198.18.21.92", 53, [(dns_over_tcp(DNS(id=7, rd=1, qd=[DNSQR(qname=f"{canary()}.tcp.example")])), dns_over_tcp(DNS(id=7, qr=1, rcode=3, qd=[DNSQR(qname=f"{canary()}.tcp.example")])))], START + 13))
 
     # Tunnelled flows: one matching flow inside VLAN 301 + VXLAN and one inside GRE (their tunnel
     # endpoints are recorded, and allowed); a flow matching nothing inside the same VXLAN tunnel;
@@ -577,7 +583,8 @@ def test_store_files_hold_exactly_the_allowlisted_record_shapes(probe_run: Run):
                 assert len(row) == 3 and row[2] in (VXLAN_ENCAPSULATION, GRE_ENCAPSULATION), row
                 assert {value for layer in row[2] for value in layer.values() if isinstance(value, str)} <= tunnel_strings
             elif record_class == BUNDLES_CLASS:
-                assert kind == KIND_BUNDLE and len(row) == 8 and row[2:7] == ["activated", "test", BUNDLE_ID, 1, row[6]], row
+                assert kind == KIND_BUNDLE and len(row) == 8 and row[2:6] == ["activated", "test", BUNDLE_ID, 1] and row[7] == "", row
+                assert re.fullmatch(r"[0-9a-f]{64}", row[6]), row
             elif record_class == AUDIT_CLASS:
                 assert kind == KIND_AUDIT and len(row) == 8 and set(row[5]) <= AUDIT_FILTERS, row
             else:

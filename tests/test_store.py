@@ -400,3 +400,19 @@ def test_a_reader_purges_at_open_unless_a_writer_holds_the_store(tmp_path: Path)
     reader = RingStore(str(tmp_path / "store"), StoreSection(), Clock(later), writable=False)
     assert reader.purged_segments == 1 and not files_under(tmp_path / "store")
     assert open_store(tmp_path / "store", later).maintaining  # the reader released the lock
+
+
+def test_a_refused_event_leaves_its_segment_readable(tmp_path: Path):
+    """An event the allowlist refuses must not leave a marker or encapsulation declared in the
+    segment's dictionary but never written: the next event would refer to nothing."""
+    from probe.store.records import RecordError
+
+    tunnel = [{"type": "vlan", "id": 7}]
+    with open_store(tmp_path / "store", "2026-06-02T00:00:00Z") as store:
+        for bad in (make_event("2026-06-01T10:00:00Z", encapsulation=tunnel)._replace(matched_on="http.path"), make_event("2026-06-01T10:00:00Z")._replace(encapsulation=[{"type": "vlan", "payload": "x"}])):
+            with pytest.raises(RecordError):
+                store.append(bad)
+        good = make_event("2026-06-01T10:00:00Z", encapsulation=tunnel)
+        store.append(good)
+    with open_store(tmp_path / "store", "2026-06-02T00:00:00Z") as store:
+        assert latest_events(store, EventFilter()) == [good]

@@ -111,38 +111,39 @@ class SegmentDictionary:
 
 def encode_event(event: Event, dictionary: SegmentDictionary, base: int) -> list[bytes]:
     """The msgpack payloads for `event` in a segment starting at `base` (microseconds): the
-    declarations it needs first, then the event."""
-    payloads = []
-    marker = event.marker
-    marker_number = dictionary.markers.get(marker)
-    if marker_number is None:
-        marker_number = dictionary.markers[marker] = len(dictionary.marker_list)
-        dictionary.marker_list.append(marker)
-        payloads.append(msgpack.packb([KIND_MARKER, marker_number, encode_marker(marker)]))
-    encapsulation = event.encapsulation
-    if encapsulation:
-        packed = msgpack.packb([_checked_layer(layer) for layer in encapsulation])
-        encapsulation_number = dictionary.encapsulations.get(packed)
-        if encapsulation_number is None:
-            encapsulation_number = dictionary.encapsulations[packed] = len(dictionary.encapsulation_list)
-            dictionary.encapsulation_list.append(encapsulation)
-            payloads.append(msgpack.packb([KIND_ENCAPSULATION, encapsulation_number, msgpack.unpackb(packed)]))
-    else:
-        encapsulation_number = NO_ENCAPSULATION_REFERENCE
+    declarations it needs first, then the event. Every field is checked before the dictionary
+    changes, so a refused event leaves the segment as it was."""
     try:
         where = MATCHED_ON.index(event.matched_on)
     except ValueError:
         raise RecordError(f"matched_on {event.matched_on!r} is not in the allowlist") from None
-    first = event.first_seen // 1000
-    timestamp = event.timestamp // 1000
+    first = _time(event.first_seen) // 1000
+    timestamp = _time(event.timestamp) // 1000
     row = [
         _count(event.revision), timestamp - base, _count(event.proto), _address(event.src), _port(event.src_port), _address(event.dst), _port(event.dst_port),
-        (where << 1) | bool(event.to_server), marker_number, encapsulation_number, timestamp - first, event.last_seen // 1000 - first,
+        (where << 1) | bool(event.to_server), None, NO_ENCAPSULATION_REFERENCE, timestamp - first, _time(event.last_seen) // 1000 - first,
         _count(event.packets), _count(event.bytes), _count(event.hits),
     ]
-    opened = event.opened // 1000
+    opened = _time(event.opened) // 1000
     if opened != first:
         row.append(opened - first)
+    packed = msgpack.packb([_checked_layer(layer) for layer in event.encapsulation]) if event.encapsulation else None
+    payloads = []
+    marker = event.marker
+    marker_number = dictionary.markers.get(marker)
+    if marker_number is None:
+        declaration = msgpack.packb([KIND_MARKER, len(dictionary.marker_list), encode_marker(marker)])
+        marker_number = dictionary.markers[marker] = len(dictionary.marker_list)
+        dictionary.marker_list.append(marker)
+        payloads.append(declaration)
+    row[8] = marker_number
+    if packed is not None:
+        encapsulation_number = dictionary.encapsulations.get(packed)
+        if encapsulation_number is None:
+            encapsulation_number = dictionary.encapsulations[packed] = len(dictionary.encapsulation_list)
+            dictionary.encapsulation_list.append(event.encapsulation)
+            payloads.append(msgpack.packb([KIND_ENCAPSULATION, encapsulation_number, msgpack.unpackb(packed)]))
+        row[9] = encapsulation_number
     payloads.append(msgpack.packb(row))
     return payloads
 
@@ -220,6 +221,12 @@ def _checked_layer(layer: dict) -> dict:
         if expected is None or not isinstance(value, expected) or isinstance(value, bool):
             raise RecordError(f"encapsulation field {name}={value!r} is not in the allowlist")
     return layer
+
+
+def _time(value: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise RecordError(f"expected a time in nanoseconds, got {value!r}")
+    return value
 
 
 def _count(value: int) -> int:
