@@ -4,6 +4,7 @@ store and reports every event the store acknowledged, until SIGKILL stops it.
 Run as `python store_writer.py DIRECTORY`, this imports the store once and serves: for each line
 `run ITERATION SEED REPORT` on standard input it forks a writer, says `started PID`, waits for
 that process to die and says `ended PID CODE` (CODE as subprocess reports it: -9 for SIGKILL).
+The writer itself says `opened PID` on the same output once the store is open and recovered.
 Forking from one imported process costs milliseconds where starting Python and importing the
 store costs 0.2 s, which is what lets the test kill a hundred writers and more in seconds; each
 writer is still a process of its own, which the kernel cleans up after SIGKILL (its descriptors
@@ -43,7 +44,7 @@ MAXIMUM_NUMBER = 1 << 24
 EPOCH = parse_instant("2026-03-01T00:00:00Z")
 """Start of the first segment period the writers use."""
 NOW = parse_instant("2026-06-01T00:00:00Z")
-"""The fixed clock: weeks after the events, far inside the six months of retention, so nothing
+"""The fixed clock: three months after the events, inside the six months of retention, so nothing
 expires and every acknowledged event must still be there."""
 HOUR = 3600 * NANOSECONDS
 SECTION = StoreSection(segment_period=3600, flush_interval=0.001)
@@ -114,6 +115,7 @@ def report(descriptor: int, data: bytes) -> None:
 def write_until_killed(directory: str, iteration: int, seed: int, report_path: str) -> None:
     report_descriptor = os.open(report_path, os.O_WRONLY | os.O_APPEND)
     store = RingStore(directory, SECTION, Clock(NOW), writable=True)
+    report(1, f"opened {os.getpid()}\n".encode())
     batches = Random(seed)
     number = iteration * EVENTS_PER_WRITER
     end = number + EVENTS_PER_WRITER

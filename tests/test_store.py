@@ -416,3 +416,18 @@ def test_a_refused_event_leaves_its_segment_readable(tmp_path: Path):
         store.append(good)
     with open_store(tmp_path / "store", "2026-06-02T00:00:00Z") as store:
         assert latest_events(store, EventFilter()) == [good]
+
+
+def test_an_index_left_half_written_by_a_killed_process_is_removed_at_open(tmp_path: Path):
+    """A kill while sealing leaves `<segment>.idx.<pid>.tmp`; a later process with the same pid
+    must still be able to seal that segment."""
+    store = open_store(tmp_path / "store", "2026-06-02T00:00:00Z")
+    store.append(make_event("2026-06-01T10:00:00Z"))
+    store.flush()
+    store._release_lock()  # dies without sealing
+    segment = next((tmp_path / "store").rglob("*.seg"))
+    stale = segment.with_name(segment.name[:-4] + f".idx.{os.getpid()}.tmp")
+    stale.write_bytes(b"half an index")
+    with open_store(tmp_path / "store", "2026-06-02T00:00:00Z") as reopened:
+        assert len(latest_events(reopened, EventFilter())) == 1
+    assert not stale.exists() and segment.with_suffix(".idx").exists()

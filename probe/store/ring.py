@@ -235,7 +235,11 @@ class RingStore:
             check_private(class_directory, True)
             for name in sorted(os.listdir(class_directory)):
                 path = os.path.join(class_directory, name)
-                if name.endswith(".idx") or name.endswith(".tmp"):
+                if name.endswith(".tmp"):  # an index being written when a process died: never valid
+                    if self.maintaining:
+                        os.unlink(path)
+                    continue
+                if name.endswith(".idx"):
                     continue
                 base = segment_base(name)
                 if base is None:
