@@ -787,8 +787,8 @@ def main() -> int:
         # 2. Queries.
         print("\nqueries (read-only store; cold: files evicted from the page cache first; warm: median):", flush=True)
         open_cold, open_warm, segments = time_open(directory)
-        print(f"  {'':44}{'cold s':>8}{'warm s':>8}{'events':>10}{'expected':>10}{'segments':>10}  check")
-        print(f"  {f'open ({segments:,} segment summaries)':44}{open_cold:>8.3f}{statistics.median(open_warm):>8.3f}")
+        print(f"  {'':44}{'cold s':>9}{'warm s':>8}{'events':>10}{'expected':>10}{'segments read':>15}  check")
+        print(f"  {f'open ({segments:,} segment summaries)':44}{open_cold:>9.3f}{statistics.median(open_warm):>8.3f}")
         store = open_read_only(directory)
         reads = counting_reads(store)
         queries = choose_queries(appended.generator)
@@ -798,8 +798,11 @@ def main() -> int:
             results.append(result)
             failed |= not result.correct
             check = "OK" if result.correct else ("FAILED" if result.final_revisions else "FAILED (not the latest revision)")
-            print(f"  {query.label:44}{result.cold:>8.3f}{(f'{result.warm_median:.3f}' if result.warm else '-'):>8}{result.returned:>10,}{query.expected:>10,}{f'{result.segments_read:,}/{segments:,}':>10}  {check}"
-                  + (f"  ({len(result.warm)} warm run{'s' if len(result.warm) != 1 else ''})" if len(result.warm) < WARM_RUNS else ""), flush=True)
+            if not result.warm:
+                check += f" (not repeated: slower than {SLOW_QUERY_SECONDS:.0f} s)"
+            elif len(result.warm) < WARM_RUNS:
+                check += f" ({len(result.warm)} warm run{'s' if len(result.warm) != 1 else ''})"
+            print(f"  {query.label:44}{result.cold:>9.3f}{(f'{result.warm_median:.3f}' if result.warm else '-'):>8}{result.returned:>10,}{query.expected:>10,}{f'{result.segments_read:,}/{segments:,}':>15}  {check}", flush=True)
         print("  (a query's time excludes the open; the CLI pays both)")
 
         print("\ngoals of the issue (informative):")

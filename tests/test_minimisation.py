@@ -593,9 +593,12 @@ def test_store_files_hold_exactly_the_allowlisted_record_shapes(probe_run: Run):
     for path in sorted(probe_run.store.rglob("*.idx")):
         data = read_file(str(path))
         header, end = read_header(str(path), data, INDEX_MAGIC)
-        assert end == len(data)
-        assert set(header) == {"class", "base", "length", "records", "time_min", "time_max", "first_min", "markers", "bloom"}, header
-        assert set(header["markers"]) <= {f"{BUNDLE_ID}/{marker}" for marker in STORED_MARKERS}
+        assert set(header) == {"class", "base", "length", "records", "time_min", "time_max", "first_min", "details"}, header
+        payloads, details_end = read_frames(data, end)
+        assert details_end == len(data) and len(payloads) == 1
+        details = msgpack.unpackb(payloads[0])
+        assert set(details) == {"markers", "bloom"} and isinstance(details["bloom"], bytes)
+        assert set(details["markers"]) <= {f"{BUNDLE_ID}/{marker}" for marker in STORED_MARKERS}
     leftovers = {path.name for path in probe_run.store.rglob("*") if path.is_file() and path.suffix not in (".seg", ".idx")}
     assert leftovers == {"lock", "audit.lock"}, leftovers
 

@@ -38,7 +38,7 @@ from crc32c import crc32c
 from probe.clock import Clock
 from probe.record.events import Event
 from probe.store.framing import FRAME, MAX_FRAME, PREAMBLE, SEGMENT_MAGIC
-from probe.store.index import load_summary
+from probe.store.index import event_key, load_summary
 from probe.store.ring import RingStore, segment_base, segment_name
 from tests.store_writer import EPOCH, EVENTS_PER_WRITER, HOUR, NOW, SECTION, event_number, synthetic_event
 
@@ -148,7 +148,7 @@ def read_all(store: RingStore) -> dict[str, list[Event]]:
         if records:
             assert summary.time_min == min(record.last_seen for record in records) and summary.time_max == max(record.last_seen for record in records)
             assert summary.first_min == min(record.first_seen for record in records)
-            unfindable = [record.event_id for record in records if not summary.may_contain(record.event_id.encode())]
+            unfindable = [record.event_id for record in records if not summary.may_contain(event_key(record.event_id))]
             assert not unfindable, f"{summary.path}: its index would hide {unfindable}"
         contents[summary.path] = records
     assert store.problems == []

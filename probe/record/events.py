@@ -65,8 +65,13 @@ class Event(NamedTuple):
 
     @property
     def event_id(self) -> str:
-        digest = hashlib.sha256(self.marker.bundle.encode() + b"\0" + self.marker.id.encode() + b"\0" + self._flow_key()).hexdigest()
+        digest = self.event_digest.hex()
         return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
+
+    @property
+    def event_digest(self) -> bytes:
+        """The 16 bytes `event_id` spells (what the store's index keeps)."""
+        return hashlib.sha256(self.marker.bundle.encode() + b"\0" + self.marker.id.encode() + b"\0" + self._flow_key()).digest()[:16]
 
     @property
     def flow_id(self) -> int:

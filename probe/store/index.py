@@ -14,9 +14,12 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 
+import msgpack
+import numpy as np
+
 from probe.decode.packet import IPV4_MAPPED_PREFIX, address_key
 from probe.record.events import Event
-from probe.store.framing import INDEX_MAGIC, file_header, read_file, read_header, write_atomically
+from probe.store.framing import INDEX_MAGIC, file_header, frame, read_file, read_frames, read_header, write_atomically
 from probe.store.records import Record, record_time
 
 BITS_PER_KEY = 10
@@ -26,10 +29,17 @@ ENUMERATED_NETWORKS = 4096
 """A CIDR filter covering more /24 (/48) networks than this reads every segment of the time range."""
 
 
-def address_keys(address: bytes) -> tuple[bytes, bytes]:
-    """The filter keys of an address: itself, and its /24 (IPv4) or /48 (IPv6) network."""
-    network = address[:15] if address[:12] == IPV4_MAPPED_PREFIX else address[:6]
-    return address, b"net" + network
+def network_key(address: bytes) -> bytes:
+    """The filter key of an address's /24 (IPv4) or /48 (IPv6) network."""
+    return b"net" + (address[:15] if address[:12] == IPV4_MAPPED_PREFIX else address[:6])
+
+
+def event_key(event_id: str) -> bytes:
+    """The filter key of an event id (its 16 bytes)."""
+    try:
+        return bytes.fromhex(event_id.replace("-", ""))
+    except ValueError:
+        return event_id.encode()
 
 
 def network_keys(text: str) -> list[bytes] | None:
@@ -40,34 +50,39 @@ def network_keys(text: str) -> list[bytes] | None:
         return [address_key(str(network.network_address))]
     width = 24 if network.version == 4 else 48
     if network.prefixlen >= width:
-        return [address_keys(address_key(str(network.network_address)))[1]]
+        return [network_key(address_key(str(network.network_address)))]
     if network.prefixlen < width - 12:
         return None
-    return [address_keys(address_key(str(subnet.network_address)))[1] for subnet in network.subnets(new_prefix=width)]
+    return [network_key(address_key(str(subnet.network_address))) for subnet in network.subnets(new_prefix=width)]
 
 
 class Bloom:
+    """Positions `(h1 + i * h2) mod size` for i < HASHES, from a 16-byte BLAKE2b of the key, with
+    h1 and h2 reduced modulo the size first so that numpy (building) and Python (testing) agree."""
+
     def __init__(self, bits: bytearray) -> None:
         self.bits = bits
 
     @classmethod
     def of(cls, keys: set[bytes]) -> Bloom:
-        size = max(64, len(keys) * BITS_PER_KEY)
-        bloom = cls(bytearray((size + 7) // 8))
-        for key in keys:
-            for position in bloom._positions(key):
-                bloom.bits[position >> 3] |= 1 << (position & 7)
-        return bloom
+        size = max(64, (len(keys) * BITS_PER_KEY + 7) // 8 * 8)
+        digests = np.frombuffer(b"".join(hashlib.blake2b(key, digest_size=16).digest() for key in keys), dtype="<u8").reshape(-1, 2)
+        first, second = digests[:, 0] % np.uint64(size), (digests[:, 1] | np.uint64(1)) % np.uint64(size)
+        positions = (first[:, None] + np.arange(HASHES, dtype=np.uint64)[None, :] * second[:, None]) % np.uint64(size)
+        bits = np.zeros(size, dtype=bool)
+        bits[positions.ravel()] = True
+        return cls(bytearray(np.packbits(bits, bitorder="little").tobytes()))
 
     def may_contain(self, key: bytes) -> bool:
         bits = self.bits
-        return all(bits[position >> 3] & (1 << (position & 7)) for position in self._positions(key))
-
-    def _positions(self, key: bytes) -> list[int]:
+        size = len(bits) * 8
         digest = hashlib.blake2b(key, digest_size=16).digest()
-        first, second = int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little") | 1
-        size = len(self.bits) * 8
-        return [(first + number * second) % size for number in range(HASHES)]
+        first, second = int.from_bytes(digest[:8], "little") % size, (int.from_bytes(digest[8:], "little") | 1) % size
+        for number in range(HASHES):
+            position = (first + number * second) % size
+            if not bits[position >> 3] & (1 << (position & 7)):
+                return False
+        return True
 
 
 @dataclass
@@ -84,33 +99,51 @@ class SegmentSummary:
     time_max: int | None = None
     first_min: int | None = None
     """Earliest time any of its events began: with `time_max`, the span a time filter tests."""
-    markers: dict[str, int] = field(default_factory=dict)
-    """Records by marker, as `bundle/marker id`."""
+    marker_counts: dict[str, int] | None = field(default_factory=dict)
+    """Records by marker, as `bundle/marker id`; None until read from a sealed index."""
     keys: set[bytes] | None = field(default_factory=set)
     """Filter keys while the segment is open; None once sealed (then `bloom` answers)."""
     bloom: Bloom | None = None
     index_length: int = 0
     """Bytes of its index file (counted against max_bytes with the segment)."""
+    index_details: int = 0
+    """Bytes of the index's second frame (records by marker, Bloom filter), read when needed."""
+    details_lost: bool = False
+    """The index changed or broke after the open: every marker and key may be there."""
 
     def add(self, record: Record) -> None:
         time = record_time(record)
         self.records += 1
         self.time_min = time if self.time_min is None else min(self.time_min, time)
         self.time_max = time if self.time_max is None else max(self.time_max, time)
-        start = record.first_seen if isinstance(record, Event) else time
-        self.first_min = start if self.first_min is None else min(self.first_min, start)
         if isinstance(record, Event):
+            self.first_min = record.first_seen if self.first_min is None else min(self.first_min, record.first_seen)
             marker = f"{record.marker.bundle}/{record.marker.id}"
-            self.markers[marker] = self.markers.get(marker, 0) + 1
-            if self.keys is not None:
-                self.keys.add(record.event_id.encode())
-                self.keys.update(address_keys(record.src))
-                self.keys.update(address_keys(record.dst))
+            counts = self.markers
+            counts[marker] = counts.get(marker, 0) + 1
+            keys = self.keys
+            if keys is not None:
+                src, dst = record.src, record.dst
+                keys.add(record.event_digest)
+                keys.add(src)
+                keys.add(dst)
+                keys.add(network_key(src))
+                keys.add(network_key(dst))
+        else:
+            self.first_min = time if self.first_min is None else min(self.first_min, time)
+
+    @property
+    def markers(self) -> dict[str, int]:
+        if self.marker_counts is None:
+            self._load_details()
+        return self.marker_counts  # type: ignore[return-value]
 
     def may_contain(self, key: bytes) -> bool:
         if self.keys is not None:
             return key in self.keys
-        return self.bloom is None or self.bloom.may_contain(key)
+        if self.marker_counts is None:
+            self._load_details()
+        return self.details_lost or self.bloom is None or self.bloom.may_contain(key)
 
     def overlaps(self, since: int | None, until: int | None) -> bool:
         if self.time_max is None:
@@ -118,7 +151,8 @@ class SegmentSummary:
         return (since is None or self.time_max >= since) and (until is None or (self.first_min or 0) < until)
 
     def has_marker(self, marker_id: str) -> bool:
-        return any(key.split("/", 1)[1] == marker_id or key == marker_id for key in self.markers)
+        markers = self.markers
+        return self.details_lost or any(key.split("/", 1)[1] == marker_id or key == marker_id for key in markers)
 
     def index_path(self) -> str:
         return self.path[: -len(".seg")] + ".idx"
@@ -128,24 +162,49 @@ class SegmentSummary:
         if self.keys is not None:
             self.bloom = Bloom.of(self.keys)
             self.keys = None
-        header = {"class": self.record_class, "base": self.base, "length": self.length, "records": self.records, "time_min": self.time_min, "time_max": self.time_max, "first_min": self.first_min, "markers": self.markers, "bloom": bytes(self.bloom.bits) if self.bloom else b""}
-        data = file_header(INDEX_MAGIC, header)
+        details = frame(msgpack.packb({"markers": self.markers, "bloom": bytes(self.bloom.bits) if self.bloom else b""}))
+        header = {"class": self.record_class, "base": self.base, "length": self.length, "records": self.records, "time_min": self.time_min, "time_max": self.time_max, "first_min": self.first_min, "details": len(details)}
+        data = file_header(INDEX_MAGIC, header) + details
         write_atomically(self.index_path(), data)
-        self.index_length = len(data)
+        self.index_length, self.index_details = len(data), len(details)
+
+    def _load_details(self) -> None:
+        """Read the records by marker and the Bloom filter, which only some queries need. An
+        index damaged or replaced since the open answers "maybe" (the segment is then read)."""
+        self.marker_counts, self.bloom = {}, None
+        try:
+            data = read_file(self.index_path())
+        except FileNotFoundError:
+            self.details_lost = True
+            return
+        payloads, end = read_frames(data, len(data) - self.index_details, len(data))
+        if len(payloads) != 1 or end != len(data) or len(data) != self.index_length:
+            self.details_lost = True
+            return
+        details = msgpack.unpackb(payloads[0])
+        self.marker_counts = details["markers"]
+        self.bloom = Bloom(bytearray(details["bloom"])) if details["bloom"] else None
+
+
+INDEX_HEAD = 4096
+"""Bytes of an index read at open: its header, well under this (the details follow)."""
 
 
 def load_summary(path: str, record_class: str, base: int, length: int) -> SegmentSummary | None:
     """The sealed summary of the segment at `path` if its index is intact and covers exactly its
-    `length` bytes; None otherwise (the segment must be read)."""
+    `length` bytes; None otherwise (the segment must be read). Only the index's header is read."""
     index_path = path[: -len(".seg")] + ".idx"
     try:
-        data = read_file(index_path)
+        with open(index_path, "rb") as stream:
+            head = stream.read(INDEX_HEAD)
+            size = os.fstat(stream.fileno()).st_size
     except FileNotFoundError:
         return None
-    header, end = read_header(index_path, data, INDEX_MAGIC)
-    if not header or end != len(data) or header.get("length") != length or header.get("class") != record_class or header.get("base") != base:
+    header, end = read_header(index_path, head, INDEX_MAGIC)
+    if not header or header.get("length") != length or header.get("class") != record_class or header.get("base") != base or end + header.get("details", -1) != size:
         return None
-    summary = SegmentSummary(path, record_class, base, length, header["records"], header["time_min"], header["time_max"], header["first_min"], header["markers"], None, Bloom(bytearray(header["bloom"])) if header["bloom"] else None, len(data))
+    summary = SegmentSummary(path, record_class, base, length, header["records"], header["time_min"], header["time_max"], header["first_min"], None, None, None, size)
+    summary.index_details = header["details"]
     return summary
 
 
@@ -154,4 +213,3 @@ def remove_index(path: str) -> None:
         os.unlink(path[: -len(".seg")] + ".idx")
     except FileNotFoundError:
         pass
-

@@ -18,7 +18,7 @@ from probe.config import ProbeSection
 from probe.decode.packet import PROTO_NAMES, address_key, address_text
 from probe.errors import StoreError
 from probe.record.events import Event, event_record, marker_fields, rfc3339
-from probe.store.index import SegmentSummary, network_keys
+from probe.store.index import SegmentSummary, event_key, network_keys
 from probe.store.retention import AUDIT_CLASS, BUNDLES_CLASS
 from probe.store.ring import RingStore
 
@@ -42,7 +42,7 @@ class EventFilter:
             return False
         if self.marker is not None and not summary.has_marker(self.marker):
             return False
-        if self.event is not None and not summary.may_contain(self.event.encode()):
+        if self.event is not None and not summary.may_contain(event_key(self.event)):
             return False
         if self.network is not None:
             keys = network_keys(str(self.network))

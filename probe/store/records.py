@@ -30,6 +30,7 @@ KIND_AUDIT = -4
 
 MATCHED_ON = ("ip.src", "ip.dst", "dns.query", "tls.sni", "http.host", "url", "tls.ja3", "tls.ja4", "x509.sha256", "payload")
 """Where a marker can be seen, by code; `flags` holds the code shifted left by one."""
+MATCHED_ON_CODES = {name: code for code, name in enumerate(MATCHED_ON)}
 ENCAPSULATION_FIELDS = {"type": str, "id": int, "label": int, "src": str, "dst": str, "key": int, "vni": int, "version": int, "session": int}
 """Layer fields an event may record: tunnel endpoints and ids, never anything from the payload."""
 ENCAPSULATION_TYPES = frozenset({"vlan", "mpls", "gre", "erspan", "vxlan", "geneve", "ipip", "6in4", "4in6", "ip6ip6"})
@@ -113,23 +114,29 @@ def encode_event(event: Event, dictionary: SegmentDictionary, base: int) -> list
     """The msgpack payloads for `event` in a segment starting at `base` (microseconds): the
     declarations it needs first, then the event. Every field is checked before the dictionary
     changes, so a refused event leaves the segment as it was."""
-    try:
-        where = MATCHED_ON.index(event.matched_on)
-    except ValueError:
-        raise RecordError(f"matched_on {event.matched_on!r} is not in the allowlist") from None
-    first = _time(event.first_seen) // 1000
-    timestamp = _time(event.timestamp) // 1000
+    revision, timestamp, proto, src, src_port, dst, dst_port, to_server, matched_on, marker, encapsulation, opened, first_seen, last_seen, packets, byte_count, hits = event
+    where = MATCHED_ON_CODES.get(matched_on)
+    if where is None:
+        raise RecordError(f"matched_on {matched_on!r} is not in the allowlist")
+    try:  # `|` takes integers only: a float, text or None is refused here, a bool just below
+        if (revision | proto | src_port | dst_port | packets | byte_count | hits) < 0 or (src_port | dst_port) > 0xFFFF or proto > 0xFF or (timestamp | opened | first_seen | last_seen) < 0:
+            raise RecordError(f"a count, port or time is out of range: {(revision, proto, src_port, dst_port, packets, byte_count, hits)}")
+    except TypeError:
+        raise RecordError("an event's counts, ports and times must be integers") from None
+    if bool in {type(revision), type(proto), type(src_port), type(dst_port), type(packets), type(byte_count), type(hits), type(timestamp), type(opened), type(first_seen), type(last_seen)}:
+        raise RecordError("an event's counts, ports and times must be integers, not true or false")
+    first = first_seen // 1000
+    timestamp //= 1000
     row = [
-        _count(event.revision), timestamp - base, _count(event.proto), _address(event.src), _port(event.src_port), _address(event.dst), _port(event.dst_port),
-        (where << 1) | bool(event.to_server), None, NO_ENCAPSULATION_REFERENCE, timestamp - first, _time(event.last_seen) // 1000 - first,
-        _count(event.packets), _count(event.bytes), _count(event.hits),
+        revision, timestamp - base, proto, _address(src), src_port, _address(dst), dst_port,
+        (where << 1) | bool(to_server), None, NO_ENCAPSULATION_REFERENCE, timestamp - first, last_seen // 1000 - first,
+        packets, byte_count, hits,
     ]
-    opened = _time(event.opened) // 1000
+    opened //= 1000
     if opened != first:
         row.append(opened - first)
-    packed = msgpack.packb([_checked_layer(layer) for layer in event.encapsulation]) if event.encapsulation else None
+    packed = msgpack.packb([_checked_layer(layer) for layer in encapsulation]) if encapsulation else None
     payloads = []
-    marker = event.marker
     marker_number = dictionary.markers.get(marker)
     if marker_number is None:
         declaration = msgpack.packb([KIND_MARKER, len(dictionary.marker_list), encode_marker(marker)])
@@ -141,7 +148,7 @@ def encode_event(event: Event, dictionary: SegmentDictionary, base: int) -> list
         encapsulation_number = dictionary.encapsulations.get(packed)
         if encapsulation_number is None:
             encapsulation_number = dictionary.encapsulations[packed] = len(dictionary.encapsulation_list)
-            dictionary.encapsulation_list.append(event.encapsulation)
+            dictionary.encapsulation_list.append(encapsulation)
             payloads.append(msgpack.packb([KIND_ENCAPSULATION, encapsulation_number, msgpack.unpackb(packed)]))
         row[9] = encapsulation_number
     payloads.append(msgpack.packb(row))
@@ -223,12 +230,6 @@ def _checked_layer(layer: dict) -> dict:
     return layer
 
 
-def _time(value: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise RecordError(f"expected a time in nanoseconds, got {value!r}")
-    return value
-
-
 def _count(value: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise RecordError(f"expected a count, got {value!r}")
@@ -243,7 +244,7 @@ def _port(value: int) -> int:
 
 def _address(address: bytes) -> int | bytes:
     """An IPv4 address as an integer (5 bytes packed), an IPv6 address as its 16 bytes."""
-    if not isinstance(address, bytes) or len(address) != 16:
+    if type(address) is not bytes or len(address) != 16:
         raise RecordError("expected a 16-byte address")
     if address[:12] == IPV4_MAPPED_PREFIX:
         return int.from_bytes(address[12:], "big")

@@ -8,13 +8,14 @@ its own segments, so one class's limit never keeps another's records.
 
 from __future__ import annotations
 
-from probe.clock import add_months
+from probe.clock import NANOSECONDS, add_months
 from probe.config import MAXIMUM_RETENTION_MONTHS, StoreSection
 from probe.match.markers import Marker
 
 DEFAULT_CLASS = "events"
 BUNDLES_CLASS = "bundles"
 AUDIT_CLASS = "audit"
+DAY = 86400 * NANOSECONDS
 
 
 class Retention:
@@ -22,6 +23,7 @@ class Retention:
         self.default_months = section.retention_months
         self.class_months = dict(section.class_retention_months)
         self.class_by_type = dict(section.class_by_type)
+        self._cutoffs: dict[str, tuple[int, int]] = {}
 
     def months(self, record_class: str) -> int:
         if record_class in (BUNDLES_CLASS, AUDIT_CLASS):
@@ -38,3 +40,22 @@ class Retention:
 
     def expired(self, record_class: str, time: int, now: int) -> bool:
         return self.expiry(record_class, time) <= now
+
+    def cutoff(self, record_class: str, now: int) -> int:
+        """The latest record time already expired at `now` (rounded down to the second): a record
+        of time t has expired when t <= cutoff. Found once per class and second, so that
+        appending or reading a record costs one comparison."""
+        second = now - now % NANOSECONDS
+        cached = self._cutoffs.get(record_class)
+        if cached is not None and cached[0] == second:
+            return cached[1]
+        months = self.months(record_class)
+        low, high = add_months(second, -months) - 4 * DAY, second  # expiry is monotonic in the record time
+        while low < high:
+            middle = (low + high + 1) // 2
+            if add_months(middle, months) <= second:
+                low = middle
+            else:
+                high = middle - 1
+        self._cutoffs[record_class] = (second, low)
+        return low

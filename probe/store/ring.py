@@ -142,6 +142,8 @@ class RingStore:
         self.period = section.segment_period * NANOSECONDS
         self.summaries: dict[str, SegmentSummary] = {}
         self.writers: dict[str, SegmentWriter] = {}
+        self._open_writers: dict[tuple[str, int], SegmentWriter] = {}
+        """The same writers by (class, period start): what `append` looks up."""
         self.stored = 0
         """Records acknowledged (written and fsync'd) by this process."""
         self.not_stored = 0
@@ -291,10 +293,11 @@ class RingStore:
     def append(self, event: Event) -> None:
         """Queue an event revision; it is stored (acknowledged) at the next flush."""
         record_class = self.retention.class_of(event.marker)
-        if self.retention.expired(record_class, event.last_seen, self.clock.now()):
+        time_of = event.last_seen
+        if time_of <= self.retention.cutoff(record_class, self.clock.now()):
             self.expired_on_arrival += 1
             return
-        writer = self._writer(record_class, event.last_seen)
+        writer = self._open_writers.get((record_class, time_of - time_of % self.period)) or self._writer(record_class, time_of)
         if writer is None:
             return
         writer.frames += [frame(payload) for payload in encode_event(event, writer.dictionary, writer.base_microseconds)]
@@ -369,8 +372,7 @@ class RingStore:
             dropped = writer.rollback()
         except OSError:  # cannot even truncate: reopen (and recover) it at the next record
             dropped = len(writer.records)
-            writer.close()
-            del self.writers[writer.summary.path]
+            self._forget(writer)
         self.not_stored += dropped
         self._report_failure(writer.summary.path, error)
 
@@ -394,6 +396,7 @@ class RingStore:
             self._report_failure(path, error)
             return None
         self.writers[path] = writer
+        self._open_writers[record_class, base] = writer
         if len(self.writers) > MAX_OPEN_SEGMENTS:
             self.flush()
             self._seal(min(self.writers.values(), key=lambda candidate: candidate.summary.base))
@@ -434,9 +437,13 @@ class RingStore:
             if writer.summary.base + 2 * self.period <= self._latest and not writer.records:
                 self._seal(writer)
 
-    def _seal(self, writer: SegmentWriter) -> None:
+    def _forget(self, writer: SegmentWriter) -> None:
         del self.writers[writer.summary.path]
+        del self._open_writers[writer.summary.record_class, writer.summary.base]
         writer.close()
+
+    def _seal(self, writer: SegmentWriter) -> None:
+        self._forget(writer)
         if writer.summary.records:
             writer.summary.seal()
 
@@ -463,9 +470,9 @@ class RingStore:
         return deleted
 
     def _delete(self, summary: SegmentSummary) -> None:
-        writer = self.writers.pop(summary.path, None)
+        writer = self.writers.get(summary.path)
         if writer is not None:  # expired while open: its waiting records expired too
-            writer.close()
+            self._forget(writer)
         with self._audit_lock() if summary.record_class == AUDIT_CLASS else nullcontext():
             for path in (summary.path, summary.index_path()):
                 try:
@@ -520,10 +527,9 @@ class RingStore:
         payloads, end = read_frames(data, start)
         if end < summary.length:  # bytes known good when summarised no longer check
             self.problems.append(f"{summary.path}: unreadable from byte {end} (CRC does not check): the records after it are not returned")
-        expired = self.retention.expired
-        record_class = summary.record_class
+        cutoff = self.retention.cutoff(summary.record_class, now)
         for record in decode_records(payloads, summary.base // 1000):
-            if not expired(record_class, record_time(record), now):
+            if record_time(record) > cutoff:
                 yield record
 
     def append_audit(self, record: AuditRecord) -> None:
