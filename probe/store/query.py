@@ -12,10 +12,11 @@ import csv
 import io
 import ipaddress
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from probe.config import ProbeSection
-from probe.decode.packet import PROTO_NAMES, address_key, address_text
+from probe.decode.packet import IPV4_MAPPED_PREFIX, PROTO_NAMES, address_key, address_text
 from probe.errors import StoreError
 from probe.record.events import Event, event_record, marker_fields, rfc3339
 from probe.store.index import SegmentSummary, event_key, network_keys
@@ -57,12 +58,44 @@ class EventFilter:
             return False
         if self.marker is not None and self.marker not in (event.marker.id, f"{event.marker.bundle}/{event.marker.id}"):
             return False
-        if self.network is not None and not (self._inside(event.src) or self._inside(event.dst)):
-            return False
+        if self.network is not None:
+            low, high = self._address_range()
+            if not (low <= event.src <= high or low <= event.dst <= high):
+                return False
         return self.event is None or event.event_id == self.event
 
-    def _inside(self, address: bytes) -> bool:
-        return ipaddress.ip_address(address_text(address)) in self.network  # type: ignore[operator]
+    def _address_range(self) -> tuple[bytes, bytes]:
+        """First and last address of the network in the 16-byte form, which sorts like the
+        addresses themselves."""
+        network = self.network
+        assert network is not None
+        return address_key(str(network.network_address)), address_key(str(network.broadcast_address))
+
+    def row_test(self, base: int) -> Callable[[list], bool] | None:
+        """A test of stored event rows (segment starting at `base` microseconds) that rejects,
+        before decoding, rows outside the time window or the network; `matches` decides."""
+        since = None if self.since is None else self.since // 1000 - base
+        until = None if self.until is None else -(-self.until // 1000) - base
+        if self.network is not None:
+            low, high = self._address_range()
+            if low[:12] == IPV4_MAPPED_PREFIX and high[:12] == IPV4_MAPPED_PREFIX:
+                low_row, high_row = int.from_bytes(low[12:], "big"), int.from_bytes(high[12:], "big")
+                kind: type = int
+            else:
+                low_row, high_row, kind = low, high, bytes
+        elif since is None and until is None:
+            return None
+
+        def test(row: list) -> bool:
+            first = row[1] - row[10]
+            if (since is not None and first + row[11] < since) or (until is not None and first >= until):
+                return False
+            if self.network is None:
+                return True
+            src, dst = row[3], row[5]
+            return (type(src) is kind and low_row <= src <= high_row) or (type(dst) is kind and low_row <= dst <= high_row)
+
+        return test
 
 
 def parse_network(text: str) -> IPNetwork:
@@ -74,16 +107,16 @@ def parse_network(text: str) -> IPNetwork:
 
 def latest_events(store: RingStore, event_filter: EventFilter) -> list[Event]:
     """Each matching event's latest revision, oldest first."""
-    latest: dict[str, Event] = {}
+    latest: dict[tuple, Event] = {}
     for summary in store.segments():
         if not event_filter.may_hold(summary):
             continue
-        for record in store.read(summary):
+        for record in store.read(summary, wanted=event_filter.row_test(summary.base // 1000)):
             if isinstance(record, Event) and event_filter.matches(record):
-                event_id = record.event_id
-                known = latest.get(event_id)
+                identity = (record.marker.bundle, record.marker.id, record.proto, record.src, record.src_port, record.dst, record.dst_port, record.opened)
+                known = latest.get(identity)
                 if known is None or (record.revision, record.last_seen) > (known.revision, known.last_seen):
-                    latest[event_id] = record
+                    latest[identity] = record
     return sorted(latest.values(), key=lambda event: (event.first_seen, event.event_id))
 
 

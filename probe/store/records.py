@@ -13,7 +13,8 @@ and the audit log (`audit`).
 
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import msgpack
 
@@ -197,14 +198,17 @@ def encode_audit(record: AuditRecord) -> bytes:
 Record = Event | BundleRecord | AuditRecord
 
 
-def decode_records(payloads: list[bytes], base: int, dictionary: SegmentDictionary | None = None) -> Iterator[Record]:
-    """The records of a segment's frames, in order; declarations update `dictionary`."""
+def decode_records(payloads: list[bytes], base: int, dictionary: SegmentDictionary | None = None, wanted: Callable[[list], bool] | None = None) -> Iterator[Record]:
+    """The records of a segment's frames, in order; declarations update `dictionary`. `wanted`
+    screens event rows before they are decoded (a query's cheap pre-filter)."""
     dictionary = dictionary if dictionary is not None else SegmentDictionary()
+    unpack = msgpack.unpackb
     for payload in payloads:
-        row = msgpack.unpackb(payload)
+        row = unpack(payload)
         kind = row[0]
         if kind >= 0:
-            yield decode_event(row, dictionary, base)
+            if wanted is None or wanted(row):
+                yield decode_event(row, dictionary, base)
         elif kind == KIND_MARKER or kind == KIND_ENCAPSULATION:
             dictionary.declare(row)
         elif kind == KIND_BUNDLE:

@@ -24,7 +24,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from datetime import datetime, timezone
 
@@ -512,10 +512,10 @@ class RingStore:
     def segments(self, record_class: str | None = None) -> list[SegmentSummary]:
         return sorted((summary for summary in self.summaries.values() if record_class is None or summary.record_class == record_class), key=lambda summary: (summary.base, summary.path))
 
-    def read(self, summary: SegmentSummary, now: int | None = None) -> Iterator[Record]:
-        """The unexpired records of one segment, in the order they were written. A frame that does
-        not check ends the segment for this read (reported in `problems`), and nothing after it
-        is returned."""
+    def read(self, summary: SegmentSummary, now: int | None = None, wanted: Callable[[list], bool] | None = None) -> Iterator[Record]:
+        """The unexpired records of one segment, in the order they were written (the event rows
+        `wanted` accepts, when given). A frame that does not check ends the segment for this read
+        (reported in `problems`), and nothing after it is returned."""
         now = self.clock.now() if now is None else now
         try:
             data = read_file(summary.path)
@@ -528,7 +528,7 @@ class RingStore:
         if end < summary.length:  # bytes known good when summarised no longer check
             self.problems.append(f"{summary.path}: unreadable from byte {end} (CRC does not check): the records after it are not returned")
         cutoff = self.retention.cutoff(summary.record_class, now)
-        for record in decode_records(payloads, summary.base // 1000):
+        for record in decode_records(payloads, summary.base // 1000, wanted=wanted):
             if record_time(record) > cutoff:
                 yield record
 
