@@ -28,6 +28,10 @@ domain, tls_sni) in three bundles with a skewed popularity; a third of the IPv4 
    answer is checked against the generator's own count.
 5. `--profile`: cProfile of appending the first chunks into a fresh store, and of each query once.
 
+`--quick` keeps the six months, so its hourly segments hold a twentieth of the records of the full
+run: its append rate and bytes per event carry per-segment costs (files, fsyncs, indexes, marker
+declarations) that the full run spreads over twenty times more records. Quote the full run.
+
 The exit code is 1 when a query answer differs from the generator's count, else 0; the issue's
 goals are printed as information.
 """
@@ -46,6 +50,7 @@ import pstats
 import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -591,9 +596,9 @@ def counting_reads(store: RingStore) -> list[int]:
     counter = [0]
     read = store.read
 
-    def counted_read(summary, now=None):  # type: ignore[no-untyped-def]
+    def counted_read(summary, *arguments, **options):  # type: ignore[no-untyped-def]
         counter[0] += 1
-        return read(summary, now)
+        return read(summary, *arguments, **options)
 
     store.read = counted_read  # type: ignore[method-assign]
     return counter
@@ -703,6 +708,17 @@ def file_system(path: str) -> str:
     return f"{best[2]} on {best[1]} (mounted at {best[0]})"
 
 
+def code_version() -> str:
+    """The commit measured, and whether probe/ differs from it: the store changes often, and a
+    figure without the code it measured cannot be compared with the next one."""
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=30).stdout.strip()
+        changed = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "probe"], capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown (no git)"
+    return f"{commit or 'unknown'}{' with uncommitted changes to probe/' if changed else ''}"
+
+
 def verdict(passed: bool) -> str:
     return "goal met" if passed else "goal NOT met"
 
@@ -728,6 +744,7 @@ def main() -> int:
 
     print(f"machine: nproc {len(os.sched_getaffinity(0))}, {cpu_model()}, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"python {platform.python_version()} ({sys.executable}), msgpack {'.'.join(map(str, msgpack.version))}, kernel {platform.release()}")
+    print(f"code: {code_version()}")
     print(f"store: {directory}, {file_system(work)}")
     print(f"events: {events:,} over {CAPTURE_DAYS} days from 2026-05-01, two revisions each; seed {args.seed}; clock fixed at 2026-10-31T07:00:00Z")
 
