@@ -150,9 +150,13 @@ class SegmentSummary:
             return False
         return (since is None or self.time_max >= since) and (until is None or (self.first_min or 0) < until)
 
-    def has_marker(self, marker_id: str) -> bool:
-        markers = self.markers
-        return self.details_lost or any(key.split("/", 1)[1] == marker_id or key == marker_id for key in markers)
+    def has_marker(self, marker: str) -> bool:
+        """`marker`: `bundle/marker id`, or a marker id of any bundle."""
+        counts = self.markers
+        if self.details_lost or marker in counts:
+            return True
+        suffix = "/" + marker
+        return any(key.endswith(suffix) for key in counts)
 
     def index_path(self) -> str:
         return self.path[: -len(".seg")] + ".idx"

@@ -14,12 +14,14 @@ import ipaddress
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 from probe.config import ProbeSection
 from probe.decode.packet import IPV4_MAPPED_PREFIX, PROTO_NAMES, address_key, address_text
 from probe.errors import StoreError
 from probe.record.events import Event, event_record, marker_fields, rfc3339
 from probe.store.index import SegmentSummary, event_key, network_keys
+from probe.store.records import SegmentDictionary
 from probe.store.retention import AUDIT_CLASS, BUNDLES_CLASS
 from probe.store.ring import RingStore
 
@@ -46,10 +48,14 @@ class EventFilter:
         if self.event is not None and not summary.may_contain(event_key(self.event)):
             return False
         if self.network is not None:
-            keys = network_keys(str(self.network))
+            keys = self._network_keys
             if keys is not None and not any(summary.may_contain(key) for key in keys):
                 return False
         return True
+
+    @cached_property
+    def _network_keys(self) -> list[bytes] | None:
+        return network_keys(str(self.network))
 
     def matches(self, event: Event) -> bool:
         if self.since is not None and event.last_seen < self.since:
@@ -71,9 +77,10 @@ class EventFilter:
         assert network is not None
         return address_key(str(network.network_address)), address_key(str(network.broadcast_address))
 
-    def row_test(self, base: int) -> Callable[[list], bool] | None:
+    def row_test(self, base: int) -> Callable[[list, SegmentDictionary], bool] | None:
         """A test of stored event rows (segment starting at `base` microseconds) that rejects,
-        before decoding, rows outside the time window or the network; `matches` decides."""
+        before decoding, rows outside the time window or the network, or of another marker;
+        `matches` decides."""
         since = None if self.since is None else self.since // 1000 - base
         until = None if self.until is None else -(-self.until // 1000) - base
         if self.network is not None:
@@ -83,13 +90,18 @@ class EventFilter:
                 kind: type = int
             else:
                 low_row, high_row, kind = low, high, bytes
-        elif since is None and until is None:
+        elif since is None and until is None and self.marker is None:
             return None
+        wanted_marker = self.marker
 
-        def test(row: list) -> bool:
+        def test(row: list, dictionary: SegmentDictionary) -> bool:
             first = row[1] - row[10]
             if (since is not None and first + row[11] < since) or (until is not None and first >= until):
                 return False
+            if wanted_marker is not None:
+                marker = dictionary.marker_list[row[8]]
+                if wanted_marker != marker.id and wanted_marker != f"{marker.bundle}/{marker.id}":
+                    return False
             if self.network is None:
                 return True
             src, dst = row[3], row[5]
@@ -117,7 +129,7 @@ def latest_events(store: RingStore, event_filter: EventFilter) -> list[Event]:
                 known = latest.get(identity)
                 if known is None or (record.revision, record.last_seen) > (known.revision, known.last_seen):
                     latest[identity] = record
-    return sorted(latest.values(), key=lambda event: (event.first_seen, event.event_id))
+    return [latest[identity] for identity in sorted(latest, key=lambda identity: (latest[identity].first_seen, identity))]
 
 
 CSV_COLUMNS = ("event_id", "revision", "first_seen", "last_seen", "proto", "src_ip", "src_port", "dest_ip", "dest_port", "direction", "matched_on", "marker_id", "marker_type", "marker_value", "bundle", "bundle_version", "packets", "bytes", "hits")

@@ -13,6 +13,7 @@ and the audit log (`audit`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
@@ -40,6 +41,8 @@ MARKER_FIELDS = ("id", "type", "value", "bundle", "bundle_version", "severity", 
 BUNDLE_ACTIONS = ("activated", "refused", "expired")
 AUDIT_FILTERS = frozenset({"since", "until", "marker", "ip", "prefix", "event", "format", "for_authority", "now"})
 NO_ENCAPSULATION_REFERENCE = 0
+pack = msgpack.Packer().pack
+"""One packer for every event row (`msgpack.packb` builds one per call)."""
 
 
 class BundleRecord(NamedTuple):
@@ -99,7 +102,7 @@ class SegmentDictionary:
         """Take a declaration read back from a segment."""
         kind, number, content = record
         if kind == KIND_MARKER:
-            marker = decode_marker(content)
+            marker = _declared_marker(tuple(content))
             if number != len(self.marker_list):
                 raise RecordError(f"marker declared as number {number}, expected {len(self.marker_list)}")
             self.markers[marker] = number
@@ -152,7 +155,7 @@ def encode_event(event: Event, dictionary: SegmentDictionary, base: int) -> list
             dictionary.encapsulation_list.append(encapsulation)
             payloads.append(msgpack.packb([KIND_ENCAPSULATION, encapsulation_number, msgpack.unpackb(packed)]))
         row[9] = encapsulation_number
-    payloads.append(msgpack.packb(row))
+    payloads.append(pack(row))
     return payloads
 
 
@@ -182,6 +185,13 @@ def decode_marker(fields: list) -> Marker:
     return Marker(**values)
 
 
+@functools.lru_cache(maxsize=65536)
+def _declared_marker(fields: tuple) -> Marker:
+    """Every segment declares the markers it uses: a query reading many segments decodes each
+    marker once."""
+    return decode_marker(list(fields))
+
+
 def encode_bundle(record: BundleRecord) -> bytes:
     if record.action not in BUNDLE_ACTIONS:
         raise RecordError(f"bundle action {record.action!r} is not one of {BUNDLE_ACTIONS}")
@@ -198,7 +208,7 @@ def encode_audit(record: AuditRecord) -> bytes:
 Record = Event | BundleRecord | AuditRecord
 
 
-def decode_records(payloads: list[bytes], base: int, dictionary: SegmentDictionary | None = None, wanted: Callable[[list], bool] | None = None) -> Iterator[Record]:
+def decode_records(payloads: list[bytes], base: int, dictionary: SegmentDictionary | None = None, wanted: Callable[[list, SegmentDictionary], bool] | None = None) -> Iterator[Record]:
     """The records of a segment's frames, in order; declarations update `dictionary`. `wanted`
     screens event rows before they are decoded (a query's cheap pre-filter)."""
     dictionary = dictionary if dictionary is not None else SegmentDictionary()
@@ -207,7 +217,7 @@ def decode_records(payloads: list[bytes], base: int, dictionary: SegmentDictiona
         row = unpack(payload)
         kind = row[0]
         if kind >= 0:
-            if wanted is None or wanted(row):
+            if wanted is None or wanted(row, dictionary):
                 yield decode_event(row, dictionary, base)
         elif kind == KIND_MARKER or kind == KIND_ENCAPSULATION:
             dictionary.declare(row)

@@ -512,7 +512,7 @@ class RingStore:
     def segments(self, record_class: str | None = None) -> list[SegmentSummary]:
         return sorted((summary for summary in self.summaries.values() if record_class is None or summary.record_class == record_class), key=lambda summary: (summary.base, summary.path))
 
-    def read(self, summary: SegmentSummary, now: int | None = None, wanted: Callable[[list], bool] | None = None) -> Iterator[Record]:
+    def read(self, summary: SegmentSummary, now: int | None = None, wanted: Callable[[list, SegmentDictionary], bool] | None = None) -> Iterator[Record]:
         """The unexpired records of one segment, in the order they were written (the event rows
         `wanted` accepts, when given). A frame that does not check ends the segment for this read
         (reported in `problems`), and nothing after it is returned."""
