@@ -101,8 +101,10 @@ class SegmentSummary:
     """Earliest time any of its events began: with `time_max`, the span a time filter tests."""
     marker_counts: dict[str, int] | None = field(default_factory=dict)
     """Records by marker, as `bundle/marker id`; None until read from a sealed index."""
-    keys: set[bytes] | None = field(default_factory=set)
-    """Filter keys while the segment is open; None once sealed (then `bloom` answers)."""
+    events: dict[tuple, Event] | None = field(default_factory=dict)
+    """While the segment is open: one revision of each of its events, by identity (their filter
+    keys are made when the segment is sealed, once per event rather than per revision); None once
+    sealed (then `bloom` answers)."""
     bloom: Bloom | None = None
     index_length: int = 0
     """Bytes of its index file (counted against max_bytes with the segment)."""
@@ -121,14 +123,8 @@ class SegmentSummary:
             marker = f"{record.marker.bundle}/{record.marker.id}"
             counts = self.markers
             counts[marker] = counts.get(marker, 0) + 1
-            keys = self.keys
-            if keys is not None:
-                src, dst = record.src, record.dst
-                keys.add(record.event_digest)
-                keys.add(src)
-                keys.add(dst)
-                keys.add(network_key(src))
-                keys.add(network_key(dst))
+            if self.events is not None:
+                self.events[record.marker.bundle, record.marker.id, record.src, record.src_port, record.dst, record.dst_port, record.proto, record.opened] = record
         else:
             self.first_min = time if self.first_min is None else min(self.first_min, time)
 
@@ -139,11 +135,18 @@ class SegmentSummary:
         return self.marker_counts  # type: ignore[return-value]
 
     def may_contain(self, key: bytes) -> bool:
-        if self.keys is not None:
-            return key in self.keys
+        if self.events is not None:
+            return key in self.keys()
         if self.marker_counts is None:
             self._load_details()
         return self.details_lost or self.bloom is None or self.bloom.may_contain(key)
+
+    def keys(self) -> set[bytes]:
+        """Filter keys of an open segment's events: id, addresses, their networks."""
+        assert self.events is not None
+        keys = {event.event_digest for event in self.events.values()}
+        addresses = {address for event in self.events.values() for address in (event.src, event.dst)}
+        return keys | addresses | {network_key(address) for address in addresses}
 
     def overlaps(self, since: int | None, until: int | None) -> bool:
         if self.time_max is None:
@@ -163,9 +166,9 @@ class SegmentSummary:
 
     def seal(self) -> None:
         """Write the index file (atomically) and answer from the Bloom filter from now on."""
-        if self.keys is not None:
-            self.bloom = Bloom.of(self.keys)
-            self.keys = None
+        if self.events is not None:
+            self.bloom = Bloom.of(self.keys())
+            self.events = None
         details = frame(msgpack.packb({"markers": self.markers, "bloom": bytes(self.bloom.bits) if self.bloom else b""}))
         header = {"class": self.record_class, "base": self.base, "length": self.length, "records": self.records, "time_min": self.time_min, "time_max": self.time_max, "first_min": self.first_min, "details": len(details)}
         data = file_header(INDEX_MAGIC, header) + details
