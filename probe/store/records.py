@@ -4,7 +4,8 @@ An event record is a msgpack array of exactly the `Event` fields (network metada
 the marker's identity, encapsulation ids), each of a fixed type; anything else, a field the
 allowlist does not name or a value of the wrong kind, is refused before it reaches a file. Markers
 and encapsulations are declared once per segment and referred to by number, and times are
-microseconds relative to the segment's start, which keeps an event near 50 bytes. Ids are not
+microseconds relative to the segment's start, which keeps an event near 50 bytes; an IPv4 address
+is stored as an integer (5 bytes packed), an IPv6 address as its 16 bytes. Ids are not
 stored: they derive from the stored fields (`Event.event_id`).
 
 The two other record classes have a fixed shape too: the history of bundle versions (`bundles`)
@@ -131,8 +132,11 @@ def encode_event(event: Event, dictionary: SegmentDictionary, base: int) -> list
         raise RecordError("an event's counts, ports and times must be integers, not true or false")
     first = first_seen // 1000
     timestamp //= 1000
+    if type(src) is not bytes or type(dst) is not bytes or len(src) != 16 or len(dst) != 16:
+        raise RecordError("expected 16-byte addresses")
     row = [
-        revision, timestamp - base, proto, _address(src), src_port, _address(dst), dst_port,
+        revision, timestamp - base, proto, int.from_bytes(src[12:], "big") if src[:12] == IPV4_MAPPED_PREFIX else src, src_port,
+        int.from_bytes(dst[12:], "big") if dst[:12] == IPV4_MAPPED_PREFIX else dst, dst_port,
         (where << 1) | bool(to_server), None, NO_ENCAPSULATION_REFERENCE, timestamp - first, last_seen // 1000 - first,
         packets, byte_count, hits,
     ]
@@ -254,15 +258,6 @@ def _port(value: int) -> int:
     if not isinstance(value, int) or not 0 <= value <= 0xFFFF:
         raise RecordError(f"expected a port, got {value!r}")
     return value
-
-
-def _address(address: bytes) -> int | bytes:
-    """An IPv4 address as an integer (5 bytes packed), an IPv6 address as its 16 bytes."""
-    if type(address) is not bytes or len(address) != 16:
-        raise RecordError("expected a 16-byte address")
-    if address[:12] == IPV4_MAPPED_PREFIX:
-        return int.from_bytes(address[12:], "big")
-    return address
 
 
 def _address_bytes(value: int | bytes) -> bytes:

@@ -301,14 +301,14 @@ class RingStore:
         if writer is None:
             return
         writer.frames += [frame(payload) for payload in encode_event(event, writer.dictionary, writer.base_microseconds)]
-        self._queued(writer, event)
+        self._queued(writer, event, time_of)
 
     def append_bundle(self, record: BundleRecord) -> None:
         """Queue a change of the active marker set (history of which bundle versions were in force)."""
         writer = self._writer(BUNDLES_CLASS, record.time)
         if writer is not None:
             writer.frames.append(frame(encode_bundle(record)))
-            self._queued(writer, record)
+            self._queued(writer, record, record.time)
 
     def record_load(self, report: LoadReport) -> None:
         """Keep the history of the marker set: each bundle version activated, each file refused
@@ -326,12 +326,13 @@ class RingStore:
                 self._expired_bundles.add((bundle.key, bundle.version))
                 self.append_bundle(BundleRecord(bundle.valid_until, "expired", bundle.issuer, bundle.id, bundle.version, bundle.digest, "valid_until passed"))
 
-    def _queued(self, writer: SegmentWriter, record: Record) -> None:
+    def _queued(self, writer: SegmentWriter, record: Record, time_of: int) -> None:
         writer.records.append(record)
         if not self._pending:
             self._oldest_pending = time.monotonic()
         self._pending += 1
-        self._latest = max(self._latest, record_time(record))
+        if time_of > self._latest:
+            self._latest = time_of
         if self._pending >= MAX_PENDING:
             self.flush()
 
