@@ -308,3 +308,15 @@ def test_a_full_disk_is_reported_counted_and_storing_resumes_when_space_returns(
     assert errors, result.stderr
     assert len(errors) < 5  # reported once per outage, not once per record
     assert "storing again" in result.stderr
+
+
+@pytest.mark.skipif(os.getuid() != 0 or shutil.which("setpriv") is None, reason="needs root to run the probe as another user (setpriv)")
+def test_a_store_of_another_user_is_refused_with_who_owns_it(replayed: Path):
+    """Run as `nobody` (able to reach the interpreter, so that the probe's own check is what
+    refuses): the store belongs to root, and the message says whose it is and what to do."""
+    nobody = pwd.getpwnam("nobody").pw_uid
+    command = [shutil.which("setpriv"), f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups", "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search", str(PROBE), "store", "query", "--store", str(replayed), "--now", NOW, "--purpose", "x"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert f"{replayed}: owned by uid 0, not by this user (uid {nobody}): run the command as the store's owner" in result.stderr
+    assert "Traceback" not in result.stderr
