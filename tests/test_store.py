@@ -431,3 +431,25 @@ def test_an_index_left_half_written_by_a_killed_process_is_removed_at_open(tmp_p
     with open_store(tmp_path / "store", "2026-06-02T00:00:00Z") as reopened:
         assert len(latest_events(reopened, EventFilter())) == 1
     assert not stale.exists() and segment.with_suffix(".idx").exists()
+
+
+def test_a_full_period_goes_on_in_a_new_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """However many events one period holds, a segment stays bounded: a full one is sealed and the
+    period continues in `<start>-1.seg`, `<start>-2.seg`...; every part is read back, and a later
+    writer appends to the last part."""
+    import probe.store.ring as ring
+
+    monkeypatch.setattr(ring, "MAX_SEGMENT_RECORDS", 10)
+    events = [make_event("2026-06-01T10:30:00Z", client_port=port) for port in range(25)]
+    with open_store(tmp_path / "store", "2026-06-02T00:00:00Z") as store:
+        for event in events:
+            store.append(event)
+    names = sorted(path.name for path in (tmp_path / "store" / "segments" / "events").glob("*.seg"))
+    assert names == ["20260601T100000Z-1.seg", "20260601T100000Z-2.seg", "20260601T100000Z.seg"]
+    late = make_event("2026-06-01T10:40:00Z", client_port=99)
+    with open_store(tmp_path / "store", "2026-06-02T00:00:00Z") as store:
+        assert [summary.records for summary in store.segments("events")] == [10, 10, 5]
+        store.append(late)
+    with open_store(tmp_path / "store", "2026-06-02T00:00:00Z") as store:
+        assert [summary.records for summary in store.segments("events")] == [10, 10, 6]
+        assert stored_ids(store) == {event.event_id for event in [*events, late]}

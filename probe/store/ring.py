@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -45,21 +46,34 @@ SEGMENTS = "segments"
 MAX_PENDING = 65_536
 """Records waiting before a flush is forced, whatever the interval."""
 MAX_OPEN_SEGMENTS = 64
+MAX_SEGMENT_RECORDS = 65_536
+"""A segment this full is sealed and its period goes on in a new part: what a segment's summary
+holds in memory until it is sealed stays bounded, whatever the event rate."""
 PURGE_INTERVAL = 60.0
 """Seconds of wall time between two purges while events are written."""
 SIZE_WARNING = 0.8
 
 
-def segment_name(base: int) -> str:
-    return datetime.fromtimestamp(base // NANOSECONDS, timezone.utc).strftime("%Y%m%dT%H%M%SZ") + ".seg"
+SEGMENT_NAME = re.compile(r"(\d{8}T\d{6}Z)(?:-([1-9]\d{0,8}))?\.seg")
+"""`<UTC period start>.seg`, then `<UTC period start>-<part>.seg` when a period fills one."""
+
+
+def segment_name(base: int, part: int = 0) -> str:
+    stamp = datetime.fromtimestamp(base // NANOSECONDS, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}.seg" if part == 0 else f"{stamp}-{part}.seg"
 
 
 def segment_base(name: str) -> int | None:
-    try:
-        moment = datetime.strptime(name, "%Y%m%dT%H%M%SZ.seg").replace(tzinfo=timezone.utc)
-    except ValueError:
+    match = SEGMENT_NAME.fullmatch(name)
+    if match is None:
         return None
+    moment = datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
     return int(moment.timestamp()) * NANOSECONDS
+
+
+def segment_part(name: str) -> int:
+    match = SEGMENT_NAME.fullmatch(name)
+    return int(match.group(2) or 0) if match else 0
 
 
 def check_private(path: str, is_directory: bool) -> None:
@@ -144,6 +158,7 @@ class RingStore:
         self.writers: dict[str, SegmentWriter] = {}
         self._open_writers: dict[tuple[str, int], SegmentWriter] = {}
         """The same writers by (class, period start): what `append` looks up."""
+        self._last_part: dict[tuple[str, int], int] = {}
         self.stored = 0
         """Records acknowledged (written and fsync'd) by this process."""
         self.not_stored = 0
@@ -245,11 +260,13 @@ class RingStore:
                     continue
                 base = segment_base(name)
                 if base is None:
-                    raise StoreError(f"{path}: not a segment of this store (names are <UTC start>.seg); move it out of {self.directory}")
+                    raise StoreError(f"{path}: not a segment of this store (names are <UTC start>[-<part>].seg); move it out of {self.directory}")
                 check_private(path, False)
                 summary = self._summary(path, record_class, base)
                 if summary is not None:
                     self.summaries[path] = summary
+                    key = (record_class, base)
+                    self._last_part[key] = max(self._last_part.get(key, 0), segment_part(name))
 
     def _summary(self, path: str, record_class: str, base: int) -> SegmentSummary | None:
         """A segment's summary: its index when valid, otherwise read from the segment itself (and,
@@ -335,6 +352,10 @@ class RingStore:
             self._latest = time_of
         if self._pending >= MAX_PENDING:
             self.flush()
+        if writer.summary.records + len(writer.records) >= MAX_SEGMENT_RECORDS and writer.summary.path in self.writers:
+            self.flush()
+            if writer.summary.path in self.writers:
+                self._seal(writer)
 
     def flush_if_due(self) -> list[Record]:
         """Flush when the oldest waiting record has waited `flush_interval`; purge every minute."""
@@ -385,11 +406,19 @@ class RingStore:
         self._failure = reason
 
     def _writer(self, record_class: str, when: int) -> SegmentWriter | None:
+        """The open segment of this class and of the period of `when`: its last part, or a new
+        part when that one is full."""
         base = when - when % self.period
-        path = os.path.join(self.directory, SEGMENTS, record_class, segment_name(base))
-        writer = self.writers.get(path)
+        writer = self._open_writers.get((record_class, base))
         if writer is not None:
             return writer
+        part = self._last_part.get((record_class, base), 0)
+        path = os.path.join(self.directory, SEGMENTS, record_class, segment_name(base, part))
+        summary = self.summaries.get(path)
+        if summary is not None and summary.records >= MAX_SEGMENT_RECORDS:
+            part += 1
+            path = os.path.join(self.directory, SEGMENTS, record_class, segment_name(base, part))
+        self._last_part[record_class, base] = part
         try:
             writer = self._open_writer(path, record_class, base)
         except OSError as error:
@@ -444,9 +473,14 @@ class RingStore:
         writer.close()
 
     def _seal(self, writer: SegmentWriter) -> None:
+        """Close a segment and write its index. An index that cannot be written (disk full) costs
+        only speed: the next open reads the segment instead."""
         self._forget(writer)
         if writer.summary.records:
-            writer.summary.seal()
+            try:
+                writer.summary.seal()
+            except OSError as error:
+                log.warning(f"{writer.summary.index_path()}: index not written ({error.strerror}); the segment will be read whole at the next open")
 
     def close(self) -> None:
         """Flush, seal every open segment, release the lock."""
@@ -511,7 +545,7 @@ class RingStore:
     # Reading
 
     def segments(self, record_class: str | None = None) -> list[SegmentSummary]:
-        return sorted((summary for summary in self.summaries.values() if record_class is None or summary.record_class == record_class), key=lambda summary: (summary.base, summary.path))
+        return sorted((summary for summary in self.summaries.values() if record_class is None or summary.record_class == record_class), key=lambda summary: (summary.base, summary.record_class, segment_part(os.path.basename(summary.path))))
 
     def read(self, summary: SegmentSummary, now: int | None = None, wanted: Callable[[list, SegmentDictionary], bool] | None = None) -> Iterator[Record]:
         """The unexpired records of one segment, in the order they were written (the event rows
