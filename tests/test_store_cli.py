@@ -320,3 +320,18 @@ def test_a_store_of_another_user_is_refused_with_who_owns_it(replayed: Path):
     assert result.returncode == 2, result.stderr
     assert f"{replayed}: owned by uid 0, not by this user (uid {nobody}): run the command as the store's owner" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(os.getuid() != 0 or shutil.which("unshare") is None, reason="a real full disk needs a private tmpfs mount (root and unshare)")
+def test_a_query_that_cannot_be_audited_shows_nothing(replayed: Path, tmp_path: Path):
+    """The audit record comes first: on a full disk the query fails with the reason, and not one
+    event reaches stdout."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    fill = f"dd if=/dev/zero of={mount_point}/filler bs=4096 2>/dev/null; true"
+    query = f"{PROBE} store query --store {mount_point}/store --now {NOW} --purpose 'full disk' --format jsonl"
+    command = f"mount -t tmpfs -o size=1m tmpfs {mount_point} && cp -a {replayed} {mount_point}/store && {fill} && {query}"
+    result = subprocess.run(["unshare", "-m", "sh", "-c", command], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "cannot write the audit record, so nothing is shown: No space left on device" in result.stderr
+    assert result.stdout == ""

@@ -26,7 +26,7 @@ import re
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from datetime import datetime, timezone
 
 from probe.bundles.format import Bundle
@@ -575,13 +575,22 @@ class RingStore:
             path = os.path.join(self.directory, SEGMENTS, AUDIT_CLASS, segment_name(base))
             try:
                 writer = self._open_writer(path, AUDIT_CLASS, base)
-                writer.frames.append(frame(encode_audit(record)))
-                writer.records.append(record)
-                writer.commit(writer.write())
-                writer.close()
-                writer.summary.seal()
             except OSError as error:
                 raise StoreError(f"{path}: cannot write the audit record, so nothing is shown: {error.strerror}") from None
+            writer.frames.append(frame(encode_audit(record)))
+            writer.records.append(record)
+            try:
+                writer.commit(writer.write())
+            except OSError as error:
+                with suppress(OSError):
+                    writer.rollback()
+                raise StoreError(f"{path}: cannot write the audit record, so nothing is shown: {error.strerror}") from None
+            finally:
+                writer.close()
+            try:
+                writer.summary.seal()
+            except OSError as error:
+                log.warning(f"{writer.summary.index_path()}: index not written ({error.strerror}); the segment will be read whole at the next open")
 
     def _audit_lock(self) -> "_FileLock":
         return _FileLock(os.path.join(self.directory, "audit.lock"))
