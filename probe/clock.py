@@ -41,12 +41,17 @@ def parse_instant(text: str) -> int:
 
 
 def add_months(timestamp: int, months: int) -> int:
-    """The same day and time `months` calendar months later (UTC), the day clamped to the end of
-    a shorter month: 31 August + 6 months is 28 (or 29) February."""
+    """The same day and time `months` calendar months later (UTC). When that month is too short
+    for the day (31 August + 6 months), the end of that month: the first instant of the next
+    (1 March 00:00), as French law ends a period in months without the same date on the last day
+    of the month at midnight (Code de procédure civile, art. 641-642). This keeps the result
+    monotonic: a later record never expires earlier."""
     seconds, rest = divmod(timestamp, NANOSECONDS)
     moment = datetime.fromtimestamp(seconds, timezone.utc)
     month_index = moment.month - 1 + months
     year, month = moment.year + month_index // 12, month_index % 12 + 1
-    day = min(moment.day, calendar.monthrange(year, month)[1])
-    later = moment.replace(year=year, month=month, day=day)
+    if moment.day > calendar.monthrange(year, month)[1]:
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+        return int(datetime(year, month, 1, tzinfo=timezone.utc).timestamp()) * NANOSECONDS
+    later = moment.replace(year=year, month=month)
     return int(later.timestamp()) * NANOSECONDS + rest

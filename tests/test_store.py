@@ -37,11 +37,33 @@ def files_under(directory: Path) -> set[str]:
 # Calendar arithmetic
 
 
-def test_add_months_keeps_the_day_and_clamps_to_shorter_months():
+def test_add_months_keeps_the_day_or_ends_a_shorter_month():
     assert add_months(instant("2026-01-15T10:00:00Z"), 6) == instant("2026-07-15T10:00:00Z")
-    assert add_months(instant("2026-08-31T00:00:00Z"), 6) == instant("2027-02-28T00:00:00Z")
-    assert add_months(instant("2027-08-31T00:00:00Z"), 6) == instant("2028-02-29T00:00:00Z")
-    assert add_months(instant("2026-11-30T23:59:59Z"), 3) == instant("2027-02-28T23:59:59Z")
+    assert add_months(instant("2026-08-31T00:00:00Z"), 6) == instant("2027-03-01T00:00:00Z")
+    assert add_months(instant("2027-08-31T10:00:00Z"), 6) == instant("2028-03-01T00:00:00Z")
+    assert add_months(instant("2027-08-29T10:00:00Z"), 6) == instant("2028-02-29T10:00:00Z")
+    assert add_months(instant("2026-11-28T23:59:59Z"), 3) == instant("2027-02-28T23:59:59Z")
+    assert add_months(instant("2026-11-30T00:00:00Z"), 3) == instant("2027-03-01T00:00:00Z")
+    assert add_months(instant("2026-07-31T12:00:00Z"), 4) == instant("2026-12-01T00:00:00Z")
+    assert add_months(instant("2026-07-31T12:00:00Z"), 5) == instant("2026-12-31T12:00:00Z")
+
+
+def test_expiry_never_goes_backwards_and_the_cached_cutoff_agrees_with_it():
+    """Around every month end of a leap and a common year: a later record never expires earlier,
+    and `cutoff` (what appends and reads compare with) says exactly what `expired` says."""
+    from probe.config import StoreSection
+    from probe.store.retention import Retention
+
+    retention = Retention(StoreSection(class_retention_months={"network": 3}))
+    step = 3 * 3600 * 10**9
+    for months, record_class in ((6, "events"), (3, "network")):
+        times = [instant(f"{year}-{month:02d}-27T00:00:00Z") + number * step for year in (2027, 2028) for month in range(1, 13) for number in range(48)]
+        expiries = [add_months(time, months) for time in times]
+        assert expiries == sorted(expiries)
+        for now in expiries[::7]:
+            for probe_now in (now, now + 10**9, now - 10**9):
+                cutoff = retention.cutoff(record_class, probe_now)
+                assert all((time <= cutoff) == retention.expired(record_class, time, probe_now - probe_now % 10**9) for time in times)
 
 
 # Retention, driven by the clock
@@ -72,7 +94,7 @@ def test_a_record_is_gone_at_its_expiry_to_the_second_and_never_returned_after(t
         store.append(event)
         store.flush()
     expiry = add_months(event.last_seen, 6)
-    assert expiry == instant("2026-09-30T23:30:00Z")
+    assert expiry == instant("2026-10-01T00:00:00Z")  # no 31 September: the end of September
     with open_store(tmp_path / "store", expiry - 1) as store:
         assert stored_ids(store) == {event.event_id}
     with open_store(tmp_path / "store", expiry) as store:
