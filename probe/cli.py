@@ -6,7 +6,6 @@ import sys
 
 import click
 
-from probe.clock import Clock, parse_instant
 from probe.config import Config, load_config
 from probe.errors import ProbeError
 from probe.markers_cli import markers_group
@@ -14,7 +13,7 @@ from probe.process import forbid_core_dumps, report_to_stderr
 from probe.progress import Progress
 from probe.replay import load_library, run_replay, write_summary
 from probe.store.ring import RingStore
-from probe.store_cli import store_group
+from probe.store_cli import now_clock, store_group
 
 EXIT_EVENTS_FOUND = 1
 EXIT_ERROR = 2
@@ -50,7 +49,7 @@ def main() -> None:
 @click.option("--events", "events_path", metavar="PATH", help="Where to write events as JSON Lines; '-' is standard output (the default).")
 @click.option("--fail-on-event", is_flag=True, help="Exit with code 1 when at least one event was found (for CI pipelines).")
 @click.option("--store", "store_path", metavar="DIR", help="Also keep every event revision in the ring store in DIR (created 0700). Default: [store] directory of --config.")
-@click.option("--now", "now_text", metavar="TIME", help="Judge retention as of this time (RFC 3339 or a date) instead of the wall clock: events of an old capture are otherwise past their retention and not stored.")
+@click.option("--now", "now_text", metavar="TIME", help="Judge retention as of this past time (RFC 3339 or a date) instead of the wall clock: events of an old capture are otherwise past their retention and not stored.")
 @config_option
 def replay_command(captures: tuple[str, ...], marker_paths: tuple[str, ...], events_path: str | None, fail_on_event: bool, store_path: str | None, now_text: str | None, config_path: str | None) -> None:
     """Replay captures against markers and write one event per (flow, marker).
@@ -73,13 +72,11 @@ def replay_command(captures: tuple[str, ...], marker_paths: tuple[str, ...], eve
             fail("no marker file: give --markers FILE or list files in the [markers] section of --config")
         library = load_library(config, paths)  # before the events file is opened (and emptied)
         directory = store_path or config.store.directory
-        store = RingStore(directory, config.store, Clock(parse_instant(now_text) if now_text else None), config.probe) if directory else None
+        store = RingStore(directory, config.store, now_clock(now_text), config.probe) if directory else None
         target = events_path or config.events.path
         events = sys.stdout if target == "-" else open(target, "w", encoding="utf-8")
     except OSError as error:
         fail(f"{error.filename}: cannot write events: {error.strerror}")
-    except ValueError as error:
-        fail(f"--now: {error}")
     except ProbeError as error:
         fail(str(error))
     try:

@@ -30,7 +30,7 @@ def fail(message: str) -> None:
 
 
 def store_options(command: Callable) -> Callable:
-    command = click.option("--now", "now_text", metavar="TIME", help="Judge retention as of this time (RFC 3339 or a date) instead of the wall clock; for tests and audits of what a past or future purge keeps.")(command)
+    command = click.option("--now", "now_text", metavar="TIME", help="Judge retention as of this past time (RFC 3339 or a date) instead of the wall clock: for tests and replays of old captures. Audit records keep the real time.")(command)
     command = click.option("--config", "config_path", metavar="PATH", type=click.Path(dir_okay=False), help="Configuration file; its [store] section gives the directory, retention and subscriber prefixes.")(command)
     return click.option("--store", "store_path", metavar="DIR", help="Store directory. Default: [store] directory of --config.")(command)
 
@@ -49,8 +49,19 @@ def open_store(store_path: str | None, config_path: str | None, now_text: str | 
     directory = store_path or config.store.directory
     if not directory:
         raise StoreError("no store directory: give --store DIR or set [store] directory in --config")
-    clock = Clock(_instant(now_text, "--now") if now_text else None)
-    return config, RingStore(directory, config.store, clock, config.probe, writable=writable)
+    return config, RingStore(directory, config.store, now_clock(now_text), config.probe, writable=writable)
+
+
+def now_clock(now_text: str | None) -> Clock:
+    """The wall clock, or the past instant `--now` gives. A future one is refused: judged from
+    the future, records the law still allows to keep would be purged."""
+    if not now_text:
+        return Clock()
+    fixed = _instant(now_text, "--now")
+    assert fixed is not None
+    if fixed > Clock().now():
+        raise StoreError(f"--now {now_text}: later than the current time; --now looks back (what was kept, what a purge then removed), never ahead")
+    return Clock(fixed)
 
 
 def _instant(text: str | None, option: str) -> int | None:

@@ -169,7 +169,7 @@ def test_every_query_and_export_is_audited_with_who_what_why_and_how_many(replay
 
 @pytest.mark.skipif(os.getuid() != 0, reason="only root can act for another user as sudo does")
 def test_the_audit_names_the_user_behind_sudo(replayed: Path):
-    """Run as root with sudo's SUDO_UID: the record names that user, not root."""
+    """Run with sudo's SUDO_UID: the record names that user, not the account the command ran as."""
     nobody = pwd.getpwnam("nobody")
     login_uid = Path("/proc/self/loginuid").read_text().strip()
     environment = {**os.environ, "SUDO_UID": str(nobody.pw_uid), "SUDO_USER": "nobody"}
@@ -318,7 +318,7 @@ def test_a_store_of_another_user_is_refused_with_who_owns_it(replayed: Path):
     command = [shutil.which("setpriv"), f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups", "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search", str(PROBE), "store", "query", "--store", str(replayed), "--now", NOW, "--purpose", "x"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stderr
-    assert f"{replayed}: owned by uid 0, not by this user (uid {nobody}): run the command as the store's owner" in result.stderr
+    assert f"{replayed}: owned by root (uid 0), not by this user (uid {nobody}): run the command as the store's owner, e.g. sudo -u root probe" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -335,3 +335,20 @@ def test_a_query_that_cannot_be_audited_shows_nothing(replayed: Path, tmp_path: 
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert "cannot write the audit record, so nothing is shown: No space left on device" in result.stderr
     assert result.stdout == ""
+
+
+def test_now_may_look_back_but_never_ahead(replayed: Path, tmp_path: Path):
+    """A future --now would purge what the law still allows to keep: refused, nothing deleted.
+    Audit records keep the real time whatever --now says (and record the --now given)."""
+    segments = sorted(path.name for path in replayed.rglob("*.seg"))
+    for command in ("stats", "purge"):
+        result = subprocess.run([str(PROBE), "store", command, "--store", str(replayed), "--now", "2099-01-01"], capture_output=True, text=True)
+        assert result.returncode == 2 and "later than the current time" in result.stderr, result.stderr
+    future = store_command(replayed, "query", purpose="x")
+    assert future.returncode == 0
+    assert sorted(path.name for path in replayed.rglob("*.seg") if "audit" not in str(path)) == [name for name in segments]
+    bundle = write_bundle(tmp_path / "m.json", [{"id": "m", "type": "ipv4", "value": "203.0.113.9"}])
+    capture = write_pcap(tmp_path / "c.pcap", udp_packets("192.0.2.10", "203.0.113.9", start=EPOCH))
+    assert_single_error(run_probe("replay", capture, "--markers", bundle, "--store", tmp_path / "s", "--now", "2099-01-01"), "later than the current time")
+    audit = json.loads(store_command(replayed, "audit", "--format", "jsonl", purpose="y").stdout.splitlines()[0])
+    assert audit["time"] > "2026" and audit["filters"]["now"] == NOW

@@ -1,7 +1,8 @@
 """Who read the store, when, with which filters, why, and how many records they were given.
 
 The user is the person behind the command, not the account it runs as: the kernel's login uid
-(kept through sudo and su), else sudo's SUDO_UID when running as root, else the real uid. The
+(kept through sudo and su), else sudo's SUDO_UID (`sudo -u probe probe store query ...`), else the
+real uid. The
 record is written and fsync'd before any result is shown, so nothing is read unaudited.
 """
 
@@ -11,6 +12,7 @@ import json
 import os
 import pwd
 
+from probe.clock import Clock
 from probe.errors import StoreError
 from probe.record.events import rfc3339
 from probe.store.records import AuditRecord
@@ -25,7 +27,7 @@ def invoking_user() -> tuple[str, int]:
     uid = _login_uid()
     if uid is None:
         sudo_uid = os.environ.get("SUDO_UID", "")
-        uid = int(sudo_uid) if os.getuid() == 0 and sudo_uid.isdigit() else os.getuid()
+        uid = int(sudo_uid) if sudo_uid.isdigit() else os.getuid()
     try:
         name = pwd.getpwuid(uid).pw_name
     except KeyError:
@@ -49,7 +51,7 @@ def audit(store: RingStore, command: str, filters: dict[str, object], purpose: s
         raise StoreError("--purpose must say why the data is read (the law allows its use only to characterise a threat)")
     name, uid = invoking_user()
     given = {key: str(value) for key, value in filters.items() if value not in (None, False, ())}
-    store.append_audit(AuditRecord(store.clock.now(), name, uid, command, given, purpose.strip(), returned))
+    store.append_audit(AuditRecord(Clock().now(), name, uid, command, given, purpose.strip(), returned))
 
 
 def audit_records(store: RingStore, since: int | None = None, until: int | None = None) -> list[AuditRecord]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import pwd
 import re
 import stat
 import time
@@ -84,8 +85,16 @@ def check_private(path: str, is_directory: bool) -> None:
         wanted = "700" if is_directory else "600"
         raise StoreError(f"{path}: mode {mode:04o} lets other users read or write stored events; the law restricts them to the probe: run chmod {wanted} {path}")
     user = os.geteuid()
-    if status.st_uid != user and user != 0:
-        raise StoreError(f"{path}: owned by uid {status.st_uid}, not by this user (uid {user}): run the command as the store's owner (the probe's service account)")
+    if status.st_uid != user:  # root too: files it created would lock the owner out
+        owner = _user_name(status.st_uid)
+        raise StoreError(f"{path}: owned by {owner} (uid {status.st_uid}), not by this user (uid {user}): run the command as the store's owner, e.g. sudo -u {owner} probe ...")
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 class SegmentWriter:
