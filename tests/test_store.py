@@ -475,3 +475,22 @@ def test_a_full_period_goes_on_in_a_new_part(tmp_path: Path, monkeypatch: pytest
     with open_store(tmp_path / "store", "2026-06-02T00:00:00Z") as store:
         assert [summary.records for summary in store.segments("events")] == [10, 10, 6]
         assert stored_ids(store) == {event.event_id for event in [*events, late]}
+
+
+def test_ipv6_filters_that_cover_ipv4_addresses_find_them(tmp_path: Path):
+    """IPv4 addresses are kept as IPv4: `::/0` covers them, `::ffff:a.b.c.d/n` means the IPv4
+    network, and the pre-filter agrees with the exact test."""
+    v4 = make_event("2026-06-01T10:00:00Z", client="192.0.2.10", client_port=1)
+    v6 = make_event("2026-06-01T10:00:00Z", client="2001:db8::10", server="2001:db8::7", client_port=2)
+    with open_store(tmp_path / "store", "2026-06-02T00:00:00Z") as store:
+        store.append(v4)
+        store.append(v6)
+    with open_store(tmp_path / "store", "2026-06-02T00:00:00Z") as store:
+        def found(text: str) -> set[int]:
+            return {event.src_port for event in latest_events(store, EventFilter(network=parse_network(text)))}
+
+        assert found("::/0") == {1, 2}
+        assert found("::ffff:192.0.2.0/120") == {1}
+        assert found("::ffff:192.0.2.10") == {1}
+        assert found("2001:db8::/32") == {2}
+        assert found("0.0.0.0/0") == {1}

@@ -87,12 +87,19 @@ class EventFilter:
             low, high = self._address_range()
             if low[:12] == IPV4_MAPPED_PREFIX and high[:12] == IPV4_MAPPED_PREFIX:
                 low_row, high_row = int.from_bytes(low[12:], "big"), int.from_bytes(high[12:], "big")
-                kind: type = int
             else:
-                low_row, high_row, kind = low, high, bytes
+                low_row, high_row = low, high
         elif since is None and until is None and self.marker is None:
             return None
         wanted_marker = self.marker
+
+        def inside(address: int | bytes) -> bool:
+            """An IPv4 row holds an integer, an IPv6 row 16 bytes; both compare in the 16-byte form."""
+            if type(address) is type(low_row):
+                return low_row <= address <= high_row  # type: ignore[operator]
+            if type(address) is int:
+                address = IPV4_MAPPED_PREFIX + address.to_bytes(4, "big")
+            return low <= address <= high  # type: ignore[operator]
 
         def test(row: list, dictionary: SegmentDictionary) -> bool:
             first = row[1] - row[10]
@@ -102,19 +109,21 @@ class EventFilter:
                 marker = dictionary.marker_list[row[8]]
                 if wanted_marker != marker.id and wanted_marker != f"{marker.bundle}/{marker.id}":
                     return False
-            if self.network is None:
-                return True
-            src, dst = row[3], row[5]
-            return (type(src) is kind and low_row <= src <= high_row) or (type(dst) is kind and low_row <= dst <= high_row)
+            return self.network is None or inside(row[3]) or inside(row[5])
 
         return test
 
 
 def parse_network(text: str) -> IPNetwork:
+    """An address or network; one inside ::ffff:0:0/96 is the IPv4 network it maps (events keep
+    IPv4 addresses as IPv4)."""
     try:
-        return ipaddress.ip_network(text, strict=False)
+        network = ipaddress.ip_network(text, strict=False)
     except ValueError:
         raise StoreError(f"{text!r} is not an address or a network in CIDR form") from None
+    if network.version == 6 and network.prefixlen >= 96 and network.network_address.ipv4_mapped is not None:
+        return ipaddress.ip_network(f"{network.network_address.ipv4_mapped}/{network.prefixlen - 96}")
+    return network
 
 
 def latest_events(store: RingStore, event_filter: EventFilter) -> list[Event]:
