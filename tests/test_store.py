@@ -494,3 +494,46 @@ def test_ipv6_filters_that_cover_ipv4_addresses_find_them(tmp_path: Path):
         assert found("::ffff:192.0.2.10") == {1}
         assert found("2001:db8::/32") == {2}
         assert found("0.0.0.0/0") == {1}
+
+
+def test_more_periods_at_once_than_open_segments_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Captures out of time order open many periods: the oldest open segment is sealed to make
+    room, never the one just opened."""
+    import probe.store.ring as ring
+
+    monkeypatch.setattr(ring, "MAX_OPEN_SEGMENTS", 3)
+    events = [make_event(f"2026-06-01T{hour:02d}:10:00Z", client_port=hour) for hour in (9, 8, 7, 6, 5, 4, 3)]
+    with open_store(tmp_path / "store", "2026-06-02T00:00:00Z") as store:
+        for event in events:
+            store.append(event)
+        assert store.not_stored == 0
+    with open_store(tmp_path / "store", "2026-06-02T00:00:00Z") as store:
+        assert stored_ids(store) == {event.event_id for event in events}
+
+
+def test_a_purge_keeps_a_segment_whose_waiting_record_is_still_live(tmp_path: Path):
+    old, waiting = make_event("2026-01-01T05:01:00Z", client_port=1), make_event("2026-01-01T05:40:00Z", client_port=2)
+    with open_store(tmp_path / "store", "2026-01-02T00:00:00Z") as store:
+        store.append(old)
+        store.flush()
+        store.append(waiting)
+        assert store.purge(now=instant("2026-07-01T05:05:00Z")) == []
+        store.flush()
+    with open_store(tmp_path / "store", "2026-07-01T05:05:00Z") as store:
+        assert stored_ids(store) == {waiting.event_id}
+
+
+def test_the_writer_purges_audit_records_other_processes_appended(tmp_path: Path):
+    """Queries append audit records beside the running writer; its purge reads the audit segments
+    again, so they expire like everything else."""
+    from probe.store.records import AuditRecord
+
+    with open_store(tmp_path / "store", "2026-01-02T00:00:00Z") as writer:
+        writer.append(make_event("2026-01-01T10:00:00Z"))
+        writer.flush()
+        reader = RingStore(str(tmp_path / "store"), StoreSection(), Clock(instant("2026-01-02T00:00:00Z")), writable=False)
+        reader.append_audit(AuditRecord(instant("2026-01-01T11:00:00Z"), "alice", 1000, "query", {"ip": "192.0.2.10"}, "ticket", 1))
+        assert (tmp_path / "store" / "segments" / "audit").exists()
+        deleted = writer.purge(now=instant("2026-07-01T11:00:00Z"))
+        assert {summary.record_class for summary in deleted} == {"events", "audit"}
+    assert not list((tmp_path / "store" / "segments").rglob("*.seg"))

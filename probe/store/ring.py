@@ -27,7 +27,7 @@ import re
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import nullcontext, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from datetime import datetime, timezone
 
 from probe.bundles.format import Bundle
@@ -53,6 +53,8 @@ holds in memory until it is sealed stays bounded, whatever the event rate."""
 PURGE_INTERVAL = 60.0
 """Seconds of wall time between two purges while events are written."""
 SIZE_WARNING = 0.8
+LOCK_WAIT = 5.0
+"""Seconds a writer waits for the store's lock (a reader holds it while it purges at open)."""
 
 
 SEGMENT_NAME = re.compile(r"(\d{8}T\d{6}Z)(?:-([1-9]\d{0,8}))?\.seg")
@@ -138,14 +140,17 @@ class SegmentWriter:
         self.mark = self.dictionary.size()
         return records
 
-    def rollback(self) -> int:
-        """Drop the pending frames; put the file back to its acknowledged length. The number of
-        records dropped."""
+    def drop_pending(self) -> int:
+        """Forget the frames a failed write did not store (and the declarations among them); the
+        number of records dropped."""
         dropped = len(self.records)
         self.frames, self.records = [], []
         self.dictionary.rollback(self.mark)
-        os.ftruncate(self.descriptor, self.summary.length)
         return dropped
+
+    def truncate(self) -> None:
+        """Put the file back to its acknowledged length (a failed write may have left part of it)."""
+        os.ftruncate(self.descriptor, self.summary.length)
 
     def close(self) -> None:
         os.close(self.descriptor)
@@ -188,6 +193,7 @@ class RingStore:
         self._size_warned = False
         self._last_purge = time.monotonic()
         self._lock_descriptor: int | None = None
+        self._audit_descriptor: int | None = None
         self._expired_bundles: set[tuple[tuple[str, str], int]] = set()
         self._open_directory()
         self.maintaining = self._take_lock(must=writable)
@@ -212,6 +218,7 @@ class RingStore:
                 raise StoreError(f"{directory}: no store there (give the directory events were stored in, with --store or [store] directory)")
             try:
                 os.makedirs(directory, mode=0o700)
+                sync_directory(os.path.dirname(os.path.abspath(directory)))
             except OSError as error:
                 raise StoreError(f"{directory}: cannot create the store directory: {error.strerror}") from None
         if not os.path.isdir(directory):
@@ -233,14 +240,20 @@ class RingStore:
             if must:
                 raise StoreError(f"{path}: cannot open the store's lock: {error.strerror}") from None
             return False
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.read(descriptor, 32).decode(errors="replace").strip() or "?"
-            os.close(descriptor)
-            if must:
-                raise StoreError(f"{self.directory}: the store is in use by another probe process (pid {owner}); it purges and writes on its own, stop it first") from None
-            return False
+        deadline = time.monotonic() + (LOCK_WAIT if must else 0)
+        while True:  # a reader holds the lock for the moment of its open: a writer waits that out
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                owner = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "?"
+                os.close(descriptor)
+                if must:
+                    raise StoreError(f"{self.directory}: the store is in use by another probe process (pid {owner}); it purges and writes on its own, stop it first") from None
+                return False
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, str(os.getpid()).encode(), 0)
         self._lock_descriptor = descriptor
@@ -257,25 +270,32 @@ class RingStore:
             return
         check_private(root, True)
         for record_class in sorted(os.listdir(root)):
-            class_directory = os.path.join(root, record_class)
-            check_private(class_directory, True)
-            for name in sorted(os.listdir(class_directory)):
-                path = os.path.join(class_directory, name)
-                if name.endswith(".tmp"):  # an index being written when a process died: never valid
-                    if self.maintaining:
+            with self._audit_lock() if record_class == AUDIT_CLASS else nullcontext():
+                self._load_class(record_class)
+
+    def _load_class(self, record_class: str) -> None:
+        """Summaries of one class's segments (audit segments: under the audit lock, since other
+        processes append to them)."""
+        class_directory = os.path.join(self.directory, SEGMENTS, record_class)
+        check_private(class_directory, True)
+        for name in sorted(os.listdir(class_directory)):
+            path = os.path.join(class_directory, name)
+            if name.endswith(".tmp"):  # an index being written when a process died: never valid
+                if self.maintaining:
+                    with suppress(FileNotFoundError):
                         os.unlink(path)
-                    continue
-                if name.endswith(".idx"):
-                    continue
-                base = segment_base(name)
-                if base is None:
-                    raise StoreError(f"{path}: not a segment of this store (names are <UTC start>[-<part>].seg); move it out of {self.directory}")
-                check_private(path, False)
-                summary = self._summary(path, record_class, base)
-                if summary is not None:
-                    self.summaries[path] = summary
-                    key = (record_class, base)
-                    self._last_part[key] = max(self._last_part.get(key, 0), segment_part(name))
+                continue
+            if name.endswith(".idx"):
+                continue
+            base = segment_base(name)
+            if base is None:
+                raise StoreError(f"{path}: not a segment of this store (names are <UTC start>[-<part>].seg); move it out of {self.directory}")
+            check_private(path, False)
+            summary = self._summary(path, record_class, base)
+            if summary is not None:
+                self.summaries[path] = summary
+                key = (record_class, base)
+                self._last_part[key] = max(self._last_part.get(key, 0), segment_part(name))
 
     def _summary(self, path: str, record_class: str, base: int) -> SegmentSummary | None:
         """A segment's summary: its index when valid, otherwise read from the segment itself (and,
@@ -399,10 +419,10 @@ class RingStore:
         return acknowledged
 
     def _write_failed(self, writer: SegmentWriter, error: OSError) -> None:
+        dropped = writer.drop_pending()
         try:
-            dropped = writer.rollback()
+            writer.truncate()
         except OSError:  # cannot even truncate: reopen (and recover) it at the next record
-            dropped = len(writer.records)
             self._forget(writer)
         self.not_stored += dropped
         self._report_failure(writer.summary.path, error)
@@ -434,11 +454,11 @@ class RingStore:
             self.not_stored += 1
             self._report_failure(path, error)
             return None
-        self.writers[path] = writer
-        self._open_writers[record_class, base] = writer
-        if len(self.writers) > MAX_OPEN_SEGMENTS:
+        if len(self.writers) >= MAX_OPEN_SEGMENTS:
             self.flush()
             self._seal(min(self.writers.values(), key=lambda candidate: candidate.summary.base))
+        self.writers[path] = writer
+        self._open_writers[record_class, base] = writer
         return writer
 
     def _open_writer(self, path: str, record_class: str, base: int) -> SegmentWriter:
@@ -502,27 +522,35 @@ class RingStore:
     # Expiry and size
 
     def purge(self, now: int | None = None) -> list[SegmentSummary]:
-        """Delete every segment whose records have all expired; the segments deleted."""
+        """Delete every segment whose records have all expired; the segments deleted. Audit
+        segments, which other processes append to, are read again and deleted under their lock."""
         now = self.clock.now() if now is None else now
         self._last_purge = time.monotonic()
         deleted = []
-        for summary in list(self.summaries.values()):
-            if summary.time_max is not None and self.retention.expired(summary.record_class, summary.time_max, now):
-                self._delete(summary)
-                deleted.append(summary)
+        with self._audit_lock():
+            if os.path.isdir(os.path.join(self.directory, SEGMENTS, AUDIT_CLASS)):
+                for path in [path for path, summary in self.summaries.items() if summary.record_class == AUDIT_CLASS]:
+                    del self.summaries[path]
+                self._load_class(AUDIT_CLASS)
+            for summary in list(self.summaries.values()):
+                latest = summary.time_max
+                writer = self.writers.get(summary.path)
+                if writer is not None and writer.records:  # waiting records count too
+                    latest = max([record_time(record) for record in writer.records] + ([latest] if latest is not None else []))
+                if latest is not None and self.retention.expired(summary.record_class, latest, now):
+                    self._delete(summary)
+                    deleted.append(summary)
         self.purged_segments += len(deleted)
         return deleted
 
     def _delete(self, summary: SegmentSummary) -> None:
         writer = self.writers.get(summary.path)
-        if writer is not None:  # expired while open: its waiting records expired too
+        if writer is not None:  # expired while open, waiting records included (or evicted: counted there)
             self._forget(writer)
         with self._audit_lock() if summary.record_class == AUDIT_CLASS else nullcontext():
             for path in (summary.path, summary.index_path()):
-                try:
+                with suppress(FileNotFoundError):
                     os.unlink(path)
-                except FileNotFoundError:
-                    pass
         sync_directory(os.path.dirname(summary.path))
         self.summaries.pop(summary.path, None)
 
@@ -591,8 +619,9 @@ class RingStore:
             try:
                 writer.commit(writer.write())
             except OSError as error:
+                writer.drop_pending()
                 with suppress(OSError):
-                    writer.rollback()
+                    writer.truncate()
                 raise StoreError(f"{path}: cannot write the audit record, so nothing is shown: {error.strerror}") from None
             finally:
                 writer.close()
@@ -601,26 +630,27 @@ class RingStore:
             except OSError as error:
                 log.warning(f"{writer.summary.index_path()}: index not written ({error.strerror}); the segment will be read whole at the next open")
 
-    def _audit_lock(self) -> "_FileLock":
-        return _FileLock(os.path.join(self.directory, "audit.lock"))
+    @contextmanager
+    def _audit_lock(self) -> Iterator[None]:
+        """Held while audit segments are appended to, recovered or deleted; re-entrant within
+        this process (a second flock on another descriptor would wait for the first)."""
+        if self._audit_descriptor is not None:
+            yield
+            return
+        descriptor = os.open(os.path.join(self.directory, "audit.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            self._audit_descriptor = descriptor
+            yield
+        finally:
+            self._audit_descriptor = None
+            os.close(descriptor)
 
     def __enter__(self) -> RingStore:
         return self
 
     def __exit__(self, *exception: object) -> None:
         self.close()
-
-
-class _FileLock:
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __enter__(self) -> None:
-        self.descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self.descriptor, fcntl.LOCK_EX)
-
-    def __exit__(self, *exception: object) -> None:
-        os.close(self.descriptor)
 
 
 def _moment(timestamp: int | None) -> str:
