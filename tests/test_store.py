@@ -537,3 +537,30 @@ def test_the_writer_purges_audit_records_other_processes_appended(tmp_path: Path
         deleted = writer.purge(now=instant("2026-07-01T11:00:00Z"))
         assert {summary.record_class for summary in deleted} == {"events", "audit"}
     assert not list((tmp_path / "store" / "segments").rglob("*.seg"))
+
+
+def test_damage_inside_a_segment_sets_it_aside_instead_of_cutting_acknowledged_records(tmp_path: Path):
+    """A crash tears only the tail; a bad header or a bad frame followed by good ones is damage:
+    the whole segment is set aside as `.corrupt` (reported), not truncated, and deleted only when
+    its period's retention ends."""
+    for where in ("header", "middle"):
+        directory = tmp_path / where
+        events = [make_event("2026-06-01T10:00:00Z", client_port=port) for port in range(1, 6)]
+        with open_store(directory, "2026-06-02T00:00:00Z") as store:
+            for event in events:
+                store.append(event)
+                store.flush()
+        segment = next((directory / "segments" / "events").glob("*.seg"))
+        data = bytearray(segment.read_bytes())
+        data[20 if where == "header" else len(data) // 2] ^= 0xFF
+        segment.write_bytes(bytes(data))
+        segment.with_suffix(".idx").unlink()  # as if it was never sealed
+        with open_store(directory, "2026-06-02T00:00:00Z") as store:
+            assert stored_ids(store) == set()
+            assert any("set aside" in line for line in store.recovered)
+        aside = segment.with_name(segment.name + ".corrupt")
+        assert aside.read_bytes() == bytes(data) and not segment.exists()
+        with open_store(directory, "2026-12-01T10:59:59Z"):
+            assert aside.exists()
+        with open_store(directory, "2026-12-01T11:00:00Z"):
+            assert not aside.exists()

@@ -77,6 +77,26 @@ def read_frames(data: bytes | memoryview, start: int, stop: int | None = None) -
     return payloads, position
 
 
+def header_complete(data: bytes) -> bool:
+    """Whether a file holds all the bytes its preamble announces for its header: if so, a header
+    that does not check was damaged, not cut short by a crash."""
+    return len(data) >= PREAMBLE.size and len(data) >= PREAMBLE.size + PREAMBLE.unpack_from(data)[2]
+
+
+def frames_resume(data: bytes, start: int) -> bool:
+    """Whether, somewhere after `start`, a chain of good frames runs to the very end of `data`:
+    then a bad frame at `start` is damage inside the file, not a tail torn by a crash (a crash
+    cuts only the last write, after which nothing follows)."""
+    end = len(data)
+    for position in range(start + 1, end - FRAME.size + 1):
+        length = int.from_bytes(data[position : position + 4], "little")
+        if length <= MAX_FRAME and position + FRAME.size + length <= end:
+            payloads, stop = read_frames(data, position)
+            if payloads and stop == end:
+                return True
+    return False
+
+
 def read_file(path: str) -> bytes:
     with open(path, "rb") as stream:
         return stream.read()

@@ -36,7 +36,7 @@ from probe.clock import NANOSECONDS, Clock
 from probe.config import ProbeSection, StoreSection
 from probe.errors import StoreError
 from probe.record.events import Event
-from probe.store.framing import SEGMENT_MAGIC, file_header, frame, read_file, read_frames, read_header, sync_directory, write_all
+from probe.store.framing import SEGMENT_MAGIC, file_header, frame, frames_resume, header_complete, read_file, read_frames, read_header, sync_directory, write_all
 from probe.store.index import SegmentSummary, load_summary, remove_index
 from probe.store.records import AuditRecord, BundleRecord, Record, RecordError, SegmentDictionary, decode_records, encode_audit, encode_bundle, encode_event, record_time
 from probe.store.retention import AUDIT_CLASS, BUNDLES_CLASS, Retention
@@ -183,7 +183,9 @@ class RingStore:
         self.evicted_records = 0
         self.purged_segments = 0
         self.recovered: list[str] = []
-        """One line per segment whose torn or corrupt tail was truncated at open."""
+        """One line per segment whose torn tail was truncated, or that was set aside, at open."""
+        self.quarantined: dict[str, tuple[str, int]] = {}
+        """Damaged segments set aside (`.corrupt`), by path: their class and period start."""
         self.problems: list[str] = []
         """Segments that could not be read whole (reported, never returned as records)."""
         self._pending = 0
@@ -287,6 +289,12 @@ class RingStore:
                 continue
             if name.endswith(".idx"):
                 continue
+            if name.endswith(".corrupt"):
+                quarantined_base = segment_base(name[: -len(".corrupt")])
+                if quarantined_base is not None:
+                    check_private(path, False)
+                    self.quarantined[path] = (record_class, quarantined_base)
+                    continue
             base = segment_base(name)
             if base is None:
                 raise StoreError(f"{path}: not a segment of this store (names are <UTC start>[-<part>].seg); move it out of {self.directory}")
@@ -315,6 +323,9 @@ class RingStore:
             raise StoreError(f"{path}: a record that passed its CRC cannot be decoded ({error}); the segment was not written by this probe version") from None
         if not self.maintaining:
             return summary
+        if (not header and header_complete(data)) or (header and end < len(data) and frames_resume(data, end)):
+            self._quarantine(path, record_class, base, f"damaged at byte {end}, with good records after the damage: not a torn tail")
+            return None
         if end < len(data):
             self._truncate(path, end, len(data) - end, summary.records)
         if summary.records == 0:
@@ -322,6 +333,17 @@ class RingStore:
             return None
         summary.seal()
         return summary
+
+    def _quarantine(self, path: str, record_class: str, base: int, reason: str) -> None:
+        """Set a damaged segment aside whole (`.corrupt`), never truncating acknowledged records:
+        it is no longer read, and is deleted when its period's retention ends."""
+        os.replace(path, path + ".corrupt")
+        remove_index(path)
+        sync_directory(os.path.dirname(path))
+        self.quarantined[path + ".corrupt"] = (record_class, base)
+        message = f"{path}: {reason}; set aside as {os.path.basename(path)}.corrupt for inspection (deleted when its retention ends)"
+        self.recovered.append(message)
+        log.error(message)
 
     def _truncate(self, path: str, end: int, lost: int, kept: int) -> None:
         descriptor = os.open(path, os.O_WRONLY)
@@ -479,6 +501,10 @@ class RingStore:
         data = read_file(path)
         start = read_header(path, data, SEGMENT_MAGIC)[1]
         payloads, end = read_frames(data, start) if start else ([], 0)
+        if (not start and header_complete(data)) or (start and end < len(data) and frames_resume(data, end)):
+            self._quarantine(path, record_class, base, f"damaged at byte {end} since it was opened, with good records after the damage")
+            self.summaries.pop(path, None)
+            return self._open_writer(path, record_class, base)
         summary = SegmentSummary(path, record_class, base, end)
         for record in decode_records(payloads, base // 1000, dictionary):
             summary.add(record)
@@ -540,6 +566,11 @@ class RingStore:
                 if latest is not None and self.retention.expired(summary.record_class, latest, now):
                     self._delete(summary)
                     deleted.append(summary)
+            for path, (record_class, base) in list(self.quarantined.items()):
+                if self.retention.expired(record_class, base + self.period - 1, now):
+                    with suppress(FileNotFoundError):
+                        os.unlink(path)
+                    del self.quarantined[path]
         self.purged_segments += len(deleted)
         return deleted
 
@@ -595,6 +626,8 @@ class RingStore:
             return
         header, start = read_header(summary.path, data, SEGMENT_MAGIC)
         if not header:
+            if summary.length:
+                self.problems.append(f"{summary.path}: its header no longer checks: none of its records are returned")
             return
         payloads, end = read_frames(data, start)
         if end < summary.length:  # bytes known good when summarised no longer check
