@@ -15,8 +15,8 @@ from probe.clock import NANOSECONDS, Clock, parse_instant
 from probe.config import Config, load_config
 from probe.errors import ProbeError, StoreError
 from probe.record.events import Event, rfc3339
-from probe.store.audit import audit, audit_records, format_audit
-from probe.store.export import export_jsonl, export_stix
+from probe.store.audit import audit, audit_records, format_audit, require_purpose
+from probe.store.export import export_stix
 from probe.store.query import EventFilter, format_events, format_subscribers, latest_events, parse_network, subscriber_rows
 from probe.store.retention import AUDIT_CLASS, BUNDLES_CLASS
 from probe.store.ring import RingStore
@@ -73,12 +73,6 @@ def _instant(text: str | None, option: str) -> int | None:
         raise StoreError(f"{option}: {error}") from None
 
 
-def _require_purpose(purpose: str) -> None:
-    """Before anything is read: the law allows use of the data only to characterise a threat."""
-    if not purpose.strip():
-        raise StoreError("--purpose must say why the data is read (the law allows its use only to characterise a threat)")
-
-
 def _run(action: Callable[[], None]) -> None:
     try:
         action()
@@ -107,7 +101,7 @@ def query_command(since_text: str | None, until_text: str | None, marker: str | 
     """Events (each at its latest revision) matching every filter given, oldest first."""
 
     def run() -> None:
-        _require_purpose(purpose)
+        require_purpose(purpose)
         config, store = open_store(store_path, config_path, now_text)
         event_filter = EventFilter(_instant(since_text, "--since"), _instant(until_text, "--until"), marker, parse_network(ip_text) if ip_text else None, event_id)
         events = latest_events(store, event_filter)
@@ -130,13 +124,13 @@ def export_command(for_authority: bool, event_id: str | None, marker: str | None
     """Export events for the authority: one event (--event) or every event of a marker (--marker)."""
 
     def run() -> None:
-        _require_purpose(purpose)
+        require_purpose(purpose)
         if not (event_id or marker) or (event_id and marker):
             raise StoreError("give exactly one of --event ID and --marker ID: an export characterises one event or one marker's events")
         config, store = open_store(store_path, config_path, now_text)
         events = latest_events(store, EventFilter(_instant(since_text, "--since"), _instant(until_text, "--until"), marker, None, event_id))
         audit(store, "export", {"for_authority": for_authority, "event": event_id, "marker": marker, "since": since_text, "until": until_text, "format": output_format, "now": now_text}, purpose, len(events))
-        click.echo(export_stix(events, config.probe) if output_format == "stix" else export_jsonl(events, config.probe, config.events.max_tlp), nl=False)
+        click.echo(export_stix(events, config.probe) if output_format == "stix" else format_events(events, "jsonl", config.probe, config.events.max_tlp), nl=False)
         _report_problems(store)
 
     _run(run)
@@ -156,7 +150,7 @@ def subscribers_command(since_text: str | None, until_text: str | None, prefix_t
     """
 
     def run() -> None:
-        _require_purpose(purpose)
+        require_purpose(purpose)
         config, store = open_store(store_path, config_path, now_text)
         prefixes = [parse_network(text) for text in config.store.subscriber_prefixes]
         if not prefixes:
@@ -191,7 +185,7 @@ def audit_command(since_text: str | None, until_text: str | None, output_format:
     """
 
     def run() -> None:
-        _require_purpose(purpose)
+        require_purpose(purpose)
         _, store = open_store(store_path, config_path, now_text)
         records = audit_records(store, _instant(since_text, "--since"), _instant(until_text, "--until"))
         audit(store, "audit", {"since": since_text, "until": until_text, "format": output_format, "now": now_text}, purpose, len(records))

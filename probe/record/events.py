@@ -147,6 +147,11 @@ def event_record(event: Event, probe: ProbeSection, max_tlp: str = "red") -> dic
     }
 
 
+def json_lines(records: list[dict]) -> str:
+    """Event records as JSON Lines, compact: what `probe replay` and the store's outputs print."""
+    return "".join(json.dumps(record, separators=(",", ":")) + "\n" for record in records)
+
+
 class EventWriter:
     """Writes each event's final revision as JSON Lines, flushed after every group so a reader sees
     them at once."""
@@ -162,7 +167,7 @@ class EventWriter:
         if not events:
             return
         records = [event_record(event, self.probe, self.max_tlp) for event in events]
-        self.stream.write("".join(json.dumps(record, separators=(",", ":")) + "\n" for record in records))
+        self.stream.write(json_lines(records))
         self.stream.flush()
         self.written += len(records)
         for record in records:

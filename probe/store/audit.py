@@ -44,11 +44,16 @@ def _login_uid() -> int | None:
     return None if value == UNSET_LOGIN_UID else value
 
 
+def require_purpose(purpose: str) -> None:
+    """Before anything is read: the law allows use of the data only to characterise a threat."""
+    if not purpose.strip():
+        raise StoreError("--purpose must say why the data is read (the law allows its use only to characterise a threat)")
+
+
 def audit(store: RingStore, command: str, filters: dict[str, object], purpose: str, returned: int) -> None:
     """Append the audit record of one query or export; StoreError when it cannot be written (the
     caller then shows nothing)."""
-    if not purpose.strip():
-        raise StoreError("--purpose must say why the data is read (the law allows its use only to characterise a threat)")
+    require_purpose(purpose)
     name, uid = invoking_user()
     given = {key: str(value) for key, value in filters.items() if value not in (None, False, ())}
     store.append_audit(AuditRecord(Clock().now(), name, uid, command, given, purpose.strip(), returned))

@@ -1,4 +1,4 @@
-"""Characterisation data for the authority (CPCE art. L2321-3): events as JSON Lines or STIX 2.1.
+"""Characterisation data for the authority (CPCE art. L2321-3) as STIX 2.1 (JSON Lines: query.py).
 
 A STIX export holds, per event, a `sighting` of the marker's indicator (the id it was imported
 with, or the one `probe markers export` gives it) and the `observed-data` it rests on: the
@@ -15,15 +15,11 @@ import uuid
 from probe.bundles.stix import indicator_id
 from probe.config import ProbeSection
 from probe.decode.packet import IPV4_MAPPED_PREFIX, PROTO_NAMES, address_text
-from probe.record.events import Event, event_record, rfc3339
+from probe.record.events import Event, rfc3339
 
 STIX_NAMESPACE = uuid.UUID("00abedb4-aa42-466c-9c01-fed23315a9b7")
 """The namespace STIX 2.1 gives for the ids of cyber-observable objects."""
 EXPORT_NAMESPACE = uuid.UUID("6f0e3f52-8f0a-5c2e-9d0b-3c1e4b5a7d21")
-
-
-def export_jsonl(events: list[Event], probe: ProbeSection, max_tlp: str) -> str:
-    return "".join(json.dumps(event_record(event, probe, max_tlp), separators=(",", ":")) + "\n" for event in events)
 
 
 def export_stix(events: list[Event], probe: ProbeSection) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import ipaddress
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -19,7 +18,7 @@ from functools import cached_property
 from probe.config import ProbeSection
 from probe.decode.packet import IPV4_MAPPED_PREFIX, PROTO_NAMES, address_key, address_text
 from probe.errors import StoreError
-from probe.record.events import Event, event_record, marker_fields, rfc3339
+from probe.record.events import Event, event_record, json_lines, marker_fields, rfc3339
 from probe.store.index import SegmentSummary, event_key, network_keys
 from probe.store.records import SegmentDictionary
 from probe.store.retention import AUDIT_CLASS, BUNDLES_CLASS
@@ -65,11 +64,12 @@ class EventFilter:
         if self.marker is not None and self.marker not in (event.marker.id, f"{event.marker.bundle}/{event.marker.id}"):
             return False
         if self.network is not None:
-            low, high = self._address_range()
+            low, high = self._address_range
             if not (low <= event.src <= high or low <= event.dst <= high):
                 return False
         return self.event is None or event.event_id == self.event
 
+    @cached_property
     def _address_range(self) -> tuple[bytes, bytes]:
         """First and last address of the network in the 16-byte form, which sorts like the
         addresses themselves."""
@@ -84,7 +84,7 @@ class EventFilter:
         since = None if self.since is None else self.since // 1000 - base
         until = None if self.until is None else -(-self.until // 1000) - base
         if self.network is not None:
-            low, high = self._address_range()
+            low, high = self._address_range
             if low[:12] == IPV4_MAPPED_PREFIX and high[:12] == IPV4_MAPPED_PREFIX:
                 low_row, high_row = int.from_bytes(low[12:], "big"), int.from_bytes(high[12:], "big")
             else:
@@ -146,7 +146,7 @@ CSV_COLUMNS = ("event_id", "revision", "first_seen", "last_seen", "proto", "src_
 
 def format_events(events: list[Event], output_format: str, probe: ProbeSection, max_tlp: str) -> str:
     if output_format == "jsonl":
-        return "".join(json.dumps(event_record(event, probe, max_tlp), separators=(",", ":")) + "\n" for event in events)
+        return json_lines([event_record(event, probe, max_tlp) for event in events])
     rows = [_row(event, max_tlp) for event in events]
     if output_format == "csv":
         return _csv(CSV_COLUMNS, rows)

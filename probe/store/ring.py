@@ -312,26 +312,35 @@ class RingStore:
         summary = load_summary(path, record_class, base, size)
         if summary is not None:
             return summary
+        summary = self._read_back(path, record_class, base, SegmentDictionary(), repair=self.maintaining)
+        if summary is None or not self.maintaining:
+            return summary
+        if summary.records == 0:
+            self._delete(summary)
+            return None
+        summary.seal()
+        return summary
+
+    def _read_back(self, path: str, record_class: str, base: int, dictionary: SegmentDictionary, repair: bool) -> SegmentSummary | None:
+        """A segment read whole: its summary, `dictionary` filled with its declarations. With
+        `repair` (the caller holds the lock of that class), a torn tail is truncated, and damage
+        inside the segment sets it aside (None)."""
         data = read_file(path)
         header, start = read_header(path, data, SEGMENT_MAGIC)
         payloads, end = read_frames(data, start) if header else ([], 0)
         summary = SegmentSummary(path, record_class, base, end)
         try:
-            for record in decode_records(payloads, base // 1000):
+            for record in decode_records(payloads, base // 1000, dictionary):
                 summary.add(record)
         except (RecordError, ValueError, TypeError, IndexError) as error:
             raise StoreError(f"{path}: a record that passed its CRC cannot be decoded ({error}); the segment was not written by this probe version") from None
-        if not self.maintaining:
+        if not repair:
             return summary
         if (not header and header_complete(data)) or (header and end < len(data) and frames_resume(data, end)):
             self._quarantine(path, record_class, base, f"damaged at byte {end}, with good records after the damage: not a torn tail")
             return None
         if end < len(data):
             self._truncate(path, end, len(data) - end, summary.records)
-        if summary.records == 0:
-            self._delete(summary)
-            return None
-        summary.seal()
         return summary
 
     def _quarantine(self, path: str, record_class: str, base: int, reason: str) -> None:
@@ -498,18 +507,10 @@ class RingStore:
             summary = SegmentSummary(path, record_class, base)
             self.summaries[path] = summary
             return SegmentWriter(summary, descriptor, dictionary, header, True)
-        data = read_file(path)
-        start = read_header(path, data, SEGMENT_MAGIC)[1]
-        payloads, end = read_frames(data, start) if start else ([], 0)
-        if (not start and header_complete(data)) or (start and end < len(data) and frames_resume(data, end)):
-            self._quarantine(path, record_class, base, f"damaged at byte {end} since it was opened, with good records after the damage")
+        summary = self._read_back(path, record_class, base, dictionary, repair=True)
+        if summary is None:  # set aside: the period starts again in a new file
             self.summaries.pop(path, None)
             return self._open_writer(path, record_class, base)
-        summary = SegmentSummary(path, record_class, base, end)
-        for record in decode_records(payloads, base // 1000, dictionary):
-            summary.add(record)
-        if end < len(data):
-            self._truncate(path, end, len(data) - end, summary.records)
         remove_index(path)
         self.summaries[path] = summary
         descriptor = os.open(path, os.O_WRONLY | os.O_APPEND)
@@ -532,10 +533,7 @@ class RingStore:
         only speed: the next open reads the segment instead."""
         self._forget(writer)
         if writer.summary.records:
-            try:
-                writer.summary.seal()
-            except OSError as error:
-                log.warning(f"{writer.summary.index_path()}: index not written ({error.strerror}); the segment will be read whole at the next open")
+            _write_index(writer.summary)
 
     def close(self) -> None:
         """Flush, seal every open segment, release the lock."""
@@ -658,10 +656,7 @@ class RingStore:
                 raise StoreError(f"{path}: cannot write the audit record, so nothing is shown: {error.strerror}") from None
             finally:
                 writer.close()
-            try:
-                writer.summary.seal()
-            except OSError as error:
-                log.warning(f"{writer.summary.index_path()}: index not written ({error.strerror}); the segment will be read whole at the next open")
+            _write_index(writer.summary)
 
     @contextmanager
     def _audit_lock(self) -> Iterator[None]:
@@ -684,6 +679,15 @@ class RingStore:
 
     def __exit__(self, *exception: object) -> None:
         self.close()
+
+
+def _write_index(summary: SegmentSummary) -> None:
+    """Seal a summary into its index. An index that cannot be written (disk full) costs only
+    speed: the next open reads the segment instead."""
+    try:
+        summary.seal()
+    except OSError as error:
+        log.warning(f"{summary.index_path()}: index not written ({error.strerror}); the segment will be read whole at the next open")
 
 
 def _moment(timestamp: int | None) -> str:
