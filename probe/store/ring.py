@@ -318,7 +318,7 @@ class RingStore:
         if summary.records == 0:
             self._delete(summary)
             return None
-        summary.seal()
+        _write_index(summary)
         return summary
 
     def _read_back(self, path: str, record_class: str, base: int, dictionary: SegmentDictionary, repair: bool) -> SegmentSummary | None:
