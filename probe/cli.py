@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import click
@@ -9,6 +10,8 @@ import click
 from probe.config import Config, load_config
 from probe.errors import ProbeError
 from probe.markers_cli import markers_group
+from probe.notify.notifier import Notifier, open_notifier
+from probe.outbox_cli import outbox_group
 from probe.process import forbid_core_dumps, report_to_stderr
 from probe.progress import Progress
 from probe.replay import load_library, run_replay, write_summary
@@ -36,7 +39,8 @@ def main() -> None:
     \b
     Exit codes of every command:
       0  done
-      1  events found and --fail-on-event given (replay)
+      1  events found and --fail-on-event given (replay); notifications left
+         undelivered (outbox deliver)
       2  usage or input error, reported on one line
     """
     forbid_core_dumps()
@@ -57,7 +61,9 @@ def replay_command(captures: tuple[str, ...], marker_paths: tuple[str, ...], eve
     CAPTURE is a pcap or pcapng file, optionally gzip-compressed, or '-' for standard input;
     several may be given. A summary goes to stderr. Markers are matched as valid at each packet's
     capture time. With [markers] require_signature = true in --config, only bundles signed by a
-    key of the trust store load.
+    key of the trust store load. With [[sinks]] in --config, events and bundle activations are
+    notified through them (spooled first; what a sink has not acknowledged after [notify]
+    drain_timeout stays spooled for `probe outbox deliver` or the next start).
 
     \b
     Exit codes:
@@ -65,31 +71,41 @@ def replay_command(captures: tuple[str, ...], marker_paths: tuple[str, ...], eve
       1  events found and --fail-on-event given
       2  usage or input error (a corrupt capture, a bad marker file...); wins over 1
     """
+    store: RingStore | None = None
+    notifier: Notifier | None = None
     try:
         config: Config = load_config(config_path)
         paths = list(marker_paths) or list(config.markers.files)
         if not paths:
             fail("no marker file: give --markers FILE or list files in the [markers] section of --config")
         library = load_library(config, paths)  # before the events file is opened (and emptied)
-        directory = store_path or config.store.directory
-        store = RingStore(directory, config.store, now_clock(now_text), config.probe) if directory else None
+        if store_path:
+            config = dataclasses.replace(config, store=dataclasses.replace(config.store, directory=store_path))
+        clock = now_clock(now_text)
+        store = RingStore(config.store.directory, config.store, clock, config.probe) if config.store.directory else None
+        notifier = open_notifier(config, clock)
         target = events_path or config.events.path
         events = sys.stdout if target == "-" else open(target, "w", encoding="utf-8")
     except OSError as error:
+        close_outputs(store, notifier)
         fail(f"{error.filename}: cannot write events: {error.strerror}")
     except ProbeError as error:
+        close_outputs(store, notifier)
         fail(str(error))
+    if config.sinks and not any(sink.authority for sink in config.sinks):
+        click.echo("probe: warning: no sink has authority = true: detected events reach no authority (the live service refuses to start so)", err=True)
     try:
-        result = run_replay(config, list(captures), library, events, Progress.for_captures(list(captures)), store)
+        result = run_replay(config, list(captures), library, events, Progress.for_captures(list(captures)), store, notifier, clock)
     except ProbeError as error:
         fail(str(error))
     finally:
         if events is not sys.stdout:
             events.close()
-        if store is not None:
-            store.close()
+        close_outputs(store, notifier)
     for warning in result.warnings:
         click.echo(f"probe: warning: {warning}", err=True)
+    for sink, count in result.undelivered.items():
+        click.echo(f"probe: warning: sink {sink}: {count} notifications not yet acknowledged stay in the spool {config.spool_directory}; they are sent at the next start, or by `probe outbox deliver`", err=True)
     write_summary(result)
     if result.capture_errors:
         for error in result.capture_errors:
@@ -99,5 +115,14 @@ def replay_command(captures: tuple[str, ...], marker_paths: tuple[str, ...], eve
         sys.exit(EXIT_EVENTS_FOUND)
 
 
+def close_outputs(store: RingStore | None, notifier: Notifier | None) -> None:
+    """Flush and close what a command opened: the store's last records, the outbox's cursors."""
+    if notifier is not None:
+        notifier.outbox.close()
+    if store is not None:
+        store.close()
+
+
 main.add_command(markers_group)
+main.add_command(outbox_group)
 main.add_command(store_group)

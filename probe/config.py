@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
+import re
 import socket
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from probe.errors import ConfigError
 from probe.bundles.values import MARKER_TYPES
-from probe.match.markers import RECORD_CLASS, RESERVED_CLASSES, TLP_LEVELS
+from probe.match.markers import RECORD_CLASS, RESERVED_CLASSES, SEVERITIES, TLP_LEVELS
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,13 @@ class ProbeSection:
     """Name of this probe, written into every event (`probe.name`)."""
     site: str = ""
     """Site or tap point this probe watches (`probe.site`)."""
+
+
+@dataclass(frozen=True)
+class DeclarationSection:
+    reference: str = ""
+    """Reference of the deployment's declaration to the authority (CPCE art. L33-14), written into
+    every notification so the authority knows which declared device saw the event."""
 
 
 @dataclass(frozen=True)
@@ -100,16 +110,103 @@ class StoreSection:
 
 
 @dataclass(frozen=True)
+class NotifySection:
+    spool_directory: str = ""
+    """The outbox (mode 0700, files 0600): every notification is written here before it is sent
+    and removed once every sink acknowledged it. Empty: `spool` inside the store directory."""
+    spool_max_bytes: int = 1024**3
+    """Spool size cap; beyond it new notifications are dropped, counted, logged and, once there is
+    room again, reported to every sink in a `dropped` notification."""
+    update_interval: float = 60.0
+    """Seconds (capture time) between two updates of an event whose flow goes on and is still
+    counting packets; the flow's end always gives a final update."""
+    marker_rate: float = 10.0
+    """Detections of one marker notified per second (capture time) once its burst is spent; the
+    rest are stored but not notified, and counted in a `suppressed` notification."""
+    marker_burst: int = 100
+    retry_initial: float = 1.0
+    """Seconds before the first retry of a sink that failed; doubled at each failure (with
+    jitter) up to `retry_max`."""
+    retry_max: float = 60.0
+    drain_timeout: float = 10.0
+    """Seconds `probe replay` waits at its end for the sinks to acknowledge what it found; what is
+    left stays spooled for the next start."""
+
+
+SINK_TYPES = ("file", "stdout", "syslog", "webhook")
+SYSLOG_TRANSPORTS = ("udp", "tcp", "unix")
+SYSLOG_FACILITIES = {name: number for number, name in enumerate(("kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv", "ftp", "ntp", "security", "console", "solaris-cron", "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7"))}
+SINK_NAME = re.compile(r"[a-z0-9_-]{1,32}")
+
+
+@dataclass(frozen=True)
+class SinkSection:
+    """One `[[sinks]]` entry: where notifications go, and which of them."""
+
+    name: str = ""
+    """Required, unique: names the sink in logs and its place in the spool."""
+    type: str = ""
+    """file, stdout, syslog or webhook."""
+    authority: bool = False
+    """This sink reaches the authority: it gets every notification, unfiltered."""
+    marker_types: tuple[str, ...] = ()
+    """Only events of these marker types (and every bundle and dropped notification)."""
+    min_severity: str = ""
+    """Only events of markers at least this severe; a marker without severity always passes."""
+    max_tlp: str = "red"
+    """Highest TLP label whose marker values this sink may receive (see [events] max_tlp)."""
+    path: str = ""
+    """file: the JSON Lines file; syslog over unix: the socket."""
+    max_bytes: int = 64 * 1024**2
+    """file: rotated beyond this size."""
+    rotate_interval: float = 86400.0
+    """file: rotated when this old (seconds)."""
+    transport: str = "udp"
+    """syslog: udp, tcp (octet-counted framing, RFC 6587) or unix."""
+    address: str = ""
+    """syslog over udp or tcp: host:port."""
+    facility: str = "local0"
+    url: str = ""
+    """webhook: http:// or https:// URL the notifications are POSTed to."""
+    hmac_secret_file: str = ""
+    """webhook: file (mode 0600) holding the shared secret of the X-Probe-Signature header."""
+    ca_file: str = ""
+    """webhook: CA certificates (PEM) the receiver's certificate must chain to; default: the system's."""
+    tls_verify: bool = True
+    timeout: float = 5.0
+    """syslog tcp/unix, webhook: seconds a connection or a send may take before it counts as failed."""
+
+
+SINK_KEYS = {
+    "file": {"path", "max_bytes", "rotate_interval"},
+    "stdout": set(),
+    "syslog": {"transport", "address", "path", "facility", "timeout"},
+    "webhook": {"url", "hmac_secret_file", "ca_file", "tls_verify", "timeout"},
+}
+COMMON_SINK_KEYS = ("name", "type", "authority", "marker_types", "min_severity", "max_tlp")
+
+
+@dataclass(frozen=True)
 class Config:
     probe: ProbeSection = field(default_factory=ProbeSection)
+    declaration: DeclarationSection = field(default_factory=DeclarationSection)
     flows: FlowsSection = field(default_factory=FlowsSection)
     fragments: FragmentsSection = field(default_factory=FragmentsSection)
     markers: MarkersSection = field(default_factory=MarkersSection)
     events: EventsSection = field(default_factory=EventsSection)
     store: StoreSection = field(default_factory=StoreSection)
+    notify: NotifySection = field(default_factory=NotifySection)
+    sinks: tuple[SinkSection, ...] = ()
+
+    @property
+    def spool_directory(self) -> str:
+        """Where the outbox is: [notify] spool_directory, else `spool` in the store directory."""
+        if self.notify.spool_directory:
+            return self.notify.spool_directory
+        return os.path.join(self.store.directory, "spool") if self.store.directory else ""
 
 
-POSITIVE_FIELDS = {"segment_period", "flush_interval", "max_bytes", "max_flows", "handshake_buffer_bytes", "max_datagrams", "max_per_source", "max_bytes", "tcp_timeout", "tcp_closed_timeout", "udp_timeout", "other_timeout", "timeout"}
+POSITIVE_FIELDS = {"segment_period", "flush_interval", "max_bytes", "max_flows", "handshake_buffer_bytes", "max_datagrams", "max_per_source", "tcp_timeout", "tcp_closed_timeout", "udp_timeout", "other_timeout", "timeout", "spool_max_bytes", "update_interval", "marker_rate", "marker_burst", "retry_initial", "retry_max", "drain_timeout", "rotate_interval"}
 MAXIMUM_SECONDS = 7 * 24 * 3600.0
 """No flow or fragment waits longer than a week of capture time."""
 MAXIMUM_COUNT = 1 << 40
@@ -131,11 +228,14 @@ def load_config(path: str | None) -> Config:
 
 
 def parse_config(raw: dict[str, Any], origin: str = "configuration") -> Config:
-    sections = {}
+    sections: dict[str, Any] = {}
     section_types = {f.name: f.type for f in dataclasses.fields(Config)}
     for name, value in raw.items():
         if name not in section_types:
             raise ConfigError(f"{origin}: unknown section [{name}] (known: {', '.join(section_types)})")
+        if name == "sinks":
+            sections[name] = _parse_sinks(value, origin)
+            continue
         if not isinstance(value, dict):
             raise ConfigError(f"{origin}: [{name}] must be a table of keys")
         sections[name] = _parse_section(_section_class(name), value, name, origin)
@@ -144,6 +244,73 @@ def parse_config(raw: dict[str, Any], origin: str = "configuration") -> Config:
 
 def _section_class(name: str) -> type:
     return {f.name: f.default_factory for f in dataclasses.fields(Config)}[name]  # type: ignore[return-value]
+
+
+def _parse_sinks(raw: Any, origin: str) -> tuple[SinkSection, ...]:
+    """`[[sinks]]`: each entry checked with the keys of its own type, names unique."""
+    if not isinstance(raw, list) or not all(isinstance(entry, dict) for entry in raw):
+        raise ConfigError(f"{origin}: sinks must be written as [[sinks]] tables")
+    sinks = []
+    for position, entry in enumerate(raw):
+        where = f"sinks[{position}]"
+        kind = entry.get("type")
+        if kind not in SINK_TYPES:
+            raise ConfigError(f"{origin}: {where}.type: {'missing' if kind is None else f'unknown sink type {kind!r}'} (known: {', '.join(SINK_TYPES)})")
+        allowed = set(COMMON_SINK_KEYS) | SINK_KEYS[kind]
+        for key in entry:
+            if key not in allowed and key in SinkSection.__dataclass_fields__:
+                raise ConfigError(f"{origin}: {where}.{key}: not a key of {kind} sinks (their keys: {', '.join(sorted(allowed))})")
+        sink = _parse_section(SinkSection, entry, where, origin)
+        _check_sink(sink, entry, f"{origin}: {where}")
+        if sink.name in {other.name for other in sinks}:
+            raise ConfigError(f"{origin}: {where}.name: {sink.name!r} names two sinks; each needs its own name (it keys its place in the spool)")
+        sinks.append(sink)
+    return tuple(sinks)
+
+
+def _check_sink(sink: SinkSection, entry: dict, where: str) -> None:
+    if not SINK_NAME.fullmatch(sink.name):
+        raise ConfigError(f"{where}.name: {'missing' if not sink.name else repr(sink.name)}: every sink needs a name of 1-32 lower-case letters, digits, '-' or '_'")
+    if sink.authority and (sink.marker_types or sink.min_severity):
+        raise ConfigError(f"{where}: an authority sink receives every event: remove its {'marker_types' if sink.marker_types else 'min_severity'}")
+    for marker_type in sink.marker_types:
+        if marker_type not in MARKER_TYPES:
+            raise ConfigError(f"{where}.marker_types: unknown marker type {marker_type!r} (known: {', '.join(MARKER_TYPES)})")
+    if sink.min_severity and sink.min_severity not in SEVERITIES:
+        raise ConfigError(f"{where}.min_severity: must be one of {', '.join(SEVERITIES)}, got {sink.min_severity!r}")
+    if sink.type == "file" and not sink.path:
+        raise ConfigError(f"{where}.path: a file sink needs the path of its JSON Lines file")
+    if sink.type == "syslog":
+        if sink.transport not in SYSLOG_TRANSPORTS:
+            raise ConfigError(f"{where}.transport: must be one of {', '.join(SYSLOG_TRANSPORTS)}, got {sink.transport!r}")
+        if sink.facility not in SYSLOG_FACILITIES:
+            raise ConfigError(f"{where}.facility: unknown syslog facility {sink.facility!r} (known: {', '.join(SYSLOG_FACILITIES)})")
+        if sink.transport == "unix":
+            if not sink.path or "address" in entry:
+                raise ConfigError(f"{where}.path: a syslog sink over unix needs the socket's path (and no address)")
+        else:
+            if "path" in entry:
+                raise ConfigError(f"{where}.path: only for transport = \"unix\"; over {sink.transport} give address = \"host:port\"")
+            split_address(sink.address, f"{where}.address")
+    if sink.type == "webhook":
+        parsed = urllib.parse.urlsplit(sink.url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ConfigError(f"{where}.url: {sink.url!r} is not an http:// or https:// URL with a host")
+        try:
+            parsed.port
+        except ValueError:
+            raise ConfigError(f"{where}.url: {sink.url!r} has an invalid port") from None
+        if parsed.scheme == "http" and ("ca_file" in entry or "tls_verify" in entry):
+            raise ConfigError(f"{where}.url: ca_file and tls_verify apply to https:// URLs only")
+
+
+def split_address(address: str, where: str) -> tuple[str, int]:
+    """`host:port` or `[v6 address]:port`."""
+    host, colon, port = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{where}: {address!r} is not host:port (e.g. \"192.0.2.5:514\" or \"[2001:db8::5]:6514\")")
+    return host, int(port)
 
 
 def _parse_section(cls: type, raw: dict[str, Any], section: str, origin: str) -> Any:
@@ -164,7 +331,7 @@ def _parse_section(cls: type, raw: dict[str, Any], section: str, origin: str) ->
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise ConfigError(f"{where}: expected a number of seconds, got {value!r}")
             value = float(value)
-        elif expected == "bool | None":
+        elif expected in ("bool | None", "bool"):
             if not isinstance(value, bool):
                 raise ConfigError(f"{where}: expected true or false, got {value!r}")
         elif expected == "tuple[str, ...]":

@@ -35,3 +35,7 @@ class CompanionError(MarkerError):
 
 class StoreError(ProbeError):
     """The event store cannot be opened, read or written as asked; the message names the file."""
+
+
+class NotifyError(ProbeError):
+    """The notification spool or a sink cannot be set up as configured; the message names it."""

@@ -23,10 +23,12 @@ from probe.decode.frame import FrameDecoder
 from probe.decode.packet import PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Packet
 from probe.flows.stream import SEQUENCE_SPACE, ClientStream
 from probe.flows.table import CLASS_CLOSED, INSPECT_BUFFERING, INSPECT_DONE, INSPECT_WATCH, NANOSECONDS, NO_ENCAPSULATION, Flow, FlowTable, canonical_key
-from probe.bundles.library import MarkerLibrary
+from probe.bundles.library import LoadReport, MarkerLibrary
 from probe.match.compiled import CompiledMarkers
 from probe.match.markers import Marker
-from probe.record.events import EventWriter, Hit, flow_event
+from probe.notify.notifier import Notifier
+from probe.record.events import Event, EventWriter, Hit, flow_event
+from probe.store.records import BundleRecord
 from probe.store.ring import RingStore
 
 CLOCK_FRAMES = 63
@@ -48,13 +50,19 @@ def starts_like_handshake(payload: bytes) -> bool:
 
 
 class Pipeline:
-    def __init__(self, config: Config, library: MarkerLibrary, writer: EventWriter, store: RingStore | None = None) -> None:
-        """`writer` receives each event's final revision; `store`, when given, every revision."""
+    def __init__(self, config: Config, library: MarkerLibrary, writer: EventWriter, store: RingStore | None = None, notifier: Notifier | None = None) -> None:
+        """`writer` receives each event's final revision; `store`, when given, every revision;
+        `notifier` every revision of the events it notified at their first hit."""
         self.config = config
         self.library = library
         self._use_markers(library.active)
         self.writer = writer
         self.store = store
+        self.notifier = notifier
+        self.update_interval = int(config.notify.update_interval * NANOSECONDS)
+        self._next_update = 0
+        self._flows_with_hits: set[Flow] = set()
+        self._expired_bundles: set[tuple[tuple[str, str], int]] = set()
         fragments = config.fragments
         self.reassembler = FragmentReassembler(int(fragments.timeout * NANOSECONDS), fragments.max_datagrams, fragments.max_per_source, fragments.max_bytes)
         self.decoder = FrameDecoder(self.reassembler)
@@ -127,9 +135,59 @@ class Pipeline:
         self._close_ended_flows()
         for flow in self.flows.expire(self.now):
             self._end_flow(flow)
+        self.note_expired_bundles()
+        if self.now >= self._next_update and (self.store is not None or self.notifier is not None):
+            self._update_open_events()
         if self.store is not None:
-            self.store.note_expired_bundles(self.library.bundles.values(), self.now)
             self.store.flush_if_due()
+
+    def record_load(self, report: LoadReport, now: int) -> None:
+        """Keep and notify the history of the marker set: each bundle version activated, each
+        file refused (with its reason), so that any event can be tied to the markers in force and
+        the authority knows which markers this probe runs."""
+        for bundle in report.accepted:
+            self._bundle_changed(BundleRecord(now, "activated", bundle.issuer, bundle.id, bundle.version, bundle.digest, ""))
+        for reason in report.refused:
+            self._bundle_changed(BundleRecord(now, "refused", "", "", 0, "", reason))
+
+    def note_expired_bundles(self) -> None:
+        """Record, once, each active bundle whose validity ended before the capture's clock."""
+        for bundle in self.library.bundles.values():
+            if bundle.valid_until is not None and bundle.valid_until < self.now and (bundle.key, bundle.version) not in self._expired_bundles:
+                self._expired_bundles.add((bundle.key, bundle.version))
+                self._bundle_changed(BundleRecord(bundle.valid_until, "expired", bundle.issuer, bundle.id, bundle.version, bundle.digest, "valid_until passed"))
+
+    def _bundle_changed(self, record: BundleRecord) -> None:
+        if self.store is not None:
+            self.store.append_bundle(record)
+        if self.notifier is not None:
+            self.notifier.bundle_changed(record)
+
+    def _update_open_events(self) -> None:
+        """Revise the events of flows still going on whose packet count moved since their last
+        revision, once per `update_interval` of capture time each (checked every eighth of it),
+        and send the counts of detections suppressed meanwhile."""
+        interval = self.update_interval
+        self._next_update = self.now + interval // 8
+        counters_of = self.flows.counters
+        for flow in self._flows_with_hits:
+            counters = counters_of(flow)
+            for hit in flow.hits.values():  # type: ignore[union-attr]
+                if counters[0] > hit.revised_packets and self.now - hit.revised_at >= interval:
+                    self._revise(flow, hit, counters, False)
+        if self.notifier is not None:
+            self.notifier.report_suppressed()
+
+    def _revise(self, flow: Flow, hit: Hit, counters: tuple[int, int, int, int], final: bool) -> Event:
+        hit.revision += 1
+        hit.revised_packets = counters[0]
+        hit.revised_at = self.now
+        event = flow_event(flow, hit, counters, hit.revision)
+        if self.store is not None:
+            self.store.append(event)
+        if hit.notified:
+            self.notifier.revised(event, final)  # type: ignore[union-attr]
+        return event
 
     def start_capture(self) -> None:
         """Each capture runs the expiry clock from its own start, so captures given out of time
@@ -159,6 +217,9 @@ class Pipeline:
             if flow.hits:
                 self._end_flow(flow)
         self.flows.shrink()
+        self.note_expired_bundles()
+        if self.notifier is not None:
+            self.notifier.report_suppressed()
 
     def handle_packet(self, packet: Packet) -> None:
         """Account and inspect one packet decoded by the per-frame decoder."""
@@ -408,14 +469,20 @@ class Pipeline:
         hits = flow.hits
         if hits is None:
             hits = flow.hits = {}
+            self._flows_with_hits.add(flow)
         # By (bundle, marker id), not by version: a marker still in the next version of its bundle
         # is the same event (one event id), which keeps the version that hit first.
         key = (marker.bundle, marker.id)
         hit = hits.get(key)
         if hit is None:
             hit = hits[key] = Hit(marker, matched_on, to_server, timestamp, encapsulation)
-            if self.store is not None:
-                self.store.append(flow_event(flow, hit, self.flows.counters(flow), 0))
+            if self.store is not None or self.notifier is not None:
+                event = flow_event(flow, hit, self.flows.counters(flow), 0)
+                hit.revised_packets, hit.revised_at = event.packets, timestamp
+                if self.store is not None:
+                    self.store.append(event)
+                if self.notifier is not None:
+                    hit.notified = self.notifier.detected(event)
         else:
             hit.count += 1
 
@@ -450,9 +517,6 @@ class Pipeline:
         flow.stream = None
         if flow.hits:
             counters = flow.final or self.flows.counters(flow)
-            events = [flow_event(flow, hit, counters, 1) for hit in flow.hits.values()]
-            self.writer.write(events)
-            if self.store is not None:
-                for event in events:
-                    self.store.append(event)
+            self.writer.write([self._revise(flow, hit, counters, True) for hit in flow.hits.values()])
+            self._flows_with_hits.discard(flow)
         flow.hits = None

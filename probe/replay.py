@@ -16,9 +16,11 @@ from probe.bundles.library import LoadPolicy, LoadReport, MarkerLibrary
 from probe.bundles.signing import TrustStore
 from probe.bundles.versions import VersionState
 from probe.capture.reader import read_capture
+from probe.clock import Clock
 from probe.config import Config
 from probe.errors import CaptureError, MarkerError
 from probe.match.markers import ACTIVE_TYPES
+from probe.notify.notifier import Notifier
 from probe.pipeline import Pipeline
 from probe.progress import Progress
 from probe.record.events import EventWriter, rfc3339
@@ -31,6 +33,9 @@ class ReplayResult:
     writer: EventWriter
     library: MarkerLibrary
     store: RingStore | None = None
+    notifier: Notifier | None = None
+    undelivered: dict[str, int] = field(default_factory=dict)
+    """Per sink, notifications still spooled when the replay ended."""
     captures: int = 0
     capture_errors: list[CaptureError] = field(default_factory=list)
     elapsed: float = 0.0
@@ -56,15 +61,15 @@ def replay(config: Config, captures: list[str], marker_paths: list[str], events:
     return run_replay(config, captures, load_library(config, marker_paths), events, progress)
 
 
-def run_replay(config: Config, captures: list[str], library: MarkerLibrary, events: IO[str], progress: Progress | None = None, store: RingStore | None = None) -> ReplayResult:
+def run_replay(config: Config, captures: list[str], library: MarkerLibrary, events: IO[str], progress: Progress | None = None, store: RingStore | None = None, notifier: Notifier | None = None, clock: Clock | None = None) -> ReplayResult:
     """Replay with markers already loaded (so that a bad marker file is reported before the
-    events file is touched). With a `store`, every event revision is stored too; the caller
-    closes it."""
+    events file is touched). With a `store`, every event revision is stored too; with a
+    `notifier`, events and bundle activations are notified, and the replay waits at its end up
+    to [notify] drain_timeout for the sinks to acknowledge them. The caller closes both."""
     writer = EventWriter(events, config.probe, config.events.max_tlp)
-    if store is not None:
-        store.record_load(LoadReport(accepted=list(library.bundles.values())))
-    pipeline = Pipeline(config, library, writer, store)
-    result = ReplayResult(pipeline, writer, library, store)
+    pipeline = Pipeline(config, library, writer, store, notifier)
+    pipeline.record_load(LoadReport(accepted=list(library.bundles.values())), (clock or Clock()).now())
+    result = ReplayResult(pipeline, writer, library, store, notifier)
     started = time.perf_counter()
     # The packet path makes no reference cycles, so the cyclic collector would only spend time
     # rescanning the flow table as it grows; it is paused for the replay.
@@ -84,12 +89,14 @@ def run_replay(config: Config, captures: list[str], library: MarkerLibrary, even
         pipeline.finish()
         if store is not None:
             store.flush()
+        result.elapsed = time.perf_counter() - started
+        if notifier is not None:
+            result.undelivered = notifier.outbox.drain(config.notify.drain_timeout)
     finally:
         if collecting:
             gc.enable()
     if progress is not None:
         progress.close()
-    result.elapsed = time.perf_counter() - started
     result.warnings = marker_warnings(library, pipeline.first_timestamp, pipeline.last_timestamp)
     return result
 
@@ -132,6 +139,7 @@ def write_summary(result: ReplayResult, stream: IO[str] = sys.stderr) -> None:
         f"markers: {result.library.active.active_count} active, {sum(result.library.active.inactive.values())} inactive, from {len(result.library.bundles)} bundle(s)",
         f"events: {result.writer.written}" + (" (" + ", ".join(f"{kind} {count}" for kind, count in sorted(result.writer.by_marker_type.items())) + ")" if result.writer.written else ""),
         *store_summary(result.store),
+        *notification_summary(result.notifier),
         f"elapsed: {result.elapsed:.2f} s  ({rate:,.0f} packets/s, {pipeline.bytes * 8 / result.elapsed / 1e6 if result.elapsed else 0:,.1f} Mbit/s)",
     ]
     stream.write("".join(f"probe: {line}\n" for line in lines))
@@ -145,4 +153,23 @@ def store_summary(store: RingStore | None) -> list[str]:
         lines.append(f"store: {store.expired_on_arrival} event revisions not stored: already past their retention (their last packet is older than the retention allows)")
     if store.evicted_segments:
         lines.append(f"store: {store.evicted_segments} segments ({store.evicted_records} records) evicted at max_bytes")
+    return lines
+
+
+def notification_summary(notifier: Notifier | None) -> list[str]:
+    if notifier is None:
+        return []
+    outbox = notifier.outbox
+    line = f"notifications: {notifier.made} spooled"
+    if notifier.suppressed:
+        line += f", {notifier.suppressed} detections not notified (their marker was over [notify] marker_rate; counted in suppressed notifications, stored)"
+    if outbox.dropped:
+        line += f", {outbox.dropped} DROPPED (spool full or disk errors; the events are in the store)"
+    if notifier.expired_on_arrival:
+        line += f", {notifier.expired_on_arrival} not made: already past their retention"
+    lines = [line]
+    for thread in outbox.threads:
+        statistics = thread.statistics
+        pending = outbox.spool.pending(thread.sink.name)
+        lines.append(f"sink {thread.sink.name} ({thread.sink.describe()}{', best-effort' if thread.sink.best_effort else ''}): {statistics.delivered} delivered, {statistics.filtered} filtered out, {pending} waiting in the spool" + (f" after {statistics.failures} failed attempts" if statistics.failures else ""))
     return lines

@@ -4,6 +4,7 @@ content allowlist in test_minimisation.py, the command line in test_store_cli.py
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import time
@@ -14,9 +15,11 @@ import pytest
 
 from probe.bundles.library import LoadReport, MarkerLibrary
 from probe.clock import Clock, add_months
-from probe.config import StoreSection
+from probe.config import Config, StoreSection
 from probe.errors import StoreError
 from probe.match.markers import Marker
+from probe.pipeline import Pipeline
+from probe.record.events import EventWriter
 from probe.store.framing import FORMAT_VERSION, PREAMBLE, SEGMENT_MAGIC, frame
 from probe.store.query import EventFilter, latest_events, parse_network
 from probe.store.records import BundleRecord
@@ -368,10 +371,11 @@ def test_bundle_activations_refusals_and_expiries_are_kept(tmp_path: Path):
     library = MarkerLibrary()
     report = library.load([str(good), str(bad)])
     with open_store(tmp_path / "store", "2026-06-01T10:00:00Z") as store:
-        store.record_load(report)
-        store.note_expired_bundles(library.bundles.values(), instant("2026-06-01T11:00:00Z"))
-        store.note_expired_bundles(library.bundles.values(), instant("2026-06-01T13:00:00Z"))
-        store.note_expired_bundles(library.bundles.values(), instant("2026-06-01T14:00:00Z"))
+        pipeline = Pipeline(Config(), library, EventWriter(io.StringIO()), store)
+        pipeline.record_load(report, store.clock.now())
+        for moment in ("2026-06-01T11:00:00Z", "2026-06-01T13:00:00Z", "2026-06-01T14:00:00Z"):  # the capture's clock
+            pipeline.now = instant(moment)
+            pipeline.note_expired_bundles()
     with open_store(tmp_path / "store", "2026-06-02T00:00:00Z") as store:
         records = [record for summary in store.segments(BUNDLES_CLASS) for record in store.read(summary)]
     assert [record.action for record in records] == ["activated", "refused", "expired"]
@@ -383,7 +387,7 @@ def test_bundle_activations_refusals_and_expiries_are_kept(tmp_path: Path):
 
 def test_record_load_takes_the_report_of_a_refused_reload(tmp_path: Path):
     with open_store(tmp_path / "store", "2026-06-01T10:00:00Z") as store:
-        store.record_load(LoadReport(refused=["x.json: refused: unsigned"]))
+        Pipeline(Config(), MarkerLibrary(), EventWriter(io.StringIO()), store).record_load(LoadReport(refused=["x.json: refused: unsigned"]), store.clock.now())
     with open_store(tmp_path / "store", "2026-06-01T10:00:00Z") as store:
         (record,) = [record for summary in store.segments(BUNDLES_CLASS) for record in store.read(summary)]
     assert record.action == "refused" and record.reason == "x.json: refused: unsigned"

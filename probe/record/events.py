@@ -22,9 +22,10 @@ from probe.match.markers import TLP_LEVELS, Marker
 
 
 class Hit:
-    """The first packet of a flow that hit a marker, and how many packets hit it since."""
+    """The first packet of a flow that hit a marker, how many packets hit it since, and the
+    event's last revision (its number, the flow's packet count then, and when)."""
 
-    __slots__ = ("marker", "matched_on", "to_server", "timestamp", "encapsulation", "count")
+    __slots__ = ("marker", "matched_on", "to_server", "timestamp", "encapsulation", "count", "revision", "revised_packets", "revised_at", "notified")
 
     def __init__(self, marker: Marker, matched_on: str, to_server: bool, timestamp: int, encapsulation: list[dict]) -> None:
         self.marker = marker
@@ -33,6 +34,12 @@ class Hit:
         self.timestamp = timestamp
         self.encapsulation = encapsulation
         self.count = 1
+        self.revision = 0
+        self.revised_packets = 0
+        self.revised_at = timestamp
+        self.notified = False
+        """The first detection was notified (not suppressed by its marker's rate): so are its
+        revisions."""
 
 
 class Event(NamedTuple):
@@ -41,7 +48,8 @@ class Event(NamedTuple):
     fields and no other. Times are nanoseconds since the epoch; addresses the 16-byte form."""
 
     revision: int
-    """0 at the first hit; 1 with the final counters when the flow ends."""
+    """0 at the first hit; then one more at each update while the flow goes on, and with the
+    final counters when it ends (the highest revision of an event is its final state)."""
     timestamp: int
     """Of the first packet that hit."""
     proto: int
@@ -104,24 +112,42 @@ def rfc3339(timestamp: int) -> str:
 def marker_fields(marker: Marker, max_tlp: str) -> dict:
     """What an event says of its marker: its identity, and its value unless that is a pattern or
     rule (which could be payload) or labelled above what this output may carry."""
-    fields: dict = {"id": marker.id}
-    if marker.tlp is None or TLP_LEVELS.index(marker.tlp) <= TLP_LEVELS.index(max_tlp):
-        fields["type"] = marker.type
-        if marker.type in PATTERN_TYPES:
-            fields["name"] = marker.name
-        else:
-            fields["value"] = marker.value
-        if marker.severity is not None:
-            fields["severity"] = marker.severity
+    fields: dict = {"id": marker.id, "type": marker.type}
+    if marker.type in PATTERN_TYPES:
+        fields["name"] = marker.name
+    else:
+        fields["value"] = marker.value
+    if marker.severity is not None:
+        fields["severity"] = marker.severity
     if marker.tlp is not None:
         fields["tlp"] = marker.tlp
     fields["bundle"] = marker.bundle
     fields["bundle_version"] = marker.bundle_version
-    return fields
+    return withhold_marker_values(fields, max_tlp)
+
+
+WITHHELD_ABOVE_TLP = ("type", "value", "name", "severity")
+
+
+def withhold_marker_values(fields: dict, max_tlp: str) -> dict:
+    """The TLP rule, on a marker's fields as `marker_fields` wrote them: a marker labelled above
+    `max_tlp` keeps only its id, label, bundle and version. Applied again to each notification
+    sink's copy of a spooled document, whose fields were written for the highest label."""
+    tlp = fields.get("tlp")
+    if tlp is None or TLP_LEVELS.index(tlp) <= TLP_LEVELS.index(max_tlp):
+        return fields
+    return {name: value for name, value in fields.items() if name not in WITHHELD_ABOVE_TLP}
 
 
 def event_record(event: Event, probe: ProbeSection, max_tlp: str = "red") -> dict:
-    """The event as eve.json-style JSON."""
+    """The event as eve.json-style JSON, naming the probe that saw it."""
+    record = event_fields(event, max_tlp)
+    record["probe"] = {"name": probe.name, "site": probe.site}
+    return record
+
+
+def event_fields(event: Event, max_tlp: str = "red") -> dict:
+    """The event's own fields (a notification names the probe once, beside them)."""
     return {
         "event_id": event.event_id,
         "timestamp": rfc3339(event.timestamp),
@@ -143,7 +169,6 @@ def event_record(event: Event, probe: ProbeSection, max_tlp: str = "red") -> dic
         "bytes": event.bytes,
         "hits": event.hits,
         "revision": event.revision,
-        "probe": {"name": probe.name, "site": probe.site},
     }
 
 

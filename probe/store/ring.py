@@ -26,12 +26,10 @@ import pwd
 import re
 import stat
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext, suppress
 from datetime import datetime, timezone
 
-from probe.bundles.format import Bundle
-from probe.bundles.library import LoadReport
 from probe.clock import NANOSECONDS, Clock
 from probe.config import ProbeSection, StoreSection
 from probe.errors import StoreError
@@ -196,7 +194,6 @@ class RingStore:
         self._last_purge = time.monotonic()
         self._lock_descriptor: int | None = None
         self._audit_descriptor: int | None = None
-        self._expired_bundles: set[tuple[tuple[str, str], int]] = set()
         self._open_directory()
         self.maintaining = self._take_lock(must=writable)
         """This process holds the store's lock: it truncates torn tails and purges at open (a
@@ -386,22 +383,6 @@ class RingStore:
         if writer is not None:
             writer.frames.append(frame(encode_bundle(record)))
             self._queued(writer, record, record.time)
-
-    def record_load(self, report: LoadReport) -> None:
-        """Keep the history of the marker set: each bundle version activated, each file refused
-        (with its reason), so that any event can be tied to the markers in force."""
-        now = self.clock.now()
-        for bundle in report.accepted:
-            self.append_bundle(BundleRecord(now, "activated", bundle.issuer, bundle.id, bundle.version, bundle.digest, ""))
-        for reason in report.refused:
-            self.append_bundle(BundleRecord(now, "refused", "", "", 0, "", reason))
-
-    def note_expired_bundles(self, bundles: Iterable[Bundle], now: int) -> None:
-        """Record, once, each active bundle whose validity ended before `now` (capture time)."""
-        for bundle in bundles:
-            if bundle.valid_until is not None and bundle.valid_until < now and (bundle.key, bundle.version) not in self._expired_bundles:
-                self._expired_bundles.add((bundle.key, bundle.version))
-                self.append_bundle(BundleRecord(bundle.valid_until, "expired", bundle.issuer, bundle.id, bundle.version, bundle.digest, "valid_until passed"))
 
     def _queued(self, writer: SegmentWriter, record: Record, time_of: int) -> None:
         writer.records.append(record)

@@ -1,0 +1,93 @@
+"""Notification documents: what the authority and the operator's collectors receive.
+
+A document is JSON, the same for every sink but for the TLP rule, which each sink applies to its
+own copy (`for_sink`). Every document carries an `idempotency_key`, stable across retries and
+restarts, so a receiver drops a second delivery of the same notification (delivery is at least
+once), and the probe's identity, so the authority knows which declared device saw it:
+
+    {"notification": "event", "idempotency_key": "<event_id>/<revision>", "created": ...,
+     "probe": {"name": ..., "site": ..., "declaration": ...},
+     "stage": "detected" | "updated" | "ended", "event": {<the event record, as in eve.json>}}
+
+Other kinds: `bundle` (a marker bundle activated, refused or expired), `suppressed` (detections of
+a marker beyond its rate, counted, not sent one by one) and `dropped` (notifications the full
+spool could not take; the events are in the store). An event document holds the event record's
+allowlist and nothing else: metadata, counters, encapsulation ids and the marker's identity.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from probe.config import Config
+from probe.match.markers import Marker
+from probe.record.events import Event, event_fields, marker_fields, rfc3339, withhold_marker_values
+from probe.store.records import BundleRecord
+
+STAGES = ("detected", "updated", "ended")
+
+
+def probe_identity(config: Config) -> dict[str, str]:
+    return {"name": config.probe.name, "site": config.probe.site, "declaration": config.declaration.reference}
+
+
+def _document(kind: str, key: str, identity: dict[str, str]) -> dict[str, Any]:
+    return {"notification": kind, "idempotency_key": key, "created": rfc3339(time.time_ns()), "probe": identity}
+
+
+def event_document(event: Event, stage: str, identity: dict[str, str]) -> dict[str, Any]:
+    """`stage`: detected (revision 0, at the first hit), updated (counters of a flow still going
+    on) or ended (the flow's final counters)."""
+    record = event_fields(event)
+    document = _document("event", f"{record['event_id']}/{event.revision}", identity)
+    document["stage"] = stage
+    document["event"] = record
+    return document
+
+
+def bundle_document(record: BundleRecord, identity: dict[str, str]) -> dict[str, Any]:
+    """Which markers this probe runs: each bundle version activated, each file refused (with the
+    reason), each version whose validity ended."""
+    key = f"bundle/{record.action}/{record.issuer}/{record.bundle}/{record.version}/{record.time}" if record.bundle else f"bundle/{record.action}/{record.time}/{record.reason}"
+    document = _document("bundle", key, identity)
+    document["bundle"] = {"time": rfc3339(record.time), "action": record.action, "issuer": record.issuer, "id": record.bundle, "version": record.version, "sha256": record.digest, "reason": record.reason}
+    return document
+
+
+def suppressed_document(marker: Marker, count: int, first: int, last: int, identity: dict[str, str]) -> dict[str, Any]:
+    """Detections of one marker not notified one by one: the marker went over its rate."""
+    document = _document("suppressed", f"suppressed/{marker.bundle}/{marker.id}/{first}", identity)
+    document["suppressed"] = {"marker": marker_fields(marker, "red"), "count": count, "first": rfc3339(first), "last": rfc3339(last)}
+    return document
+
+
+def dropped_document(count: int, first: int, last: int, reason: str, identity: dict[str, str]) -> dict[str, Any]:
+    """Notifications lost because the spool could not take them; the events are in the store
+    (`probe store export --for-authority` over the time range)."""
+    document = _document("dropped", f"dropped/{identity['name']}/{first}", identity)
+    document["dropped"] = {"count": count, "first": rfc3339(first), "last": rfc3339(last), "reason": reason}
+    return document
+
+
+def document_marker(document: dict[str, Any]) -> dict[str, Any] | None:
+    """The marker fields of an event or suppressed document (what sinks filter on)."""
+    if document["notification"] == "event":
+        return document["event"]["marker"]
+    if document["notification"] == "suppressed":
+        return document["suppressed"]["marker"]
+    return None
+
+
+def for_sink(document: dict[str, Any], max_tlp: str) -> dict[str, Any]:
+    """A sink's copy of a spooled document, with the TLP rule applied to its marker."""
+    marker = document_marker(document)
+    if marker is None:
+        return document
+    limited = withhold_marker_values(marker, max_tlp)
+    if limited is marker:
+        return document
+    copy = dict(document)
+    part = "event" if document["notification"] == "event" else "suppressed"
+    copy[part] = {**document[part], "marker": limited}
+    return copy

@@ -1,0 +1,57 @@
+"""Notification sinks: where notifications go. Each sink is given, in detection order, the
+documents its filter takes, and acknowledges them by returning; `SinkError` says how many of them
+it had delivered before it failed. One module per transport: `jsonl.py` (file, stdout),
+`syslog.py` (RFC 5424 over UDP, TCP or a Unix socket), `webhook.py` (HTTP(S) POST)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from probe.config import SinkSection
+from probe.match.markers import SEVERITIES
+from probe.notify.documents import document_marker
+
+
+class SinkError(Exception):
+    """A delivery failed; the first `delivered` documents of the call had been acknowledged."""
+
+    def __init__(self, message: str, delivered: int = 0) -> None:
+        super().__init__(message)
+        self.delivered = delivered
+
+
+class Sink:
+    best_effort = False
+    """The transport acknowledges nothing: a completed send counts as delivered."""
+
+    def __init__(self, section: SinkSection) -> None:
+        self.section = section
+        self.name = section.name
+        self.authority = section.authority
+        self.max_tlp = section.max_tlp
+        self._types = frozenset(section.marker_types)
+        self._min_severity = SEVERITIES.index(section.min_severity) if section.min_severity else None
+
+    def wants(self, document: dict[str, Any]) -> bool:
+        """An authority sink takes everything; others filter events (and suppressed counts) by
+        marker type and severity. A marker without a severity, or whose type is withheld by its
+        TLP label, passes a severity filter: a filter never hides what it cannot judge."""
+        if self.authority:
+            return True
+        marker = document_marker(document)
+        if marker is None:
+            return True
+        if self._types and marker.get("type") not in self._types:
+            return False
+        severity = marker.get("severity")
+        return self._min_severity is None or severity is None or SEVERITIES.index(severity) >= self._min_severity
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def deliver(self, documents: list[tuple[dict[str, Any], int]]) -> None:
+        """Send (document, retention deadline) pairs in order; return once all are acknowledged."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections and files."""
