@@ -347,6 +347,8 @@ def _parse_section(cls: type, raw: dict[str, Any], section: str, origin: str) ->
             raise ConfigError(f"{where}: must be one of {', '.join(TLP_LEVELS)}, got {value!r}")
         if section == "store":
             value = _store_value(key, value, where)
+        if key == "spool_max_bytes" and value < 8192:
+            raise ConfigError(f"{where}: must be at least 8192 bytes (the last 4096 are kept for the notification that reports drops), got {value!r}")
         if key in POSITIVE_FIELDS and not 0 < value <= (MAXIMUM_SECONDS if expected == "float" else MAXIMUM_COUNT):
             limit = f"{MAXIMUM_SECONDS:.0f} seconds" if expected == "float" else f"{MAXIMUM_COUNT}"
             raise ConfigError(f"{where}: must be greater than 0 and at most {limit}, got {value!r}")

@@ -14,6 +14,7 @@ import click
 
 from probe.config import load_config
 from probe.errors import ConfigError, ProbeError
+from probe.notify.documents import probe_identity
 from probe.notify.outbox import Outbox, build_sinks
 from probe.store_cli import fail, now_clock
 
@@ -47,7 +48,7 @@ def deliver_command(config_path: str, spool_path: str | None, timeout: float, no
         if not config.sinks:
             raise ConfigError(f"{config_path}: no [[sinks]]: nothing to deliver to")
         clock = now_clock(now_text)
-        outbox = Outbox(config.spool_directory, config.notify, build_sinks(config, clock), clock)
+        outbox = Outbox(config.spool_directory, config.notify, build_sinks(config, clock), clock, probe_identity(config))
     except ProbeError as error:
         fail(str(error))
     try:

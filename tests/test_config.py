@@ -18,7 +18,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 from scapy.utils import wrpcap
 
-from probe.config import Config, load_config, parse_config
+from probe.config import Config, SinkSection, load_config, parse_config
 from probe.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).parents[1]
@@ -141,8 +141,10 @@ def test_example_configuration_documents_every_key():
     for section in ("probe", "flows", "fragments", "markers", "events"):
         assert f"[{section}]" in text
     for section in dataclasses.fields(Config):
-        for key in dataclasses.fields(section.default_factory):
+        keys = dataclasses.fields(SinkSection if section.name == "sinks" else section.default_factory)
+        for key in keys:
             assert f"\n{key.name} = " in text or f"\n# {key.name} = " in text, f"{section.name}.{key.name}"
+    assert "\n# [[sinks]]\n" in text
 
 
 def test_no_configuration_gives_the_defaults():

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from probe.clock import NANOSECONDS, Clock, add_months
-from probe.config import MAXIMUM_RETENTION_MONTHS, Config
+from probe.clock import NANOSECONDS, Clock
+from probe.config import Config
 from probe.match.markers import Marker
-from probe.notify.documents import bundle_document, dropped_document, event_document, probe_identity, suppressed_document
+from probe.notify.documents import bundle_document, event_document, probe_identity, suppressed_document
 from probe.notify.outbox import Outbox, build_sinks
 from probe.record.events import Event
 from probe.store.records import BundleRecord
@@ -63,7 +63,6 @@ class Notifier:
         self.suppressed = 0
         """Detections not notified: their marker was over its rate."""
         self.expired_on_arrival = 0
-        self._dropped_reported = 0
 
     def detected(self, event: Event) -> bool:
         """Revision 0 of an event. False when its marker is over its rate: then neither it nor
@@ -104,25 +103,14 @@ class Notifier:
         self._suppressed.clear()
 
     def _put(self, document: dict[str, Any], expires: int) -> None:
-        now = self.clock.now()
-        if expires <= now:
+        if expires <= self.clock.now():
             self.expired_on_arrival += 1
-            return
-        outbox = self.outbox
-        if outbox.dropped > self._dropped_reported:  # tell the sinks first what the full spool lost
-            dropped = outbox.dropped
-            report = dropped_document(dropped - self._dropped_reported, outbox.dropped_first, outbox.dropped_last, "the spool was full or its disk refused writes", self.identity)
-            if outbox.put(report, add_months(now, MAXIMUM_RETENTION_MONTHS)):
-                self._dropped_reported = dropped
-                outbox.dropped_first = 0  # the next report starts at the next drop
-                self.made += 1
-        if outbox.put(document, expires):
+        elif self.outbox.put(document, expires):
             self.made += 1
-
 
 def open_notifier(config: Config, clock: Clock) -> Notifier | None:
     """The configured sinks behind their outbox, delivery threads started; None without sinks."""
     if not config.sinks:
         return None
-    outbox = Outbox(config.spool_directory, config.notify, build_sinks(config, clock), clock)
+    outbox = Outbox(config.spool_directory, config.notify, build_sinks(config, clock), clock, probe_identity(config))
     return Notifier(config, outbox, clock)

@@ -18,10 +18,10 @@ import time
 from collections import deque
 from typing import Any
 
-from probe.clock import Clock
-from probe.config import Config, NotifySection
+from probe.clock import Clock, add_months
+from probe.config import MAXIMUM_RETENTION_MONTHS, Config, NotifySection
 from probe.errors import NotifyError
-from probe.notify.documents import for_sink
+from probe.notify.documents import dropped_document, for_sink
 from probe.notify.sinks import Sink, SinkError
 from probe.notify.sinks.jsonl import FileSink, StdoutSink
 from probe.notify.sinks.syslog import SyslogSink
@@ -131,19 +131,23 @@ class DeliveryThread(threading.Thread):
 
 
 class Outbox:
-    def __init__(self, directory: str, section: NotifySection, sinks: list[Sink], clock: Clock) -> None:
+    def __init__(self, directory: str, section: NotifySection, sinks: list[Sink], clock: Clock, identity: dict[str, str]) -> None:
         if not directory:
             raise NotifyError("sinks are configured but there is no spool to keep their notifications until delivered: set [notify] spool_directory (or [store] directory)")
         self.section = section
         self.sinks = sinks
         self.clock = clock
+        self.identity = identity
+        """The probe's name, site and declaration, for the notifications the outbox makes itself."""
         self.spool = Spool(directory, section.spool_max_bytes, [sink.name for sink in sinks])
+        self.spool.collect(clock.now())
         self.stopping = threading.Event()
         self._wakeup = threading.Condition()
         self.dropped = 0
         """Notifications the spool could not take (full, or the disk refused them)."""
         self.dropped_first = 0
         self.dropped_last = 0
+        self._dropped_reported = 0
         self._drop_reason: str | None = None
         self.expired = 0
         """Entries a sink skipped because their retention passed before it could take them."""
@@ -153,7 +157,8 @@ class Outbox:
 
     def put(self, document: dict[str, Any], expires: int) -> bool:
         """Spool a notification for every sink; False when the spool could not take it (counted
-        in `dropped`, logged once until the spool takes notifications again)."""
+        in `dropped`, logged once until the spool takes notifications again). The first one it
+        takes again is followed by a `dropped` notification with the count of those lost."""
         created = time.time_ns()
         try:
             self.spool.append(created, expires, document)
@@ -165,12 +170,23 @@ class Outbox:
                 log.error(f"{error}: notifications are dropped (counted; the events are still stored) until the sinks catch up")
             self._drop_reason = str(error)
             return False
-        if self._drop_reason is not None:
-            log.warning(f"{self.spool.directory}: spooling again ({self.dropped} notifications dropped so far)")
-            self._drop_reason = None
+        if self.dropped > self._dropped_reported:
+            self._report_dropped(created)
         with self._wakeup:
             self._wakeup.notify_all()
         return True
+
+    def _report_dropped(self, now: int) -> None:
+        count = self.dropped - self._dropped_reported
+        report = dropped_document(count, self.dropped_first, self.dropped_last, self._drop_reason or "", self.identity)
+        try:
+            self.spool.append(now, add_months(self.clock.now(), MAXIMUM_RETENTION_MONTHS), report, reserved=True)
+        except SpoolFull:
+            return  # with the next notification the spool takes
+        log.warning(f"{self.spool.directory}: spooling again; {count} notifications were dropped, reported to every sink")
+        self._dropped_reported = self.dropped
+        self.dropped_first = 0
+        self._drop_reason = None
 
     def idle(self, thread: DeliveryThread) -> None:
         """A delivery thread has nothing to send: sleep until a `put`, and meanwhile delete what

@@ -41,6 +41,7 @@ SPOOL_MAGIC = b"PRBSPOOL"
 SEGMENT_BYTES = 1 << 20
 SEGMENT_SECONDS = 60.0
 CURSOR_SAVE_INTERVAL = 0.5
+RESERVED_BYTES = 4096
 FRAME_OVERHEAD = FRAME.size
 SEGMENT_NAME = re.compile(r"(\d{16})\.spool")
 
@@ -91,7 +92,6 @@ class Spool:
             self._load_segments()
             self._load_cursors(sinks)
             self.next_sequence = max([segment.last for segment in self.segments] + list(self.cursors.values()) + [0]) + 1
-            self.collect(time.time_ns())
         except BaseException:
             os.close(self._lock_descriptor)
             raise
@@ -163,13 +163,18 @@ class Spool:
 
     # Appending (the thread that makes notifications)
 
-    def append(self, created: int, expires: int, document: dict[str, Any]) -> int:
+    def append(self, created: int, expires: int, document: dict[str, Any], reserved: bool = False) -> int:
         """Spool one notification; its sequence number. Raises `SpoolFull` when the size cap is
-        reached or the disk refuses it; what was spooled before is intact."""
+        reached or the disk refuses it; what was spooled before is intact. The last
+        `RESERVED_BYTES` under the cap are kept for the notification that reports the drops
+        (`reserved`), so that once the spool takes notifications again it can take that one."""
         payload = frame(msgpack.packb([self.next_sequence, created, expires, document]))
+        limit = self.max_bytes if reserved else self.max_bytes - RESERVED_BYTES
         with self._lock:
-            if self.total_bytes() + len(payload) > self.max_bytes:
-                raise SpoolFull(f"{self.directory}: the spool holds {self.total_bytes()} bytes, its cap ([notify] spool_max_bytes = {self.max_bytes})")
+            if self.total_bytes() + len(payload) > limit:
+                self._reclaim_active()
+            if self.total_bytes() + len(payload) > limit:
+                raise SpoolFull(f"{self.directory}: the spool holds {self.total_bytes()} bytes, at its cap ([notify] spool_max_bytes = {self.max_bytes})")
             segment = self._active()
             try:
                 write_all(segment.descriptor, payload)  # type: ignore[arg-type]
@@ -182,6 +187,16 @@ class Spool:
             segment.latest_expiry = max(segment.latest_expiry, expires)
             self.next_sequence += 1
             return segment.last
+
+    def _reclaim_active(self) -> None:
+        """At the cap, the segment being appended to goes too if every sink has all of it (it is
+        otherwise kept until it is a minute old or full, to spare a file per notification)."""
+        segment = self.segments[-1] if self.segments else None
+        if segment is not None and segment.last <= min(self.cursors.values(), default=segment.last):
+            if segment.descriptor is not None:
+                os.close(segment.descriptor)
+                segment.descriptor = None
+            self._delete(segment)
 
     def _active(self) -> Segment:
         """The segment being appended to; a new one after 1 MiB or a minute."""
