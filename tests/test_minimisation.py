@@ -44,11 +44,13 @@ from scapy.packet import Packet, Raw  # noqa: E402
 from scapy.utils import wrpcap  # noqa: E402
 
 from bundle_support import write_bundle  # noqa: E402
+from receivers import DatagramReceiver, StreamReceiver, WebhookReceiver, free_port, wait_until  # noqa: E402
 from probe.clock import Clock, parse_instant  # noqa: E402
 from probe.config import StoreSection  # noqa: E402
 from probe.decode.packet import IPV4_MAPPED_PREFIX, address_key, address_text  # noqa: E402
 from probe.match.markers import Marker  # noqa: E402
 from probe.record.events import Event  # noqa: E402
+from probe.notify.spool import SPOOL_MAGIC  # noqa: E402
 from probe.store.framing import INDEX_MAGIC, SEGMENT_MAGIC, read_file, read_frames, read_header  # noqa: E402
 from probe.store.records import (  # noqa: E402
     AUDIT_FILTERS,
@@ -346,6 +348,43 @@ def crafted_traffic() -> Traffic:
 # --- running the probe --------------------------------------------------------------------------
 
 
+def sinks_config(outputs: Path, webhook: int, syslog_tcp: int, syslog_udp: int) -> str:
+    """Every kind of sink, one of them down so that the spool keeps what the others received."""
+    return f"""
+[notify]
+drain_timeout = 2
+retry_initial = 0.1
+retry_max = 0.2
+
+[[sinks]]
+name = "archive"
+type = "file"
+authority = true
+path = "{outputs / 'notifications.jsonl'}"
+
+[[sinks]]
+name = "anssi"
+type = "webhook"
+url = "http://127.0.0.1:{webhook}/v1/notifications"
+
+[[sinks]]
+name = "soc-tcp"
+type = "syslog"
+transport = "tcp"
+address = "127.0.0.1:{syslog_tcp}"
+
+[[sinks]]
+name = "soc-udp"
+type = "syslog"
+address = "127.0.0.1:{syslog_udp}"
+
+[[sinks]]
+name = "down"
+type = "webhook"
+url = "http://127.0.0.1:{free_port()}/"
+"""
+
+
 @dataclass
 class Run:
     traffic: Traffic
@@ -384,10 +423,23 @@ def probe_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     wrpcap(str(capture), traffic.packets)
     bundle = write_bundle(inputs / "markers.json", MARKERS)
     config = inputs / "probe.toml"
-    config.write_text(SUBSCRIBER_CONFIG, encoding="utf-8")
+    webhook, syslog_tcp, syslog_udp = WebhookReceiver().start(), StreamReceiver().start(), DatagramReceiver()
+    config.write_text(SUBSCRIBER_CONFIG + sinks_config(outputs, webhook.port, syslog_tcp.port, syslog_udp.port), encoding="utf-8")
     common = ("--config", config, "--now", NOW)
 
-    replay = run_probe(outputs, "replay", "replay", capture, "--markers", bundle, "--store", store, "--events", outputs / "events.jsonl", *common)
+    try:
+        replay = run_probe(outputs, "replay", "replay", capture, "--markers", bundle, "--store", store, "--events", outputs / "events.jsonl", *common)
+        assert wait_until(lambda: len(syslog_udp.messages) == len(syslog_tcp.messages) == len(webhook.requests))
+    finally:
+        webhook.stop()
+        syslog_tcp.stop()
+        syslog_udp.stop()
+    received = outputs / "received"
+    received.mkdir()
+    (received / "webhook.jsonl").write_bytes(b"".join(body + b"\n" for _, body in webhook.requests))
+    (received / "webhook-headers.txt").write_text("".join(f"{headers}\n" for headers, _ in webhook.requests), encoding="utf-8")
+    (received / "syslog-tcp.log").write_bytes(b"".join(message + b"\n" for message in syslog_tcp.messages))
+    (received / "syslog-udp.log").write_bytes(b"".join(message + b"\n" for message in syslog_udp.messages))
     run_probe(outputs, "query-jsonl", "store", "query", "--store", store, "--format", "jsonl", "--purpose", PURPOSE, *common)
     run_probe(outputs, "query-csv", "store", "query", "--store", store, "--format", "csv", "--ip", "192.0.2.0/24", "--purpose", PURPOSE, *common)
     run_probe(outputs, "query-table", "store", "query", "--store", store, "--marker", "m-evil", "--purpose", PURPOSE, *common)
@@ -463,6 +515,25 @@ def test_tunnel_endpoints_of_a_matching_event_are_recorded(probe_run: Run):
     with open_store(probe_run) as store:
         encapsulations = [record.encapsulation for summary in store.segments(DEFAULT_CLASS) for record in store.read(summary)]
     assert VXLAN_ENCAPSULATION in encapsulations and GRE_ENCAPSULATION in encapsulations
+
+
+def test_every_sink_received_the_events_and_the_spool_kept_them_for_the_one_down(probe_run: Run):
+    """The notifications exist, so that searching them below means something: every sink got
+    each event's revisions, and the spool (inside the store directory) holds them for the sink
+    that was down."""
+    found = {event["event_id"] for event in jsonl(probe_run.outputs / "events.jsonl")}
+    received = probe_run.outputs / "received"
+    for documents in (
+        jsonl(probe_run.outputs / "notifications.jsonl"),
+        jsonl(received / "webhook.jsonl"),
+        [json.loads(line.split(" ", 7)[7]) for line in (received / "syslog-tcp.log").read_text(encoding="utf-8").splitlines()],
+        [json.loads(line.split(" ", 7)[7]) for line in (received / "syslog-udp.log").read_text(encoding="utf-8").splitlines()],
+    ):
+        assert {document["event"]["event_id"] for document in documents if document["notification"] == "event"} == found
+        assert len(documents) == 2 * len(found) + 1  # detected and ended, and the bundle's activation
+    spooled = list((probe_run.store / "spool").glob("*.spool"))
+    assert spooled and sum(path.stat().st_size for path in spooled) > 1000
+    assert "sink down:" in probe_run.replay_stderr and "15 notifications not yet acknowledged stay in the spool" in probe_run.replay_stderr
 
 
 def test_the_probe_wrote_store_segments_indexes_and_outputs(probe_run: Run):
@@ -599,8 +670,31 @@ def test_store_files_hold_exactly_the_allowlisted_record_shapes(probe_run: Run):
         details = msgpack.unpackb(payloads[0])
         assert set(details) == {"markers", "bloom"} and isinstance(details["bloom"], bytes)
         assert set(details["markers"]) <= {f"{BUNDLE_ID}/{marker}" for marker in STORED_MARKERS}
-    leftovers = {path.name for path in probe_run.store.rglob("*") if path.is_file() and path.suffix not in (".seg", ".idx")}
-    assert leftovers == {"lock", "audit.lock"}, leftovers
+    leftovers = {path.relative_to(probe_run.store).as_posix() for path in probe_run.store.rglob("*") if path.is_file() and path.suffix not in (".seg", ".idx", ".spool")}
+    assert leftovers == {"lock", "audit.lock", "spool/lock", *(f"spool/cursors/{sink}" for sink in ("archive", "anssi", "soc-tcp", "soc-udp", "down"))}, leftovers
+
+
+def test_spooled_notifications_hold_exactly_the_event_record(probe_run: Run):
+    """Every spool entry is [sequence, made, retention deadline, document], and each document's
+    event holds the fields of the event record written to events.jsonl, no other."""
+    record_fields = set(jsonl(probe_run.outputs / "events.jsonl")[0]) - {"probe"}
+    kinds = []
+    for path in sorted((probe_run.store / "spool").glob("*.spool")):
+        data = read_file(str(path))
+        _, start = read_header(str(path), data, SPOOL_MAGIC)
+        payloads, end = read_frames(data, start)
+        assert end == len(data)
+        for payload in payloads:
+            sequence, made, deadline, document = msgpack.unpackb(payload)
+            assert all(type(value) is int for value in (sequence, made, deadline))
+            kinds.append(document["notification"])
+            assert document["probe"] == {"name": "minimisation-probe", "site": "tap-1", "declaration": ""}
+            if document["notification"] == "event":
+                assert set(document) == {"notification", "idempotency_key", "created", "probe", "stage", "event"}
+                assert set(document["event"]) == record_fields
+            else:
+                assert set(document) == {"notification", "idempotency_key", "created", "probe", "bundle"}
+    assert sorted(kinds) == ["bundle"] + ["event"] * 14
 
 
 # --- the encoder refuses anything outside the allowlist -----------------------------------------

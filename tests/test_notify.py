@@ -512,3 +512,19 @@ def test_outage_then_restart_delivers_exactly_the_events_found(tmp_path: Path):
         assert first_of_key.setdefault(document["idempotency_key"], document) == document  # a duplicate is the same notification
     assert {document["event"]["event_id"] for document in of_kind(documents, "event")} == found
     assert not list((tmp_path / "spool").glob("*.spool"))
+
+
+def test_file_sink_rotates_by_size_and_deletes_rotated_files_at_their_retention(tmp_path: Path):
+    path = tmp_path / "notifications.jsonl"
+    config = make_config(tmp_path, [{"name": "archive", "type": "file", "authority": True, "path": str(path), "max_bytes": 4000}])
+    _, events = replay_with(tmp_path, config, dns_flows(20))
+    files = sorted(tmp_path.glob("notifications.jsonl*"))
+    assert len(files) > 3 and all(stat.S_IMODE(file.stat().st_mode) == 0o600 for file in files)
+    lines = [json.loads(line) for file in files for line in file.read_text().splitlines()]
+    assert len(lines) == 41 and {line["event"]["event_id"] for line in lines if line["notification"] == "event"} == {event["event_id"] for event in events}
+    rotated = [file.name for file in files if file != path]
+    assert all(name.startswith("notifications.jsonl.20240514T2213") for name in rotated), rotated  # the deadline of their earliest record: six months after the capture
+    for months, left in ((1, len(files)), (7, 0)):  # a start later: the file being written is rotated too, and each goes at its deadline
+        later = Clock(add_months(parse_instant(NOW), months))
+        build_sinks(config, later)[0].close()
+        assert len(list(tmp_path.glob("notifications.jsonl*"))) == left

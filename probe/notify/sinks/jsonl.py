@@ -54,24 +54,37 @@ class FileSink(Sink):
         return f"file {self.path}"
 
     def deliver(self, documents: list[tuple[dict[str, Any], int]]) -> None:
-        now = self.clock.now()
+        """Lines written and fsync'd in one go, but rotated at the line that crosses a limit."""
         self._delete_expired()
-        if self._descriptor is not None and (self._size >= self.section.max_bytes or time.monotonic() - self._opened >= self.section.rotate_interval or (self._earliest_expiry is not None and self._earliest_expiry <= now)):
-            self._rotate(self._earliest_expiry)
+        now = self.clock.now()
+        delivered, lines = 0, []
         try:
-            if self._descriptor is None:
-                self._descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-                self._size = os.fstat(self._descriptor).st_size
-                self._opened = time.monotonic()
-            data = b"".join(json_line(document) for document, _ in documents)
-            write_all(self._descriptor, data)
-            os.fsync(self._descriptor)
+            for document, expires in documents:
+                if self._descriptor is not None and self._rotation_due(now):
+                    self._write(lines)
+                    delivered += len(lines)
+                    lines = []
+                    self._rotate(self._earliest_expiry)
+                if self._descriptor is None:
+                    self._descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                    self._size = os.fstat(self._descriptor).st_size
+                    self._opened = time.monotonic()
+                line = json_line(document)
+                lines.append(line)
+                self._size += len(line)
+                self._earliest_expiry = expires if self._earliest_expiry is None else min(self._earliest_expiry, expires)
+            self._write(lines)
         except OSError as error:
             self._close_file()
-            raise SinkError(f"{self.path}: {error.strerror}") from None
-        self._size += len(data)
-        earliest = min(expires for _, expires in documents)
-        self._earliest_expiry = earliest if self._earliest_expiry is None else min(self._earliest_expiry, earliest)
+            raise SinkError(f"{self.path}: {error.strerror}", delivered) from None
+
+    def _rotation_due(self, now: int) -> bool:
+        return self._size >= self.section.max_bytes or time.monotonic() - self._opened >= self.section.rotate_interval or (self._earliest_expiry is not None and self._earliest_expiry <= now)
+
+    def _write(self, lines: list[bytes]) -> None:
+        if lines:
+            write_all(self._descriptor, b"".join(lines))  # type: ignore[arg-type]
+            os.fsync(self._descriptor)  # type: ignore[arg-type]
 
     def _rotate(self, deadline: int | None) -> None:
         self._close_file()
