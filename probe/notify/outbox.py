@@ -78,19 +78,20 @@ class DeliveryThread(threading.Thread):
         outbox, spool = self.outbox, self.outbox.spool
         delay = outbox.section.retry_initial
         while not outbox.stopping.is_set():
-            if not self._waiting:
-                upto = spool.durable_sequence()
-                self._waiting = spool.read(self.sink.name, upto, READ_BATCH)
-                if not self._waiting:
-                    outbox.idle(self)
-                    continue
             try:
+                if not self._waiting:
+                    appended = outbox.appended
+                    self._waiting = spool.read(self.sink.name, spool.durable_sequence(), READ_BATCH)
+                    if not self._waiting:
+                        outbox.idle(appended)
+                        continue
                 self._deliver()
-            except SinkError as error:
+            except (SinkError, OSError, ValueError) as error:  # the spool's disk too: retried, never fatal
                 self.statistics.failures += 1
                 if self._failing_since is None:
                     self._failing_since = time.monotonic()
-                    log.warning(f"sink {self.sink.name}: {error}; notifications are kept in the spool and retried (at least once, in order)")
+                    where = f"sink {self.sink.name}: {error}" if isinstance(error, SinkError) else f"{spool.directory}: spool unreadable for sink {self.sink.name}: {error}"
+                    log.warning(f"{where}; notifications are kept in the spool and retried (at least once, in order)")
                 outbox.stopping.wait(random.uniform(delay / 2, delay))
                 delay = min(delay * 2, outbox.section.retry_max)
                 continue
@@ -143,6 +144,9 @@ class Outbox:
         self.spool.collect(clock.now())
         self.stopping = threading.Event()
         self._wakeup = threading.Condition()
+        self.appended = 0
+        """Notifications spooled by this process: a delivery thread sleeps only if none came
+        since it last looked."""
         self.dropped = 0
         """Notifications the spool could not take (full, or the disk refused them)."""
         self.dropped_first = 0
@@ -173,6 +177,7 @@ class Outbox:
         if self.dropped > self._dropped_reported:
             self._report_dropped(created)
         with self._wakeup:
+            self.appended += 1
             self._wakeup.notify_all()
         return True
 
@@ -188,11 +193,11 @@ class Outbox:
         self.dropped_first = 0
         self._drop_reason = None
 
-    def idle(self, thread: DeliveryThread) -> None:
-        """A delivery thread has nothing to send: sleep until a `put`, and meanwhile delete what
-        expired."""
+    def idle(self, appended: int) -> None:
+        """A delivery thread found nothing to send: sleep until the next `put` (unless one came
+        since it looked, `appended`), a second at most, and delete what expired meanwhile."""
         with self._wakeup:
-            if self.spool.pending(thread.sink.name) == 0 and not self.stopping.is_set():
+            if self.appended == appended and not self.stopping.is_set():
                 self._wakeup.wait(IDLE_WAKE)
         self.spool.collect(self.clock.now())
 
