@@ -276,10 +276,10 @@ def measure_latency(kind: str, receivers: Receivers, seconds: float, spool_root:
     finally:
         outbox.close()
         shutil.rmtree(spool, ignore_errors=True)
-    thread = outbox.threads[0]
+    (sink_statistics,) = outbox.statistics.values()
     result.made = notifier.made
-    result.delivered = thread.statistics.delivered
-    result.samples = list(thread.statistics.latencies)
+    result.delivered = sink_statistics.delivered
+    result.samples = list(sink_statistics.latencies)
     counts = receivers.counts()
     result.received = counts["webhook_keys"] if kind == "webhook" else counts["syslog"]
     if calls:
@@ -296,8 +296,8 @@ def measure_latency(kind: str, receivers: Receivers, seconds: float, spool_root:
         print(f"  note: the webhook received {counts['webhook'] - counts['webhook_keys']} duplicate deliveries (same Idempotency-Key)")
     if counts["syslog_bad"]:
         result.problems.append(f"the syslog receiver read {counts['syslog_bad']} badly framed message(s)")
-    if thread.statistics.failures:
-        result.problems.append(f"{thread.statistics.failures} failed delivery attempts to a healthy receiver")
+    if sink_statistics.failures:
+        result.problems.append(f"{sink_statistics.failures} failed delivery attempts to a healthy receiver")
     if len(result.samples) < min(result.delivered, LATENCY_SAMPLES):
         result.problems.append(f"{len(result.samples)} latency samples for {result.delivered} deliveries")
     return result

@@ -14,8 +14,7 @@ import click
 
 from probe.config import load_config
 from probe.errors import ConfigError, ProbeError
-from probe.notify.documents import probe_identity
-from probe.notify.outbox import Outbox, build_sinks
+from probe.notify.outbox import Outbox, SinkStatistics
 from probe.store_cli import fail, now_clock
 
 EXIT_UNDELIVERED = 1
@@ -47,8 +46,7 @@ def deliver_command(config_path: str, spool_path: str | None, timeout: float, no
             config = dataclasses.replace(config, notify=dataclasses.replace(config.notify, spool_directory=spool_path))
         if not config.sinks:
             raise ConfigError(f"{config_path}: no [[sinks]]: nothing to deliver to")
-        clock = now_clock(now_text)
-        outbox = Outbox(config.spool_directory, config.notify, build_sinks(config, clock), clock, probe_identity(config))
+        outbox = Outbox(config, now_clock(now_text))
     except ProbeError as error:
         fail(str(error))
     try:
@@ -56,8 +54,8 @@ def deliver_command(config_path: str, spool_path: str | None, timeout: float, no
         left = outbox.drain(timeout)
     finally:
         outbox.close()
-    for thread in outbox.threads:
-        name = thread.sink.name
-        click.echo(f"probe: sink {name} ({thread.sink.describe()}): {waiting[name]} waiting, {thread.statistics.delivered} delivered, {thread.statistics.filtered} filtered out" + (f", {left[name]} LEFT after {thread.statistics.failures} failed attempts" if name in left else ""), err=True)
+    for sink in outbox.sinks:
+        statistics = outbox.statistics.get(sink.name, SinkStatistics())
+        click.echo(f"probe: sink {sink.name} ({sink.describe()}): {waiting[sink.name]} waiting, {statistics.delivered} delivered, {statistics.filtered} filtered out" + (f", {left[sink.name]} LEFT after {statistics.failures} failed attempts" if sink.name in left else ""), err=True)
     if left:
         sys.exit(EXIT_UNDELIVERED)

@@ -21,6 +21,7 @@ from probe.config import Config
 from probe.errors import CaptureError, MarkerError
 from probe.match.markers import ACTIVE_TYPES
 from probe.notify.notifier import Notifier
+from probe.notify.outbox import SinkStatistics
 from probe.pipeline import Pipeline
 from probe.progress import Progress
 from probe.record.events import EventWriter, rfc3339
@@ -168,8 +169,7 @@ def notification_summary(notifier: Notifier | None) -> list[str]:
     if notifier.expired_on_arrival:
         line += f", {notifier.expired_on_arrival} not made: already past their retention"
     lines = [line]
-    for thread in outbox.threads:
-        statistics = thread.statistics
-        pending = outbox.spool.pending(thread.sink.name)
-        lines.append(f"sink {thread.sink.name} ({thread.sink.describe()}{', best-effort' if thread.sink.best_effort else ''}): {statistics.delivered} delivered, {statistics.filtered} filtered out, {pending} waiting in the spool" + (f" after {statistics.failures} failed attempts" if statistics.failures else ""))
+    for sink in outbox.sinks:
+        statistics = outbox.statistics.get(sink.name, SinkStatistics())
+        lines.append(f"sink {sink.name} ({sink.describe()}{', best-effort' if sink.best_effort else ''}): {statistics.delivered} delivered, {statistics.filtered} filtered out, {statistics.pending} waiting in the spool" + (f" after {statistics.failures} failed attempts" if statistics.failures else ""))
     return lines

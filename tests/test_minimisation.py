@@ -50,6 +50,7 @@ from probe.config import StoreSection  # noqa: E402
 from probe.decode.packet import IPV4_MAPPED_PREFIX, address_key, address_text  # noqa: E402
 from probe.match.markers import Marker  # noqa: E402
 from probe.record.events import Event  # noqa: E402
+from probe.notify.documents import spooled_document  # noqa: E402
 from probe.notify.spool import SPOOL_MAGIC  # noqa: E402
 from probe.store.framing import INDEX_MAGIC, SEGMENT_MAGIC, read_file, read_frames, read_header  # noqa: E402
 from probe.store.records import (  # noqa: E402
@@ -675,9 +676,12 @@ def test_store_files_hold_exactly_the_allowlisted_record_shapes(probe_run: Run):
 
 
 def test_spooled_notifications_hold_exactly_the_event_record(probe_run: Run):
-    """Every spool entry is [sequence, made, retention deadline, document], and each document's
-    event holds the fields of the event record written to events.jsonl, no other."""
+    """Every spool entry is [sequence, made, retention deadline, item]; an event's item is the
+    compact form of the event record's allowlisted fields (addresses those of matching flows),
+    the document it becomes holds exactly the fields of the record written to events.jsonl, and
+    the other items are bundle documents."""
     record_fields = set(jsonl(probe_run.outputs / "events.jsonl")[0]) - {"probe"}
+    allowed_keys = {address_key(address) for address in probe_run.traffic.allowed}
     kinds = []
     for path in sorted((probe_run.store / "spool").glob("*.spool")):
         data = read_file(str(path))
@@ -685,15 +689,16 @@ def test_spooled_notifications_hold_exactly_the_event_record(probe_run: Run):
         payloads, end = read_frames(data, start)
         assert end == len(data)
         for payload in payloads:
-            sequence, made, deadline, document = msgpack.unpackb(payload)
+            sequence, made, deadline, item = msgpack.unpackb(payload)
             assert all(type(value) is int for value in (sequence, made, deadline))
+            document = spooled_document(item, {"name": "minimisation-probe", "site": "tap-1", "declaration": ""}, made)
             kinds.append(document["notification"])
-            assert document["probe"] == {"name": "minimisation-probe", "site": "tap-1", "declaration": ""}
             if document["notification"] == "event":
+                assert isinstance(item, list) and len(item) == 18 and item[4] in allowed_keys and item[6] in allowed_keys, item
                 assert set(document) == {"notification", "idempotency_key", "created", "probe", "stage", "event"}
                 assert set(document["event"]) == record_fields
             else:
-                assert set(document) == {"notification", "idempotency_key", "created", "probe", "bundle"}
+                assert set(item) == {"notification", "idempotency_key", "created", "probe", "bundle"} and item["probe"]["name"] == "minimisation-probe"
     assert sorted(kinds) == ["bundle"] + ["event"] * 14
 
 

@@ -11,7 +11,6 @@ import hmac
 import io
 import json
 import logging
-import os
 import socket
 import stat
 import subprocess
@@ -28,8 +27,9 @@ from probe.clock import Clock, add_months, parse_instant
 from probe.config import Config, parse_config
 from probe.errors import ConfigError, NotifyError
 from probe.notify.notifier import Notifier, open_notifier
-from probe.notify.outbox import Outbox, build_sinks
-from probe.notify.spool import SPOOL_MAGIC, Spool
+from probe.notify.outbox import Outbox
+from probe.notify.sinks.build import build_sinks
+from probe.notify.spool import SPOOL_MAGIC, SpoolWriter
 from probe.pipeline import Pipeline
 from probe.record.events import EventWriter
 from probe.replay import load_library, run_replay
@@ -42,7 +42,6 @@ from tests.test_cli import EPOCH, PROBE, assert_single_error, dns_exchange, even
 
 NOW = "2023-11-20T00:00:00Z"
 CLOCK = Clock(parse_instant(NOW))
-IDENTITY = {"name": "probe-paris-01", "site": "paris-ix", "declaration": "DECL-2023-042"}
 MARKERS = [
     {"id": "m-domain", "type": "domain", "value": "evil.example", "severity": "high"},
     {"id": "m-address", "type": "ipv4", "value": "203.0.113.9", "severity": "low"},
@@ -121,7 +120,7 @@ def test_webhook_receives_each_event_signed_with_its_idempotency_key(tmp_path: P
         detected, ended = by_event[event["event_id"]]
         assert (detected["stage"], detected["event"]["revision"]) == ("detected", 0)
         assert ended["stage"] == "ended" and ended["event"] == {key: value for key, value in event.items() if key != "probe"}
-    assert notifier.made == len(documents) == 7 and not notifier.outbox.pending()["anssi"]
+    assert notifier.made == len(documents) == 7 and not notifier.outbox.statistics["anssi"].pending
 
 
 def test_each_sink_applies_its_own_filter_and_tlp_rule(tmp_path: Path):
@@ -145,7 +144,7 @@ def test_each_sink_applies_its_own_filter_and_tlp_rule(tmp_path: Path):
     full = [document["event"]["marker"] for document in of_kind(everything.documents, "event") if document["event"]["marker"]["id"] == "m-host"]
     assert all(marker["value"] == "c2.example" for marker in full)
     assert len(of_kind(high.documents, "bundle")) == len(of_kind(green.documents, "bundle")) == 1  # bundle history goes to every sink
-    assert [thread.statistics.filtered for thread in notifier.outbox.threads] == [0, 2, 2]
+    assert [statistics.filtered for statistics in notifier.outbox.statistics.values()] == [0, 2, 2]
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp", "unix-stream", "unix-datagram"])
@@ -168,7 +167,7 @@ def test_syslog_sinks_send_rfc5424_messages_carrying_the_json(tmp_path: Path, tr
     finally:
         receiver.stop()
     first = receiver.messages[0].split(b" ", 7)
-    assert first[0] == b"<157>1" and first[2:6] == [b"probe-paris-01", b"probe", str(os.getpid()).encode(), b"bundle"]  # local3 (19) * 8 + notice (5)
+    assert first[0] == b"<157>1" and first[2:4] == [b"probe-paris-01", b"probe"] and first[4].isdigit() and first[5] == b"bundle"  # local3 (19) * 8 + notice (5)
     documents = [syslog_json(message) for message in receiver.messages]
     assert {document["event"]["event_id"] for document in of_kind(documents, "event")} == {event["event_id"] for event in events}
     severities = {syslog_json(message)["event"]["marker"]["id"]: message.split(b" ", 1)[0] for message in receiver.messages if b" event - " in message}
@@ -187,7 +186,7 @@ def test_https_webhook_verifies_the_receiver_against_the_configured_ca(tmp_path:
     finally:
         receiver.stop()
     assert len(receiver.requests) == 7  # the unknown CA got nothing
-    assert notifier.outbox.pending()["anssi"] == 7 and notifier.outbox.threads[0].statistics.failures
+    assert notifier.outbox.statistics["anssi"].pending == 7 and notifier.outbox.statistics["anssi"].failures
 
 
 # --- the outbox: spooled first, nothing lost, in order -------------------------------------------
@@ -198,7 +197,7 @@ def test_unreachable_receiver_at_start_is_no_error_and_the_spool_is_private(tmp_
     config = make_config(tmp_path, [{"name": "anssi", "type": "webhook", "authority": True, "url": f"http://127.0.0.1:{port}/"}], drain_timeout=0.3)
     with caplog.at_level(logging.WARNING, logger="probe"):
         notifier, _ = replay_with(tmp_path, config, three_events())
-    assert notifier.outbox.pending() == {"anssi": 7}
+    assert notifier.outbox.statistics["anssi"].pending == 7
     assert any("sink anssi" in record.getMessage() and "Connection refused" in record.getMessage() and "kept in the spool" in record.getMessage() for record in caplog.records)
     spool = tmp_path / "spool"
     assert stat.S_IMODE(spool.stat().st_mode) == 0o700
@@ -207,7 +206,7 @@ def test_unreachable_receiver_at_start_is_no_error_and_the_spool_is_private(tmp_
     assert all(stat.S_IMODE(path.stat().st_mode) == 0o600 for path in files)
     receiver = WebhookReceiver(port).start()  # the same spool, a new process start: the backlog goes out, in order
     try:
-        outbox = Outbox(config.spool_directory, config.notify, build_sinks(config, CLOCK), CLOCK, IDENTITY)
+        outbox = Outbox(config, CLOCK)
         assert outbox.drain(10) == {}
         outbox.close()
     finally:
@@ -254,7 +253,7 @@ def test_a_torn_spool_tail_is_cut_and_what_came_before_is_delivered(tmp_path: Pa
     receiver = WebhookReceiver(port).start()
     try:
         with caplog.at_level(logging.WARNING, logger="probe"):
-            outbox = Outbox(config.spool_directory, config.notify, build_sinks(config, CLOCK), CLOCK, IDENTITY)
+            outbox = Outbox(config, CLOCK)
         assert outbox.drain(10) == {}
         outbox.close()
     finally:
@@ -296,7 +295,7 @@ def test_spooled_notifications_past_their_retention_are_deleted_unsent(tmp_path:
     receiver = WebhookReceiver(port).start()
     try:
         with caplog.at_level(logging.WARNING, logger="probe"):
-            outbox = Outbox(config.spool_directory, config.notify, build_sinks(config, later), later, IDENTITY)
+            outbox = Outbox(config, later)
         assert outbox.drain(5) == {}
         outbox.close()
     finally:
@@ -324,10 +323,10 @@ def test_events_already_past_retention_are_not_notified(tmp_path: Path):
 
 def test_a_second_process_cannot_use_the_same_spool(tmp_path: Path):
     config = make_config(tmp_path, [{"name": "out", "type": "stdout", "authority": True}])
-    first = Spool(config.spool_directory, 1 << 20, ["out"])
+    first = SpoolWriter(config.spool_directory, 1 << 20, ["out"])
     try:
         with pytest.raises(NotifyError, match="in use by another probe process"):
-            Spool(config.spool_directory, 1 << 20, ["out"])
+            SpoolWriter(config.spool_directory, 1 << 20, ["out"])
     finally:
         first.close()
 
@@ -337,9 +336,9 @@ def test_a_removed_sink_is_forgotten_with_a_warning(tmp_path: Path, caplog: pyte
     config = make_config(tmp_path, [{"name": "old", "type": "webhook", "authority": True, "url": f"http://127.0.0.1:{port}/"}], drain_timeout=0.2)
     replay_with(tmp_path, config, three_events())
     with caplog.at_level(logging.WARNING, logger="probe"):
-        spool = Spool(config.spool_directory, 1 << 20, ["new"])
+        spool = SpoolWriter(config.spool_directory, 1 << 20, ["new"])
         spool.close()
-    assert any("sink 'old' is no longer configured" in record.getMessage() and "7 notifications" in record.getMessage() for record in caplog.records)
+    assert any("sink 'old' is no longer configured" in record.getMessage() and "after number 0 (up to 7) will not be sent" in record.getMessage() for record in caplog.records)
     assert not (tmp_path / "spool" / "cursors" / "old").exists()
 
 
@@ -451,7 +450,7 @@ def test_duplicate_sink_names_and_missing_spool_are_refused():
         parse_config({"sinks": [{"name": "a", "type": "stdout"}, {"name": "a", "type": "stdout"}]})
     config = parse_config({"sinks": [{"name": "a", "type": "stdout", "authority": True}]})
     with pytest.raises(NotifyError, match="spool_directory"):
-        Outbox(config.spool_directory, config.notify, build_sinks(config, CLOCK), CLOCK, IDENTITY)
+        Outbox(config, CLOCK)
 
 
 def test_replay_warns_when_no_sink_reaches_the_authority(tmp_path: Path):

@@ -32,18 +32,39 @@ def probe_identity(config: Config) -> dict[str, str]:
     return {"name": config.probe.name, "site": config.probe.site, "declaration": config.declaration.reference}
 
 
-def _document(kind: str, key: str, identity: dict[str, str]) -> dict[str, Any]:
-    return {"notification": kind, "idempotency_key": key, "created": rfc3339(time.time_ns()), "probe": identity}
+def _document(kind: str, key: str, identity: dict[str, str], created: int | None = None) -> dict[str, Any]:
+    return {"notification": kind, "idempotency_key": key, "created": rfc3339(time.time_ns() if created is None else created), "probe": identity}
 
 
-def event_document(event: Event, stage: str, identity: dict[str, str]) -> dict[str, Any]:
+def event_document(event: Event, stage: str, identity: dict[str, str], created: int) -> dict[str, Any]:
     """`stage`: detected (revision 0, at the first hit), updated (counters of a flow still going
-    on) or ended (the flow's final counters)."""
+    on) or ended (the flow's final counters). `created`: when the notification was spooled."""
     record = event_fields(event)
-    document = _document("event", f"{record['event_id']}/{event.revision}", identity)
+    document = _document("event", f"{record['event_id']}/{event.revision}", identity, created)
     document["stage"] = stage
     document["event"] = record
     return document
+
+
+def event_item(event: Event, stage: str) -> list:
+    """The compact form an event notification is spooled in: the event's allowlisted fields and
+    what its notification says of the marker. Made on the packet path, so kept cheap; the
+    delivery process turns it into the document (`spooled_document`)."""
+    marker = event.marker
+    return [STAGES.index(stage), event.revision, event.timestamp, event.proto, event.src, event.src_port, event.dst, event.dst_port, event.to_server, event.matched_on,
+            [marker.id, marker.type, marker.value, marker.bundle, marker.bundle_version, marker.severity, marker.tlp, marker.name], event.encapsulation,
+            event.opened, event.first_seen, event.last_seen, event.packets, event.bytes, event.hits]
+
+
+def spooled_document(item: Any, identity: dict[str, str], created: int) -> dict[str, Any]:
+    """A spooled entry's document: as spooled, or made from an event's compact form (the same
+    document at every delivery: `created` is when the entry was spooled)."""
+    if isinstance(item, dict):
+        return item
+    stage, revision, timestamp, proto, src, src_port, dst, dst_port, to_server, matched_on, marker, encapsulation, opened, first_seen, last_seen, packets, byte_count, hits = item
+    marker_id, kind, value, bundle, bundle_version, severity, tlp, name = marker
+    event = Event(revision, timestamp, proto, src, src_port, dst, dst_port, to_server, matched_on, Marker(marker_id, kind, value, bundle, bundle_version, severity=severity, tlp=tlp, name=name), encapsulation, opened, first_seen, last_seen, packets, byte_count, hits)
+    return event_document(event, STAGES[stage], identity, created)
 
 
 def bundle_document(record: BundleRecord, identity: dict[str, str]) -> dict[str, Any]:

@@ -22,8 +22,8 @@ from typing import Any
 from probe.clock import NANOSECONDS, Clock
 from probe.config import Config
 from probe.match.markers import Marker
-from probe.notify.documents import bundle_document, event_document, probe_identity, suppressed_document
-from probe.notify.outbox import Outbox, build_sinks
+from probe.notify.documents import bundle_document, event_item, probe_identity, suppressed_document
+from probe.notify.outbox import Outbox
 from probe.record.events import Event
 from probe.store.records import BundleRecord
 from probe.store.retention import BUNDLES_CLASS, Retention
@@ -58,6 +58,7 @@ class Notifier:
         self.burst = float(config.notify.marker_burst)
         self._rates: dict[tuple[str, str], MarkerRate] = {}
         self._suppressed: dict[tuple[str, str], Suppressed] = {}
+        self._expiries: dict[tuple[str, int], int] = {}
         self.made = 0
         """Notifications handed to the outbox."""
         self.suppressed = 0
@@ -85,12 +86,25 @@ class Notifier:
             self.suppressed += 1
             return False
         rate.tokens -= 1.0
-        self._put(event_document(event, "detected", self.identity), self.retention.expiry(self.retention.class_of(marker), event.last_seen))
+        self._put(event_item(event, "detected"), self._event_expiry(event))
         return True
 
     def revised(self, event: Event, final: bool) -> None:
         """A later revision of a notified event: its flow ended (`final`), or goes on."""
-        self._put(event_document(event, "ended" if final else "updated", self.identity), self.retention.expiry(self.retention.class_of(event.marker), event.last_seen))
+        self._put(event_item(event, "ended" if final else "updated"), self._event_expiry(event))
+
+    def _event_expiry(self, event: Event) -> int:
+        """The retention deadline of the event's last packet, found once per class and second
+        (the second's start: a deadline up to a second early, which the law allows)."""
+        record_class = self.retention.class_of(event.marker)
+        second = event.last_seen - event.last_seen % NANOSECONDS
+        key = (record_class, second)
+        expiry = self._expiries.get(key)
+        if expiry is None:
+            if len(self._expiries) > 4096:
+                self._expiries.clear()
+            expiry = self._expiries[key] = self.retention.expiry(record_class, second)
+        return expiry
 
     def bundle_changed(self, record: BundleRecord) -> None:
         self._put(bundle_document(record, self.identity), self.retention.expiry(BUNDLES_CLASS, record.time))
@@ -112,5 +126,4 @@ def open_notifier(config: Config, clock: Clock) -> Notifier | None:
     """The configured sinks behind their outbox, delivery threads started; None without sinks."""
     if not config.sinks:
         return None
-    outbox = Outbox(config.spool_directory, config.notify, build_sinks(config, clock), clock, probe_identity(config))
-    return Notifier(config, outbox, clock)
+    return Notifier(config, Outbox(config, clock), clock)

@@ -1,171 +1,138 @@
-"""`Outbox`: the spool and one delivery thread per sink.
+"""`Outbox`: the probe's side of notification delivery.
 
-`put` appends to the spool and wakes the threads; it never waits on a sink or on fsync, so packet
-matching goes on whatever the receivers do. Each thread makes the spool durable, reads its sink's
-next entries in detection order, applies the sink's filter and TLP rule, delivers, and moves the
-sink's cursor past what was acknowledged. A failed delivery is retried, the same entries in the
-same order, after a delay that doubles from `retry_initial` up to `retry_max`, each drawn at
-random between half and all of it (jitter: many probes do not retry a recovered receiver in step).
-A sink unreachable at start is no error: it is reported once, and its notifications wait.
+`put` appends an entry to the spool (`SpoolWriter`) and writes one byte to a pipe that wakes the
+delivery process (`delivery.py`), which does everything else beside the probe: fsync, rendering,
+filters, sending, retries, cursors. Matching therefore never waits on a sink, a disk flush or a
+TLS handshake, and the delivery's work does not compete with it for the interpreter. A spool at
+its cap drops the new notification (counted, logged once per episode); the first one it takes
+again is followed by a `dropped` notification with the count. If the delivery process dies, it
+is started again (its threads resume from the saved cursors), with the sinks' backoff.
 """
 
 from __future__ import annotations
 
 import logging
-import random
+import os
+import queue
+import subprocess
+import sys
 import threading
 import time
-from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing import Pipe
 from typing import Any
 
 from probe.clock import Clock, add_months
-from probe.config import MAXIMUM_RETENTION_MONTHS, Config, NotifySection
+from probe.config import MAXIMUM_RETENTION_MONTHS, Config
 from probe.errors import NotifyError
-from probe.notify.documents import dropped_document, for_sink
-from probe.notify.sinks import Sink, SinkError
-from probe.notify.sinks.jsonl import FileSink, StdoutSink
-from probe.notify.sinks.syslog import SyslogSink
-from probe.notify.sinks.webhook import WebhookSink
-from probe.notify.spool import Spool, SpoolEntry, SpoolFull
-from probe.store.retention import Retention
+from probe.notify.documents import dropped_document, probe_identity
+from probe.notify.sinks.build import build_sinks
+from probe.notify.spool import SpoolFull, SpoolWriter
 
 log = logging.getLogger("probe.notify")
 
-READ_BATCH = 256
-IDLE_WAKE = 1.0
-"""Seconds an idle delivery thread sleeps before it looks for expired entries again."""
-LATENCY_SAMPLES = 100_000
+START_TIMEOUT = 30.0
+REPLY_MARGIN = 30.0
+"""Seconds beyond a request's own time that the delivery process may take to answer (a sink
+blocked in a send until its timeout)."""
 
 
-def build_sinks(config: Config, clock: Clock) -> list[Sink]:
-    """The configured sinks, their files, secrets and certificates checked now, before any
-    traffic is read; a problem is a `NotifyError` naming the sink and its key."""
-    retention = Retention(config.store)
-    shortest = min([retention.default_months, *retention.class_months.values()])
-    sinks: list[Sink] = []
-    for section in config.sinks:
-        if section.type == "file":
-            sinks.append(FileSink(section, clock, shortest))
-        elif section.type == "stdout":
-            sinks.append(StdoutSink(section))
-        elif section.type == "syslog":
-            sinks.append(SyslogSink(section, config.probe.name))
-        else:
-            sinks.append(WebhookSink(section))
-    return sinks
-
-
+@dataclass
 class SinkStatistics:
-    def __init__(self) -> None:
-        self.delivered = 0
-        self.filtered = 0
-        """Entries this sink's filter did not take."""
-        self.failures = 0
-        self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
-        """Seconds from a notification's making to its acknowledgement, latest first out."""
-
-
-class DeliveryThread(threading.Thread):
-    def __init__(self, outbox: Outbox, sink: Sink) -> None:
-        super().__init__(name=f"sink-{sink.name}", daemon=True)
-        self.outbox = outbox
-        self.sink = sink
-        self.statistics = SinkStatistics()
-        self._waiting: list[SpoolEntry] = []
-        self._failing_since: float | None = None
-
-    def run(self) -> None:
-        outbox, spool = self.outbox, self.outbox.spool
-        delay = outbox.section.retry_initial
-        while not outbox.stopping.is_set():
-            try:
-                if not self._waiting:
-                    appended = outbox.appended
-                    self._waiting = spool.read(self.sink.name, spool.durable_sequence(), READ_BATCH)
-                    if not self._waiting:
-                        outbox.idle(appended)
-                        continue
-                self._deliver()
-            except (SinkError, OSError, ValueError) as error:  # the spool's disk too: retried, never fatal
-                self.statistics.failures += 1
-                if self._failing_since is None:
-                    self._failing_since = time.monotonic()
-                    where = f"sink {self.sink.name}: {error}" if isinstance(error, SinkError) else f"{spool.directory}: spool unreadable for sink {self.sink.name}: {error}"
-                    log.warning(f"{where}; notifications are kept in the spool and retried (at least once, in order)")
-                outbox.stopping.wait(random.uniform(delay / 2, delay))
-                delay = min(delay * 2, outbox.section.retry_max)
-                continue
-            if self._failing_since is not None:
-                log.warning(f"sink {self.sink.name}: delivering again after {time.monotonic() - self._failing_since:.1f} s ({spool.pending(self.sink.name)} notifications still waiting)")
-                self._failing_since = None
-            delay = outbox.section.retry_initial
-
-    def _deliver(self) -> None:
-        """Send what the filter takes of the waiting entries; acknowledge, even on failure, the
-        prefix that was delivered or skipped."""
-        now = self.outbox.clock.now()
-        sink, statistics = self.sink, self.statistics
-        taken: list[SpoolEntry] = []
-        for entry in self._waiting:
-            if entry.expires <= now:
-                self.outbox.expired += 1
-            elif sink.wants(entry.document):
-                taken.append(entry)
-            else:
-                statistics.filtered += 1
-        try:
-            if taken:
-                sink.deliver([(for_sink(entry.document, sink.max_tlp), entry.expires) for entry in taken])
-        except SinkError as error:
-            if error.delivered:
-                last = taken[error.delivered - 1].sequence
-                self._acknowledge(taken[: error.delivered], [entry for entry in self._waiting if entry.sequence <= last], last)
-            raise
-        self._acknowledge(taken, self._waiting, self._waiting[-1].sequence)
-
-    def _acknowledge(self, delivered: list[SpoolEntry], done: list[SpoolEntry], last: int) -> None:
-        acknowledged = time.time_ns()
-        self.statistics.delivered += len(delivered)
-        self.statistics.latencies.extend((acknowledged - entry.created) / 1e9 for entry in delivered)
-        self.outbox.spool.acknowledge(self.sink.name, last)
-        self._waiting = self._waiting[len(done) :]
+    delivered: int = 0
+    filtered: int = 0
+    failures: int = 0
+    pending: int = 0
+    latencies: list[float] = field(default_factory=list)
+    """Seconds from spooling to acknowledgement of each notification delivered (the latest)."""
 
 
 class Outbox:
-    def __init__(self, directory: str, section: NotifySection, sinks: list[Sink], clock: Clock, identity: dict[str, str]) -> None:
+    def __init__(self, config: Config, clock: Clock) -> None:
+        directory = config.spool_directory
         if not directory:
             raise NotifyError("sinks are configured but there is no spool to keep their notifications until delivered: set [notify] spool_directory (or [store] directory)")
-        self.section = section
-        self.sinks = sinks
+        self.config = config
         self.clock = clock
-        self.identity = identity
-        """The probe's name, site and declaration, for the notifications the outbox makes itself."""
-        self.spool = Spool(directory, section.spool_max_bytes, [sink.name for sink in sinks])
-        self.spool.collect(clock.now())
-        self.stopping = threading.Event()
-        self._wakeup = threading.Condition()
-        self.appended = 0
-        """Notifications spooled by this process: a delivery thread sleeps only if none came
-        since it last looked."""
+        self.identity = probe_identity(config)
+        self.sinks = build_sinks(config, clock)
+        for sink in self.sinks:
+            sink.close()
+        self.spool = SpoolWriter(directory, config.notify.spool_max_bytes, [sink.name for sink in self.sinks])
+        self._first_sequence = self.spool.next_sequence
         self.dropped = 0
         """Notifications the spool could not take (full, or the disk refused them)."""
         self.dropped_first = 0
         self.dropped_last = 0
         self._dropped_reported = 0
         self._drop_reason: str | None = None
-        self.expired = 0
-        """Entries a sink skipped because their retention passed before it could take them."""
-        self.threads = [DeliveryThread(self, sink) for sink in sinks]
-        for thread in self.threads:
-            thread.start()
+        self.statistics: dict[str, SinkStatistics] = {}
+        """Per sink, as the delivery process last reported (at `close`, its final figures)."""
+        self._replies: queue.Queue = queue.Queue()
+        self._closing = False
+        self._process: subprocess.Popen | None = None
+        try:
+            self._start_delivery()
+        except BaseException:
+            self.spool.close()
+            raise
 
-    def put(self, document: dict[str, Any], expires: int) -> bool:
-        """Spool a notification for every sink; False when the spool could not take it (counted
-        in `dropped`, logged once until the spool takes notifications again). The first one it
-        takes again is followed by a `dropped` notification with the count of those lost."""
+    def _start_delivery(self) -> None:
+        connection, child_end = Pipe()
+        wake_read, wake_write = os.pipe()
+        try:
+            self._process = subprocess.Popen([sys.executable, "-m", "probe.notify.delivery", str(child_end.fileno()), str(wake_read)], pass_fds=(child_end.fileno(), wake_read), stdin=subprocess.DEVNULL)
+        finally:
+            child_end.close()
+            os.close(wake_read)
+        os.set_blocking(wake_write, False)
+        self._connection, self._wake = connection, wake_write
+        connection.send((self.config, self.clock.fixed, self._first_sequence))
+        threading.Thread(target=self._listen, args=(connection, self._process), name="outbox-listener", daemon=True).start()
+        reply = self._reply(START_TIMEOUT)
+        if reply[0] != "ready":
+            raise NotifyError(f"the delivery process did not start: {reply[1]}")
+
+    def _listen(self, connection: Any, process: subprocess.Popen) -> None:
+        """Log what the delivery process logs, pass its replies on, restart it if it dies."""
+        while True:
+            try:
+                message = connection.recv()
+            except (EOFError, OSError):
+                break
+            if message[0] == "log":
+                log.log(message[1], message[2])
+            else:
+                self._replies.put(message)
+        code = process.wait()
+        if self._closing:
+            return
+        self._replies.put(("failed", f"exit code {code}"))
+        log.error(f"the notification delivery process ended (exit code {code}); notifications stay spooled; starting it again")
+        time.sleep(self.config.notify.retry_initial)
+        if not self._closing:
+            os.close(self._wake)
+            self._start_delivery()
+
+    def _reply(self, timeout: float) -> tuple:
+        try:
+            return self._replies.get(timeout=timeout)
+        except queue.Empty:
+            return ("failed", f"no answer within {timeout:.0f} s")
+
+    def _request(self, request: tuple, timeout: float) -> tuple:
+        try:
+            self._connection.send(request)
+        except OSError as error:
+            return ("failed", str(error))
+        return self._reply(timeout)
+
+    def put(self, item: Any, expires: int) -> bool:
+        """Spool a notification (a document, or an event's compact form) for every sink; False
+        when the spool could not take it (counted in `dropped`)."""
         created = time.time_ns()
         try:
-            self.spool.append(created, expires, document)
+            self.spool.append(created, expires, item)
         except SpoolFull as error:
             self.dropped += 1
             self.dropped_first = self.dropped_first or created
@@ -176,9 +143,10 @@ class Outbox:
             return False
         if self.dropped > self._dropped_reported:
             self._report_dropped(created)
-        with self._wakeup:
-            self.appended += 1
-            self._wakeup.notify_all()
+        try:
+            os.write(self._wake, b"\0")
+        except OSError:
+            pass  # the pipe is full of wake-ups already, or the delivery process is being restarted
         return True
 
     def _report_dropped(self, now: int) -> None:
@@ -193,33 +161,42 @@ class Outbox:
         self.dropped_first = 0
         self._drop_reason = None
 
-    def idle(self, appended: int) -> None:
-        """A delivery thread found nothing to send: sleep until the next `put` (unless one came
-        since it looked, `appended`), a second at most, and delete what expired meanwhile."""
-        with self._wakeup:
-            if self.appended == appended and not self.stopping.is_set():
-                self._wakeup.wait(IDLE_WAKE)
-        self.spool.collect(self.clock.now())
+    @property
+    def last_sequence(self) -> int:
+        return self.spool.next_sequence - 1
 
     def pending(self) -> dict[str, int]:
-        return {sink.name: self.spool.pending(sink.name) for sink in self.sinks}
+        """Per sink, notifications spooled and not yet acknowledged (or skipped by its filter)."""
+        reply = self._request(("status", self.last_sequence), REPLY_MARGIN)
+        if reply[0] != "status":
+            raise NotifyError(f"the notification delivery process does not answer: {reply[1]}")
+        self._keep_statistics(reply[1])
+        return {name: statistics.pending for name, statistics in self.statistics.items()}
 
     def drain(self, timeout: float) -> dict[str, int]:
         """Wait until every sink has acknowledged everything spooled, or `timeout` seconds;
         what each sink still has pending."""
-        deadline = time.monotonic() + timeout
-        while any(self.pending().values()) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return {name: count for name, count in self.pending().items() if count}
+        reply = self._request(("drain", self.last_sequence, timeout), timeout + REPLY_MARGIN)
+        return reply[1] if reply[0] == "drained" else {sink.name: self.last_sequence for sink in self.sinks}
 
     def close(self) -> None:
-        """Stop the threads (a delivery under way finishes or times out) and save the cursors;
-        what is not delivered stays spooled for the next start."""
-        self.stopping.set()
-        with self._wakeup:
-            self._wakeup.notify_all()
-        for thread in self.threads:
-            thread.join()
-        for sink in self.sinks:
-            sink.close()
+        """Stop the delivery process (a send under way finishes or times out; cursors are saved)
+        and seal the spool; what is not delivered stays spooled for the next start."""
+        self._closing = True
+        reply = self._request(("stop", self.last_sequence), REPLY_MARGIN + max((sink.section.timeout for sink in self.sinks), default=0))
+        if reply[0] == "stopped":
+            self._keep_statistics(reply[1])
+        else:
+            log.error(f"the notification delivery process did not stop cleanly ({reply[1]}); notifications stay spooled")
+        if self._process is not None:
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._connection.close()
+        os.close(self._wake)
         self.spool.close()
+
+    def _keep_statistics(self, figures: dict[str, dict[str, Any]]) -> None:
+        self.statistics = {name: SinkStatistics(**values) for name, values in figures.items()}

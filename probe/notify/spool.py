@@ -1,21 +1,22 @@
-"""`Spool`: the outbox on disk. A notification is written here before any sink sees it, and its
-bytes go once every sink has acknowledged it or its retention has passed.
+"""The outbox on disk: a notification is written here before any sink sees it, and its bytes go
+once every sink has acknowledged it or its retention has passed.
 
 Layout of a spool directory (0700, files 0600):
 
-    lock                      held by the one process that spools and delivers
+    lock                      held by the probe process that spools
     <first sequence>.spool    segments: a checked header, then CRC32C-framed msgpack entries
     cursors/<sink name>       the last sequence number that sink acknowledged
 
-Entries are numbered in the order they were made (detection order) and every sink reads them in
-that order from its cursor, so a sink that is down holds back nothing of the others and receives
-its backlog, in order, when it comes back. The process that makes notifications only appends
-(page cache, no fsync: matching never waits on the disk); a sink's delivery thread fsyncs what was
-appended before it sends any of it, so nothing is sent that a crash could take back. A segment is
-closed at 1 MiB or after a minute and deleted when every sink's cursor has passed its last entry,
-or when its latest retention deadline has passed (such entries are never sent). A cursor is
-saved at most every half second: after a crash a sink may receive again what it acknowledged just
-before (at-least-once delivery; the idempotency key tells receivers it is the same notification).
+An entry is `[sequence, made (wall-clock ns), retention deadline (ns), item]`; the item is a
+notification document, or for an event the compact form `notify/documents.py` turns into one.
+Entries are numbered in detection order. Two processes share the directory: the probe appends
+(`SpoolWriter`: page cache, no fsync, so matching never waits on the disk), and its delivery
+process (`SpoolReader`) fsyncs what was appended before it sends any of it, reads each sink's
+entries in order from that sink's cursor, moves the cursor past what the sink acknowledged, and
+deletes a segment once every cursor has passed it (never the one being appended to) or once the
+last of its deadlines has passed (such entries are never sent). A segment is closed at 1 MiB or
+after a minute. A cursor is saved at most every half second: after a crash a sink may receive
+again what it acknowledged just before (at-least-once; the idempotency key says it is the same).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import fcntl
 import logging
 import os
 import re
-import threading
 import time
 from contextlib import suppress
 from typing import Any, NamedTuple
@@ -42,8 +42,9 @@ SEGMENT_BYTES = 1 << 20
 SEGMENT_SECONDS = 60.0
 CURSOR_SAVE_INTERVAL = 0.5
 RESERVED_BYTES = 4096
-FRAME_OVERHEAD = FRAME.size
+"""Under the cap, kept for the notification that reports drops."""
 SEGMENT_NAME = re.compile(r"(\d{16})\.spool")
+CURSORS = "cursors"
 
 
 class SpoolEntry(NamedTuple):
@@ -52,51 +53,60 @@ class SpoolEntry(NamedTuple):
     """Wall-clock nanoseconds when the notification was made (what delivery latency counts from)."""
     expires: int
     """When the data it holds must be gone: the store's retention deadline of the same record."""
-    document: dict[str, Any]
+    item: Any
 
 
 class SpoolFull(NotifyError):
     """The spool is at its size cap or the disk refused the write; the entry was not taken."""
 
 
-class Segment:
-    __slots__ = ("first", "last", "path", "size", "durable", "latest_expiry", "opened", "descriptor")
-
-    def __init__(self, first: int, path: str) -> None:
-        self.first = first
-        self.last = first - 1
-        self.path = path
-        self.size = 0
-        self.durable = 0
-        self.latest_expiry = 0
-        self.opened = time.monotonic()
-        self.descriptor: int | None = None
+def segment_paths(directory: str) -> list[tuple[int, str]]:
+    """(first sequence, path) of each segment, oldest first."""
+    found = [(SEGMENT_NAME.fullmatch(name), name) for name in os.listdir(directory)]
+    return sorted((int(match.group(1)), os.path.join(directory, name)) for match, name in found if match)
 
 
-class Spool:
+def read_cursor(directory: str, sink: str) -> int | None:
+    try:
+        text = read_file(os.path.join(directory, CURSORS, sink)).strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def entries_of(path: str, data: bytes) -> tuple[list[bytes], int, int]:
+    """The framed payloads of a segment's bytes, where its entries start, and where they end."""
+    _, start = read_header(path, data, SPOOL_MAGIC)
+    if not start:
+        return [], 0, 0
+    payloads, end = read_frames(data, start)
+    return payloads, start, end
+
+
+class SpoolWriter:
+    """The probe's side: recovery at open, appends, the size cap."""
+
     def __init__(self, directory: str, max_bytes: int, sinks: list[str]) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
-        self._lock = threading.Lock()
-        self.segments: list[Segment] = []
-        self.cursors: dict[str, int] = {}
-        self._saved: dict[str, int] = {}
-        self._saved_at: dict[str, float] = {}
-        self._positions: dict[str, tuple[str, int, int]] = {}
-        """Per sink, where its last read ended: segment path, byte offset, last sequence read."""
+        self.sinks = sinks
         self.recovered: list[str] = []
-        self.expired = 0
-        """Entries deleted undelivered (to some sink) because their retention passed."""
         self._lock_descriptor = self._open_directory()
+        self._descriptor: int | None = None
+        self._path = ""
+        self._size = 0
+        self._opened = 0.0
+        self._other_bytes = 0
+        """Bytes of the segments before the one being appended to, as last counted."""
         try:
-            self._load_segments()
-            self._load_cursors(sinks)
-            self.next_sequence = max([segment.last for segment in self.segments] + list(self.cursors.values()) + [0]) + 1
+            last = self._recover()
+            self._forget_removed_sinks(last)
+            cursors = [read_cursor(directory, sink) or 0 for sink in sinks]
+            self.next_sequence = max([last, *cursors]) + 1
+            self._other_bytes = self._count_bytes()
         except BaseException:
             os.close(self._lock_descriptor)
             raise
-
-    # Opening
 
     def _open_directory(self) -> int:
         directory = self.directory
@@ -105,7 +115,7 @@ class Spool:
                 os.makedirs(directory, mode=0o700)
                 sync_directory(os.path.dirname(os.path.abspath(directory)))
             check_private(directory, True)
-            os.makedirs(os.path.join(directory, "cursors"), mode=0o700, exist_ok=True)
+            os.makedirs(os.path.join(directory, CURSORS), mode=0o700, exist_ok=True)
             descriptor = os.open(os.path.join(directory, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
         except StoreError as error:
             raise NotifyError(f"spool {error}") from None
@@ -118,214 +128,283 @@ class Spool:
             raise NotifyError(f"{directory}: the notification spool is in use by another probe process; give each process its own [notify] spool_directory") from None
         return descriptor
 
-    def _load_segments(self) -> None:
-        for name in sorted(os.listdir(self.directory)):
-            match = SEGMENT_NAME.fullmatch(name)
-            if match is None:
-                continue
-            path = os.path.join(self.directory, name)
+    def _recover(self) -> int:
+        """Cut the torn tail a crash left (entries never sent: they were not yet durable); the
+        last sequence number spooled."""
+        last = 0
+        for _, path in segment_paths(self.directory):
             check_private(path, False)
-            segment = Segment(int(match.group(1)), path)
             data = read_file(path)
-            _, start = read_header(path, data, SPOOL_MAGIC)
-            payloads, end = read_frames(data, start) if start else ([], 0)
-            for payload in payloads:
-                sequence, _, expires, _ = msgpack.unpackb(payload)
-                segment.last = sequence
-                segment.latest_expiry = max(segment.latest_expiry, expires)
-            if end < len(data):
+            payloads, start, end = entries_of(path, data)
+            if payloads:
+                last = max(last, msgpack.unpackb(payloads[-1])[0])
+            if start and end < len(data):
                 with open(path, "r+b") as stream:
                     stream.truncate(end)
                     os.fsync(stream.fileno())
                 message = f"{path}: torn tail of {len(data) - end} bytes cut (a crash while spooling; those notifications were never sent)"
                 self.recovered.append(message)
                 log.warning(message)
-            segment.size = segment.durable = end
-            self.segments.append(segment)
+        return last
 
-    def _load_cursors(self, sinks: list[str]) -> None:
-        first = self.segments[0].first if self.segments else 1
-        directory = os.path.join(self.directory, "cursors")
-        for name in sorted(os.listdir(directory)):
-            path = os.path.join(directory, name)
-            text = read_file(path).strip()
-            cursor = int(text) if text.isdigit() else None
-            if name not in sinks:
-                pending = sum(segment.last - max(segment.first - 1, cursor or 0) for segment in self.segments if segment.last > (cursor or 0))
-                log.warning(f"{path}: sink {name!r} is no longer configured; its cursor is removed" + (f" and the {pending} notifications spooled for it will not be sent" if pending else ""))
-                os.unlink(path)
-            elif cursor is None:
-                log.warning(f"{path}: unreadable cursor; sink {name} receives again everything the spool holds")
-            else:
-                self.cursors[name] = self._saved[name] = cursor
-        for name in sinks:
-            self.cursors.setdefault(name, first - 1)
+    def _forget_removed_sinks(self, last: int) -> None:
+        for name in sorted(os.listdir(os.path.join(self.directory, CURSORS))):
+            if name in self.sinks:
+                continue
+            cursor = read_cursor(self.directory, name) or 0
+            log.warning(f"{os.path.join(self.directory, CURSORS, name)}: sink {name!r} is no longer configured; its cursor is removed" + (f" and the notifications spooled for it after number {cursor} (up to {last}) will not be sent to it" if last > cursor else ""))
+            os.unlink(os.path.join(self.directory, CURSORS, name))
 
-    # Appending (the thread that makes notifications)
+    def _count_bytes(self) -> int:
+        total = 0
+        for _, path in segment_paths(self.directory):
+            if path != self._path:
+                with suppress(FileNotFoundError):
+                    total += os.path.getsize(path)
+        return total
 
-    def append(self, created: int, expires: int, document: dict[str, Any], reserved: bool = False) -> int:
-        """Spool one notification; its sequence number. Raises `SpoolFull` when the size cap is
-        reached or the disk refuses it; what was spooled before is intact. The last
-        `RESERVED_BYTES` under the cap are kept for the notification that reports the drops
-        (`reserved`), so that once the spool takes notifications again it can take that one."""
-        payload = frame(msgpack.packb([self.next_sequence, created, expires, document]))
+    def append(self, created: int, expires: int, item: Any, reserved: bool = False) -> int:
+        """Spool one entry; its sequence number. Raises `SpoolFull` at the size cap (less the last
+        `RESERVED_BYTES`, unless `reserved`) or when the disk refuses it; what was spooled before
+        is intact."""
+        payload = frame(msgpack.packb([self.next_sequence, created, expires, item]))
         limit = self.max_bytes if reserved else self.max_bytes - RESERVED_BYTES
-        with self._lock:
-            if self.total_bytes() + len(payload) > limit:
-                self._reclaim_active()
-            if self.total_bytes() + len(payload) > limit:
-                raise SpoolFull(f"{self.directory}: the spool holds {self.total_bytes()} bytes, at its cap ([notify] spool_max_bytes = {self.max_bytes})")
-            segment = self._active()
-            try:
-                write_all(segment.descriptor, payload)  # type: ignore[arg-type]
-            except OSError as error:
-                with suppress(OSError):
-                    os.ftruncate(segment.descriptor, segment.size)  # type: ignore[arg-type]
-                raise SpoolFull(f"{segment.path}: cannot spool: {error.strerror}") from None
-            segment.size += len(payload)
-            segment.last = self.next_sequence
-            segment.latest_expiry = max(segment.latest_expiry, expires)
-            self.next_sequence += 1
-            return segment.last
-
-    def _reclaim_active(self) -> None:
-        """At the cap, the segment being appended to goes too if every sink has all of it (it is
-        otherwise kept until it is a minute old or full, to spare a file per notification)."""
-        segment = self.segments[-1] if self.segments else None
-        if segment is not None and segment.last <= min(self.cursors.values(), default=segment.last):
-            if segment.descriptor is not None:
-                os.close(segment.descriptor)
-                segment.descriptor = None
-            self._delete(segment)
-
-    def _active(self) -> Segment:
-        """The segment being appended to; a new one after 1 MiB or a minute."""
-        segment = self.segments[-1] if self.segments else None
-        if segment is not None and segment.descriptor is not None:
-            if segment.size < SEGMENT_BYTES and time.monotonic() - segment.opened < SEGMENT_SECONDS:
-                return segment
-            self._seal(segment)
-        path = os.path.join(self.directory, f"{self.next_sequence:016d}.spool")
-        segment = Segment(self.next_sequence, path)
-        header = file_header(SPOOL_MAGIC, {"first": self.next_sequence})
+        if self._other_bytes + self._size + len(payload) > limit:
+            self._other_bytes = self._count_bytes()  # the delivery process may have deleted some
+            if self._other_bytes + self._size + len(payload) > limit and self._descriptor is not None and self._delivered_to_all():
+                path = self._path
+                self._seal()
+                with suppress(FileNotFoundError):
+                    os.unlink(path)
+                self._other_bytes = self._count_bytes()
+            if self._other_bytes + self._size + len(payload) > limit:
+                raise SpoolFull(f"{self.directory}: the spool holds {self._other_bytes + self._size} bytes, at its cap ([notify] spool_max_bytes = {self.max_bytes})")
+        if self._descriptor is None or self._size >= SEGMENT_BYTES or time.monotonic() - self._opened >= SEGMENT_SECONDS or os.fstat(self._descriptor).st_nlink == 0:
+            self._start_segment()
         try:
-            segment.descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
-            write_all(segment.descriptor, header)
+            write_all(self._descriptor, payload)  # type: ignore[arg-type]
+        except OSError as error:
+            with suppress(OSError):
+                os.ftruncate(self._descriptor, self._size)  # type: ignore[arg-type]
+            raise SpoolFull(f"{self._path}: cannot spool: {error.strerror}") from None
+        self._size += len(payload)
+        self.next_sequence += 1
+        return self.next_sequence - 1
+
+    def _delivered_to_all(self) -> bool:
+        """Every sink's saved cursor has passed the segment being appended to."""
+        return all((read_cursor(self.directory, sink) or 0) >= self.next_sequence - 1 for sink in self.sinks)
+
+    def _start_segment(self) -> None:
+        if self._descriptor is not None:
+            self._seal()
+            self._other_bytes = self._count_bytes()
+        path = os.path.join(self.directory, f"{self.next_sequence:016d}.spool")
+        header = file_header(SPOOL_MAGIC, {"first": self.next_sequence, "opened": time.time_ns()})
+        descriptor = None
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+            write_all(descriptor, header)
             sync_directory(self.directory)
         except OSError as error:
-            if segment.descriptor is not None:
-                os.close(segment.descriptor)
+            if descriptor is not None:
+                os.close(descriptor)
             with suppress(OSError):
                 os.unlink(path)
             raise SpoolFull(f"{path}: cannot create a spool segment: {error.strerror}") from None
-        segment.size = len(header)
-        self.segments.append(segment)
-        return segment
+        self._descriptor, self._path, self._size, self._opened = descriptor, path, len(header), time.monotonic()
 
-    def _seal(self, segment: Segment) -> None:
-        descriptor, segment.descriptor = segment.descriptor, None
-        try:
-            os.fsync(descriptor)  # type: ignore[arg-type]
-            segment.durable = segment.size
-        finally:
-            os.close(descriptor)  # type: ignore[arg-type]
-
-    # Delivering (one thread per sink)
-
-    def durable_sequence(self) -> int:
-        """Make every entry appended so far durable (one fsync shared by the sinks); the last
-        sequence number a sink may now send."""
-        with self._lock:
-            if not self.segments:
-                return self.next_sequence - 1
-            segment = self.segments[-1]
-            if segment.descriptor is None or segment.durable == segment.size:
-                return segment.last
-            descriptor, size, last = os.dup(segment.descriptor), segment.size, segment.last
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        with self._lock:
-            segment.durable = max(segment.durable, size)
-        return last
-
-    def read(self, sink: str, upto: int, limit: int) -> list[SpoolEntry]:
-        """Up to `limit` entries after the sink's cursor, up to `upto` (what is durable). Each
-        sink reads on from where its previous read ended, so an entry is parsed once per sink."""
-        after = self.cursors[sink]
-        entries: list[SpoolEntry] = []
-        with self._lock:
-            segments = [(segment.path, segment.durable) for segment in self.segments if segment.last > after and segment.first <= upto]
-        position = self._positions.get(sink)
-        for path, durable in segments:
-            resume = position is not None and position[0] == path and position[2] == after
+    def _seal(self) -> None:
+        descriptor, self._descriptor = self._descriptor, None
+        if descriptor is not None:
             try:
-                with open(path, "rb") as stream:
-                    if resume:
-                        base = position[1]  # type: ignore[index]
-                        stream.seek(base)
-                        data = stream.read(max(0, durable - base))
-                        offset = 0
-                    else:
-                        base = 0
-                        data = stream.read(durable)
-                        offset = read_header(path, data, SPOOL_MAGIC)[1]
-            except FileNotFoundError:  # expired and deleted meanwhile
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+        self._other_bytes += self._size
+        self._size = 0
+        self._path = ""
+
+    def total_bytes(self) -> int:
+        return self._count_bytes() + (self._size if self._descriptor is not None else 0)
+
+    def close(self) -> None:
+        """Seal the segment being written; delete every segment all sinks have passed (the
+        delivery process has stopped and saved its cursors)."""
+        with suppress(OSError):
+            self._seal()
+        done = min((read_cursor(self.directory, sink) or 0 for sink in self.sinks), default=self.next_sequence - 1)
+        paths = segment_paths(self.directory)
+        for position, (_, path) in enumerate(paths):
+            following = paths[position + 1][0] if position + 1 < len(paths) else self.next_sequence
+            if following - 1 <= done:
+                with suppress(FileNotFoundError):
+                    os.unlink(path)
+        with suppress(OSError):
+            sync_directory(self.directory)
+        os.close(self._lock_descriptor)
+
+
+class ReadSegment:
+    __slots__ = ("first", "path", "opened", "descriptor", "durable", "last", "latest_expiry")
+
+    def __init__(self, first: int, path: str, opened: int) -> None:
+        self.first = first
+        self.path = path
+        self.opened = opened
+        """Wall-clock nanoseconds when the probe started it (from its header)."""
+        self.descriptor: int | None = None
+        self.durable = 0
+        """Bytes fsync'd: what may be sent."""
+        self.last: int | None = None
+        self.latest_expiry: int | None = None
+        """Both known once the segment is closed and read whole."""
+
+
+CLOSED_AFTER = (SEGMENT_SECONDS + 5) * 1_000_000_000
+"""A segment this old takes no more entries (the probe starts a new one after a minute, and
+checks before each append that its segment was not deleted)."""
+
+
+class SpoolReader:
+    """The delivery process's side: durability, each sink's reading and cursor, deletion."""
+
+    def __init__(self, directory: str, sinks: list[str], earlier_runs: int) -> None:
+        """`earlier_runs`: the probe's first sequence number this run; segments before it were
+        written by an earlier run, and are closed."""
+        self.directory = directory
+        self.earlier_runs = earlier_runs
+        self.segments: list[ReadSegment] = []
+        self.refresh()
+        first = self.segments[0].first if self.segments else 1
+        self.cursors = {sink: read_cursor(directory, sink) or first - 1 for sink in sinks}
+        self._saved = {sink: read_cursor(directory, sink) for sink in sinks}
+        self._saved_at = {sink: 0.0 for sink in sinks}
+        for sink in sinks:  # every sink has a cursor file: a sink removed later is known as such
+            self.save_cursor(sink)
+        self._positions: dict[str, tuple[str, int, int]] = {}
+        """Per sink, where its last read ended: segment path, byte offset, last sequence read."""
+        self.expired = 0
+        """Entries deleted before some sink had them, their retention passed."""
+
+    def refresh(self) -> None:
+        """Take in the segments the probe started since."""
+        known = {segment.path for segment in self.segments}
+        for first, path in segment_paths(self.directory):
+            if path not in known and (not self.segments or first > self.segments[-1].first):
+                try:
+                    header, _ = read_header(path, read_file(path)[:4096], SPOOL_MAGIC)
+                except FileNotFoundError:
+                    continue
+                self.segments.append(ReadSegment(first, path, header.get("opened", 0)))
+
+    def _closed(self, now: int) -> list[ReadSegment]:
+        """The segments the probe appends to no more (a later one exists, or it is over a minute
+        old), each read whole once for its last entry and latest retention deadline."""
+        closed = []
+        for position, segment in enumerate(self.segments):
+            if position + 1 == len(self.segments) and segment.first >= self.earlier_runs and now - segment.opened < CLOSED_AFTER:
+                break
+            if segment.latest_expiry is None:
+                try:
+                    data = read_file(segment.path)
+                except FileNotFoundError:
+                    continue
+                entries = [msgpack.unpackb(payload) for payload in entries_of(segment.path, data)[0]]
+                segment.last = max((entry[0] for entry in entries), default=segment.first - 1)
+                segment.latest_expiry = max((entry[2] for entry in entries), default=0)
+            closed.append(segment)
+        return closed
+
+    def sync(self) -> None:
+        """Make what was appended durable (fsync), so that it may be sent."""
+        self.refresh()
+        for segment in self.segments:
+            if segment.descriptor is None:
+                try:
+                    segment.descriptor = os.open(segment.path, os.O_RDONLY)
+                except FileNotFoundError:
+                    continue
+            size = os.fstat(segment.descriptor).st_size
+            if size > segment.durable:
+                os.fsync(segment.descriptor)
+                segment.durable = size
+
+    def read(self, sink: str, limit: int) -> list[SpoolEntry]:
+        """Up to `limit` durable entries after the sink's cursor, in order. Each sink reads on
+        from where its previous read ended, so an entry is parsed once per sink."""
+        after = self.cursors[sink]
+        position = self._positions.get(sink)
+        entries: list[SpoolEntry] = []
+        for segment in self.segments:
+            if (segment.last is not None and segment.last <= after) or segment.descriptor is None:
                 continue
-            if not offset and not resume:
+            resume = position is not None and position[0] == segment.path and position[2] == after
+            base = position[1] if resume else 0  # type: ignore[index]
+            try:
+                data = os.pread(segment.descriptor, max(0, segment.durable - base), base)
+            except OSError:
                 continue
-            for payload in read_frames(data, offset)[0]:
+            if resume:
+                payloads, offset = read_frames(data, 0)[0], 0
+            else:
+                payloads, offset, _ = entries_of(segment.path, data)
+            for payload in payloads:
                 entry = SpoolEntry(*msgpack.unpackb(payload))
-                if entry.sequence > upto or len(entries) >= limit:
+                offset += FRAME.size + len(payload)
+                if entry.sequence <= after:
+                    continue
+                entries.append(entry)
+                self._positions[sink] = (segment.path, base + offset, entry.sequence)
+                if len(entries) >= limit:
                     return entries
-                offset += FRAME_OVERHEAD + len(payload)
-                if entry.sequence > after:
-                    entries.append(entry)
-                    self._positions[sink] = (path, base + offset, entry.sequence)
         return entries
 
     def acknowledge(self, sink: str, sequence: int) -> None:
-        """The sink has what is numbered up to `sequence`; segments every sink has passed go. The
-        cursor file is written outside the lock: appending never waits for its fsync."""
-        with self._lock:
-            self.cursors[sink] = sequence
-            done = min(self.cursors.values())
-            for segment in [segment for segment in self.segments[:-1] if segment.last <= done]:
+        """The sink has everything up to `sequence`; closed segments every sink has passed go."""
+        self.cursors[sink] = max(self.cursors[sink], sequence)
+        self._delete_delivered()
+        if time.monotonic() - self._saved_at[sink] >= CURSOR_SAVE_INTERVAL:
+            self.save_cursor(sink)
+
+    def _delete_delivered(self) -> None:
+        done = min(self.cursors.values())
+        for segment in self._closed(time.time_ns()):
+            if segment.last is not None and segment.last <= done:
                 self._delete(segment)
-        if time.monotonic() - self._saved_at.get(sink, 0.0) >= CURSOR_SAVE_INTERVAL:
-            self._save_cursor(sink)
 
     def collect(self, now: int) -> None:
-        """Delete the segments whose every entry is past its retention, sent or not."""
-        with self._lock:
-            for segment in [segment for segment in self.segments if segment.latest_expiry and segment.latest_expiry <= now]:
-                undelivered = sum(max(0, segment.last - max(cursor, segment.first - 1)) for cursor in self.cursors.values())
-                if undelivered:
-                    self.expired += undelivered
-                    log.warning(f"{segment.path}: {undelivered} notifications deleted undelivered: their retention passed while their sinks were unreachable")
-                if segment.descriptor is not None:
-                    os.close(segment.descriptor)
-                    segment.descriptor = None
-                self._delete(segment)
-            for sink, cursor in self.cursors.items():  # past the entries deleted
-                remaining = [segment for segment in self.segments if segment.last > cursor]
-                self.cursors[sink] = max(cursor, remaining[0].first - 1) if remaining else self.next_sequence - 1
+        """On every idle second: delete the closed segments every sink has passed, and those
+        whose every entry is past its retention, sent or not; save the cursors not yet saved."""
+        self._delete_delivered()
+        for segment in self._closed(time.time_ns()):
+            if segment.latest_expiry is None or segment.latest_expiry > now:
+                continue
+            last = segment.last if segment.last is not None else segment.first - 1
+            undelivered = sum(max(0, last - max(cursor, segment.first - 1)) for cursor in self.cursors.values())
+            if undelivered:
+                self.expired += undelivered
+                log.warning(f"{segment.path}: {undelivered} notifications deleted undelivered: their retention passed while their sinks could not take them")
+            for sink, cursor in self.cursors.items():
+                if cursor >= segment.first - 1:  # a sink still behind, in an earlier segment, reads on past the gap
+                    self.cursors[sink] = max(cursor, last)
+            self._delete(segment)
+        for sink in self.cursors:
+            self.save_cursor(sink)
 
-    def pending(self, sink: str) -> int:
-        """Entries spooled that `sink` has not acknowledged (those its filter skips included)."""
-        with self._lock:
-            return max(0, self.next_sequence - 1 - self.cursors[sink])
+    def pending(self, sink: str, last: int) -> int:
+        """Entries up to `last` (the probe's latest) that the sink has not acknowledged."""
+        return max(0, last - self.cursors[sink])
 
-    def total_bytes(self) -> int:
-        return sum(segment.size for segment in self.segments)
-
-    def _delete(self, segment: Segment) -> None:
+    def _delete(self, segment: ReadSegment) -> None:
+        if segment.descriptor is not None:
+            os.close(segment.descriptor)
+            segment.descriptor = None
         with suppress(FileNotFoundError):
             os.unlink(segment.path)
         self.segments.remove(segment)
 
-    def _save_cursor(self, sink: str) -> None:
+    def save_cursor(self, sink: str) -> None:
         """Best effort: a cursor that cannot be saved (full disk) stays in memory; after a crash
         that sink receives again what it acknowledged since the last save."""
         sequence = self.cursors[sink]
@@ -333,24 +412,16 @@ class Spool:
         if self._saved.get(sink) == sequence:
             return
         try:
-            write_atomically(os.path.join(self.directory, "cursors", sink), str(sequence).encode())
+            write_atomically(os.path.join(self.directory, CURSORS, sink), str(sequence).encode())
         except OSError as error:
-            log.warning(f"{self.directory}: cursor of sink {sink} not saved ({error.strerror}); after a crash it would receive again up to {sequence - self._saved.get(sink, 0)} notifications")
+            log.warning(f"{self.directory}: cursor of sink {sink} not saved ({error.strerror}); after a crash it would receive again up to {sequence - (self._saved.get(sink) or 0)} notifications")
             return
         self._saved[sink] = sequence
 
     def close(self) -> None:
-        """Save every cursor; delete everything when every sink has everything."""
         for sink in self.cursors:
-            self._save_cursor(sink)
-        with self._lock:
-            done = min(self.cursors.values(), default=self.next_sequence - 1)
-            for segment in list(self.segments):
-                if segment.descriptor is not None:
-                    with suppress(OSError):
-                        self._seal(segment)
-                if segment.last <= done:
-                    self._delete(segment)
-            with suppress(OSError):
-                sync_directory(self.directory)
-        os.close(self._lock_descriptor)
+            self.save_cursor(sink)
+        for segment in self.segments:
+            if segment.descriptor is not None:
+                os.close(segment.descriptor)
+                segment.descriptor = None

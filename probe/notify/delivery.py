@@ -1,0 +1,262 @@
+"""The delivery process: reads the spool and delivers to every sink, beside the probe.
+
+It runs as a child of the probe (`python -m probe.notify.delivery`), so that rendering documents,
+TLS, HTTP and syslog framing never take the probe's interpreter from packet matching: the probe
+only appends to the spool and writes one byte to a pipe. One thread per sink makes the spool
+durable, reads its sink's next entries in detection order, applies the sink's filter and TLP rule,
+delivers, and moves the sink's cursor past what was acknowledged. A failed delivery is retried,
+the same entries in the same order, after a delay that doubles from `retry_initial` up to
+`retry_max`, each drawn between half and all of it (jitter: many probes do not hit a recovered
+receiver in step). A sink unreachable at start is no error: it is reported once, and its
+notifications wait.
+
+The probe talks to it over a connection (`outbox.py`): `drain`, `status` and `stop` requests, and
+back the replies and this process's log messages, which the probe logs as its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import select
+import sys
+import threading
+import time
+from collections import deque
+from multiprocessing.connection import Connection
+from typing import Any
+
+from probe.clock import Clock
+from probe.config import Config
+from probe.notify.documents import for_sink, probe_identity, spooled_document
+from probe.notify.sinks import Sink, SinkError
+from probe.notify.sinks.build import build_sinks
+from probe.notify.spool import SpoolEntry, SpoolReader
+from probe.process import forbid_core_dumps
+
+log = logging.getLogger("probe.notify")
+
+READ_BATCH = 256
+IDLE_WAKE = 1.0
+"""Seconds an idle delivery thread sleeps before it looks for expired entries again."""
+LATENCY_SAMPLES = 100_000
+
+
+class SinkStatistics:
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.filtered = 0
+        """Entries this sink's filter did not take."""
+        self.failures = 0
+        self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        """Seconds from a notification's spooling to its acknowledgement, the latest kept."""
+
+
+class DeliveryThread(threading.Thread):
+    def __init__(self, delivery: Delivery, sink: Sink) -> None:
+        super().__init__(name=f"sink-{sink.name}", daemon=True)
+        self.delivery = delivery
+        self.sink = sink
+        self.statistics = SinkStatistics()
+        self._waiting: list[SpoolEntry] = []
+        self._failing_since: float | None = None
+
+    def run(self) -> None:
+        delivery = self.delivery
+        delay = delivery.retry_initial
+        while not delivery.stopping.is_set():
+            try:
+                if not self._waiting:
+                    appended = delivery.appended
+                    self._waiting = delivery.read(self.sink.name)
+                    if not self._waiting:
+                        delivery.idle(appended)
+                        continue
+                self._deliver()
+            except (SinkError, OSError, ValueError) as error:  # the spool's disk too: retried, never fatal
+                self.statistics.failures += 1
+                if self._failing_since is None:
+                    self._failing_since = time.monotonic()
+                    where = f"sink {self.sink.name}: {error}" if isinstance(error, SinkError) else f"{delivery.reader.directory}: spool unreadable for sink {self.sink.name}: {error}"
+                    log.warning(f"{where}; notifications are kept in the spool and retried (at least once, in order)")
+                delivery.stopping.wait(random.uniform(delay / 2, delay))
+                delay = min(delay * 2, delivery.retry_max)
+                continue
+            if self._failing_since is not None:
+                log.warning(f"sink {self.sink.name}: delivering again after {time.monotonic() - self._failing_since:.1f} s")
+                self._failing_since = None
+            delay = delivery.retry_initial
+
+    def _deliver(self) -> None:
+        """Send what the filter takes of the waiting entries; acknowledge, even on failure, the
+        prefix that was delivered or skipped."""
+        now = self.delivery.clock.now()
+        sink, statistics, identity = self.sink, self.statistics, self.delivery.identity
+        taken: list[tuple[SpoolEntry, dict[str, Any]]] = []
+        for entry in self._waiting:
+            if entry.expires <= now:
+                continue  # past its retention: never sent
+            document = spooled_document(entry.item, identity, entry.created)
+            if sink.wants(document):
+                taken.append((entry, for_sink(document, sink.max_tlp)))
+            else:
+                statistics.filtered += 1
+        try:
+            if taken:
+                sink.deliver([(document, entry.expires) for entry, document in taken])
+        except SinkError as error:
+            if error.delivered:
+                last = taken[error.delivered - 1][0].sequence
+                self._acknowledge([entry for entry, _ in taken[: error.delivered]], last)
+            raise
+        self._acknowledge([entry for entry, _ in taken], self._waiting[-1].sequence)
+
+    def _acknowledge(self, delivered: list[SpoolEntry], last: int) -> None:
+        acknowledged = time.time_ns()
+        self.statistics.delivered += len(delivered)
+        self.statistics.latencies.extend((acknowledged - entry.created) / 1e9 for entry in delivered)
+        self.delivery.acknowledge(self.sink.name, last)
+        self._waiting = [entry for entry in self._waiting if entry.sequence > last]
+
+
+class Delivery:
+    """The delivery process's state: the spool reader (shared by the threads under one lock),
+    the sinks and their threads."""
+
+    def __init__(self, config: Config, clock: Clock, earlier_runs: int) -> None:
+        self.clock = clock
+        self.identity = probe_identity(config)
+        self.retry_initial = config.notify.retry_initial
+        self.retry_max = config.notify.retry_max
+        self.sinks = build_sinks(config, clock)
+        self.reader = SpoolReader(config.spool_directory, [sink.name for sink in self.sinks], earlier_runs)
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition()
+        self.appended = 0
+        """Wake-ups from the probe: a thread sleeps only if none came since it last looked."""
+        self.threads = [DeliveryThread(self, sink) for sink in self.sinks]
+
+    def start(self) -> None:
+        with self._lock:
+            self.reader.collect(self.clock.now())
+        for thread in self.threads:
+            thread.start()
+
+    def read(self, sink: str) -> list[SpoolEntry]:
+        with self._lock:
+            self.reader.sync()
+            return self.reader.read(sink, READ_BATCH)
+
+    def acknowledge(self, sink: str, sequence: int) -> None:
+        with self._lock:
+            self.reader.acknowledge(sink, sequence)
+
+    def wake(self) -> None:
+        with self._wakeup:
+            self.appended += 1
+            self._wakeup.notify_all()
+
+    def idle(self, appended: int) -> None:
+        """Sleep until the probe spools more (unless it did since `appended`), a second at most,
+        and delete what expired meanwhile."""
+        with self._wakeup:
+            if self.appended == appended and not self.stopping.is_set():
+                self._wakeup.wait(IDLE_WAKE)
+        with self._lock:
+            self.reader.collect(self.clock.now())
+
+    def statistics(self, last: int) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {thread.sink.name: {"delivered": thread.statistics.delivered, "filtered": thread.statistics.filtered, "failures": thread.statistics.failures, "pending": self.reader.pending(thread.sink.name, last), "latencies": list(thread.statistics.latencies)} for thread in self.threads}
+
+    def drain(self, last: int, timeout: float) -> dict[str, int]:
+        """Wait until every sink acknowledged up to `last`, or `timeout`; what each has left."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                left = {sink: self.reader.pending(sink, last) for sink in self.reader.cursors}
+            if not any(left.values()) or time.monotonic() >= deadline:
+                with self._lock:  # the probe reads them (its size cap)
+                    for sink in self.reader.cursors:
+                        self.reader.save_cursor(sink)
+                return {sink: count for sink, count in left.items() if count}
+            time.sleep(0.005)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake()
+        for thread in self.threads:
+            thread.join()
+        for sink in self.sinks:
+            sink.close()
+        with self._lock:
+            self.reader.close()
+
+
+class ForwardToProbe(logging.Handler):
+    """This process's log messages, sent to the probe, which logs them as its own."""
+
+    def __init__(self, connection: Connection, lock: threading.Lock) -> None:
+        super().__init__(logging.WARNING)
+        self.connection = connection
+        self.send_lock = lock
+        """Shared with the replies (logging.Handler's own `lock` is another)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            with self.send_lock:
+                self.connection.send(("log", record.levelno, record.getMessage()))
+        except OSError:
+            pass  # the probe is gone; nothing to tell
+
+
+def watch_wakeups(descriptor: int, delivery: Delivery) -> None:
+    while True:
+        select.select([descriptor], [], [])
+        try:
+            if not os.read(descriptor, 4096):
+                return  # the probe closed its end
+        except BlockingIOError:
+            continue
+        delivery.wake()
+
+
+def main() -> None:
+    forbid_core_dumps()
+    connection = Connection(int(sys.argv[1]))
+    wakeups = int(sys.argv[2])
+    os.set_blocking(wakeups, False)
+    send_lock = threading.Lock()
+    logger = logging.getLogger("probe")
+    logger.addHandler(ForwardToProbe(connection, send_lock))
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+    config, fixed_now, earlier_runs = connection.recv()
+    delivery = Delivery(config, Clock(fixed_now), earlier_runs)
+    delivery.start()
+    threading.Thread(target=watch_wakeups, args=(wakeups, delivery), daemon=True).start()
+    with send_lock:
+        connection.send(("ready",))
+    while True:
+        try:
+            request = connection.recv()
+        except (EOFError, OSError):  # the probe died: keep what is spooled for its next start
+            delivery.stop()
+            return
+        if request[0] == "drain":
+            reply: tuple = ("drained", delivery.drain(request[1], request[2]))
+        elif request[0] == "status":
+            reply = ("status", delivery.statistics(request[1]))
+        else:
+            delivery.stop()
+            reply = ("stopped", delivery.statistics(request[1]))
+        with send_lock:
+            connection.send(reply)
+        if request[0] == "stop":
+            return
+
+
+if __name__ == "__main__":
+    main()
