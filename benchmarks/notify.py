@@ -63,7 +63,7 @@ from probe.config import parse_config  # noqa: E402
 from probe.decode.packet import address_key  # noqa: E402
 from probe.match.markers import Marker  # noqa: E402
 from probe.notify.notifier import open_notifier  # noqa: E402
-from probe.notify.outbox import LATENCY_SAMPLES  # noqa: E402
+from probe.notify.delivery import LATENCY_SAMPLES  # noqa: E402
 from probe.record.events import Event  # noqa: E402
 
 RATE = 1_000

@@ -94,6 +94,8 @@ def replay_command(captures: tuple[str, ...], marker_paths: tuple[str, ...], eve
         fail(str(error))
     if config.sinks and not any(sink.authority for sink in config.sinks):
         click.echo("probe: warning: no sink has authority = true: detected events reach no authority (the live service refuses to start so)", err=True)
+    if events is sys.stdout and any(sink.type == "stdout" for sink in config.sinks):
+        click.echo("probe: warning: events and a stdout sink both write to standard output; their lines may interleave: give --events FILE", err=True)
     try:
         result = run_replay(config, list(captures), library, events, Progress.for_captures(list(captures)), store, notifier, clock)
     except ProbeError as error:

@@ -264,6 +264,8 @@ def _parse_sinks(raw: Any, origin: str) -> tuple[SinkSection, ...]:
         _check_sink(sink, entry, f"{origin}: {where}")
         if sink.name in {other.name for other in sinks}:
             raise ConfigError(f"{origin}: {where}.name: {sink.name!r} names two sinks; each needs its own name (it keys its place in the spool)")
+        if sink.type == "file" and os.path.abspath(sink.path) in {os.path.abspath(other.path) for other in sinks if other.type == "file"}:
+            raise ConfigError(f"{origin}: {where}.path: {sink.path} is the file of another sink; each file sink needs its own")
         sinks.append(sink)
     return tuple(sinks)
 
@@ -294,6 +296,8 @@ def _check_sink(sink: SinkSection, entry: dict, where: str) -> None:
             split_address(sink.address, f"{where}.address")
     if sink.type == "webhook":
         parsed = urllib.parse.urlsplit(sink.url)
+        if any(character.isspace() or not character.isprintable() for character in sink.url) or parsed.username or parsed.password:
+            raise ConfigError(f"{where}.url: {sink.url!r} has spaces, control characters or a user name in it; percent-encode the path, and put credentials in hmac_secret_file")
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ConfigError(f"{where}.url: {sink.url!r} is not an http:// or https:// URL with a host")
         try:
@@ -350,9 +354,11 @@ def _parse_section(cls: type, raw: dict[str, Any], section: str, origin: str) ->
         if key == "spool_max_bytes" and value < 8192:
             raise ConfigError(f"{where}: must be at least 8192 bytes (the last 4096 are kept for the notification that reports drops), got {value!r}")
         if key in POSITIVE_FIELDS and not 0 < value <= (MAXIMUM_SECONDS if expected == "float" else MAXIMUM_COUNT):
-            limit = f"{MAXIMUM_SECONDS:.0f} seconds" if expected == "float" else f"{MAXIMUM_COUNT}"
+            limit = f"{MAXIMUM_SECONDS:.0f}" + (" per second" if key == "marker_rate" else " seconds") if expected == "float" else f"{MAXIMUM_COUNT}"
             raise ConfigError(f"{where}: must be greater than 0 and at most {limit}, got {value!r}")
         values[key] = value
+    if section == "notify" and values.get("retry_initial", NotifySection.retry_initial) > values.get("retry_max", NotifySection.retry_max):
+        raise ConfigError(f"{origin}: notify.retry_initial: longer than retry_max; the delay starts at retry_initial and doubles up to retry_max")
     return cls(**values)
 
 

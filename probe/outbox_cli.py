@@ -8,6 +8,7 @@ itself at every start.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
 import click
@@ -46,6 +47,8 @@ def deliver_command(config_path: str, spool_path: str | None, timeout: float, no
             config = dataclasses.replace(config, notify=dataclasses.replace(config.notify, spool_directory=spool_path))
         if not config.sinks:
             raise ConfigError(f"{config_path}: no [[sinks]]: nothing to deliver to")
+        if not os.path.isdir(config.spool_directory):
+            raise ConfigError(f"{config.spool_directory or '(none)'}: no spool there; give the spool directory the probe used (--spool, [notify] spool_directory, or spool/ in [store] directory)")
         outbox = Outbox(config, now_clock(now_text))
     except ProbeError as error:
         fail(str(error))

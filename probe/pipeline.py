@@ -136,7 +136,7 @@ class Pipeline:
         for flow in self.flows.expire(self.now):
             self._end_flow(flow)
         self.note_expired_bundles()
-        if self.now >= self._next_update and (self.store is not None or self.notifier is not None):
+        if self.notifier is not None and self.now >= self._next_update:
             self._update_open_events()
         if self.store is not None:
             self.store.flush_if_due()
@@ -164,9 +164,10 @@ class Pipeline:
             self.notifier.bundle_changed(record)
 
     def _update_open_events(self) -> None:
-        """Revise the events of flows still going on whose packet count moved since their last
-        revision, once per `update_interval` of capture time each (checked every eighth of it),
-        and send the counts of detections suppressed meanwhile."""
+        """With sinks: revise the events of flows still going on whose packet count moved since
+        their last revision, once per `update_interval` of capture time each (checked between
+        batches, every eighth of it), and send the counts of detections suppressed meanwhile.
+        The store keeps every revision; without sinks an event has two (first hit, flow end)."""
         interval = self.update_interval
         self._next_update = self.now + interval // 8
         counters_of = self.flows.counters
@@ -193,6 +194,7 @@ class Pipeline:
         """Each capture runs the expiry clock from its own start, so captures given out of time
         order do not end each other's flows."""
         self.now = 0
+        self._next_update = 0
         self._recent = np.empty(0, dtype=np.int64)
 
     def _decode_frames(self, batch: FrameBatch, frames: np.ndarray) -> None:

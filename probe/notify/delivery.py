@@ -38,6 +38,7 @@ from probe.process import forbid_core_dumps
 log = logging.getLogger("probe.notify")
 
 READ_BATCH = 256
+DELIVERY_CHUNK = 16
 IDLE_WAKE = 1.0
 """Seconds an idle delivery thread sleeps before it looks for expired entries again."""
 LATENCY_SAMPLES = 100_000
@@ -72,13 +73,14 @@ class DeliveryThread(threading.Thread):
                     self._waiting = delivery.read(self.sink.name)
                     if not self._waiting:
                         delivery.idle(appended)
+                        self.sink.maintain(delivery.clock.now())
                         continue
                 self._deliver()
-            except (SinkError, OSError, ValueError) as error:  # the spool's disk too: retried, never fatal
+            except Exception as error:  # noqa: BLE001 (a sink or the spool's disk: retried, never fatal)
                 self.statistics.failures += 1
                 if self._failing_since is None:
                     self._failing_since = time.monotonic()
-                    where = f"sink {self.sink.name}: {error}" if isinstance(error, SinkError) else f"{delivery.reader.directory}: spool unreadable for sink {self.sink.name}: {error}"
+                    where = f"sink {self.sink.name}: {error}" if isinstance(error, SinkError) else f"sink {self.sink.name}: {type(error).__name__}: {error}"
                     log.warning(f"{where}; notifications are kept in the spool and retried (at least once, in order)")
                 delivery.stopping.wait(random.uniform(delay / 2, delay))
                 delay = min(delay * 2, delivery.retry_max)
@@ -89,33 +91,34 @@ class DeliveryThread(threading.Thread):
             delay = delivery.retry_initial
 
     def _deliver(self) -> None:
-        """Send what the filter takes of the waiting entries; acknowledge, even on failure, the
-        prefix that was delivered or skipped."""
-        now = self.delivery.clock.now()
-        sink, statistics, identity = self.sink, self.statistics, self.delivery.identity
-        taken: list[tuple[SpoolEntry, dict[str, Any]]] = []
-        for entry in self._waiting:
-            if entry.expires <= now:
-                continue  # past its retention: never sent
-            document = spooled_document(entry.item, identity, entry.created)
-            if sink.wants(document):
-                taken.append((entry, for_sink(document, sink.max_tlp)))
-            else:
-                statistics.filtered += 1
-        try:
-            if taken:
-                sink.deliver([(document, entry.expires) for entry, document in taken])
-        except SinkError as error:
-            if error.delivered:
-                last = taken[error.delivered - 1][0].sequence
-                self._acknowledge([entry for entry, _ in taken[: error.delivered]], last)
-            raise
-        self._acknowledge([entry for entry, _ in taken], self._waiting[-1].sequence)
+        """Send what the filter takes of the waiting entries, a chunk at a time (so that a stop
+        waits for one chunk at most, and a crash repeats one chunk at most); acknowledge each
+        chunk, and on failure the prefix that was delivered."""
+        delivery = self.delivery
+        while self._waiting and not delivery.stopping.is_set():
+            chunk = self._waiting[:DELIVERY_CHUNK]
+            now = delivery.clock.now()
+            taken: list[tuple[SpoolEntry, dict[str, Any]]] = []
+            for entry in chunk:
+                if entry.expires > now:  # past its retention: never sent
+                    document = for_sink(spooled_document(entry.item, delivery.identity, entry.created), self.sink.max_tlp)
+                    if self.sink.wants(document):
+                        taken.append((entry, document))
+            try:
+                if taken:
+                    self.sink.deliver([(document, entry.expires) for entry, document in taken])
+            except SinkError as error:
+                if error.delivered:
+                    self._acknowledge(chunk, [entry for entry, _ in taken[: error.delivered]], taken[error.delivered - 1][0].sequence)
+                raise
+            self._acknowledge(chunk, [entry for entry, _ in taken], chunk[-1].sequence)
 
-    def _acknowledge(self, delivered: list[SpoolEntry], last: int) -> None:
+    def _acknowledge(self, chunk: list[SpoolEntry], delivered: list[SpoolEntry], last: int) -> None:
         acknowledged = time.time_ns()
-        self.statistics.delivered += len(delivered)
-        self.statistics.latencies.extend((acknowledged - entry.created) / 1e9 for entry in delivered)
+        statistics = self.statistics
+        statistics.delivered += len(delivered)
+        statistics.filtered += sum(1 for entry in chunk if entry.sequence <= last) - len(delivered)
+        statistics.latencies.extend((acknowledged - entry.created) / 1e9 for entry in delivered)
         self.delivery.acknowledge(self.sink.name, last)
         self._waiting = [entry for entry in self._waiting if entry.sequence > last]
 

@@ -18,6 +18,7 @@ allowlist and nothing else: metadata, counters, encapsulation ids and the marker
 from __future__ import annotations
 
 import time
+import urllib.parse
 from typing import Any
 
 from probe.config import Config
@@ -33,7 +34,9 @@ def probe_identity(config: Config) -> dict[str, str]:
 
 
 def _document(kind: str, key: str, identity: dict[str, str], created: int | None = None) -> dict[str, Any]:
-    return {"notification": kind, "idempotency_key": key, "created": rfc3339(time.time_ns() if created is None else created), "probe": identity}
+    """`key` is percent-encoded to printable ASCII: it travels in an HTTP header, and marker ids
+    and refusal reasons are free text."""
+    return {"notification": kind, "idempotency_key": urllib.parse.quote(key, safe="/-._~:+@"), "created": rfc3339(time.time_ns() if created is None else created), "probe": identity}
 
 
 def event_document(event: Event, stage: str, identity: dict[str, str], created: int) -> dict[str, Any]:

@@ -13,9 +13,10 @@ Entries are numbered in detection order. Two processes share the directory: the 
 (`SpoolWriter`: page cache, no fsync, so matching never waits on the disk), and its delivery
 process (`SpoolReader`) fsyncs what was appended before it sends any of it, reads each sink's
 entries in order from that sink's cursor, moves the cursor past what the sink acknowledged, and
-deletes a segment once every cursor has passed it (never the one being appended to) or once the
-last of its deadlines has passed (such entries are never sent). A segment is closed at 1 MiB or
-after a minute. A cursor is saved at most every half second: after a crash a sink may receive
+deletes a closed segment once every cursor has passed it, or once the earliest of its deadlines
+has passed (an entry past its deadline is never sent). The probe closes a segment at 1 MiB or
+after a minute, and checks before each append that its segment was not deleted. A cursor is
+saved at most every half second and whenever a sink is idle: after a crash a sink may receive
 again what it acknowledged just before (at-least-once; the idempotency key says it is the same).
 """
 
@@ -136,8 +137,10 @@ class SpoolWriter:
             check_private(path, False)
             data = read_file(path)
             payloads, start, end = entries_of(path, data)
-            if payloads:
-                last = max(last, msgpack.unpackb(payloads[-1])[0])
+            if not payloads:  # created, nothing durable in it yet, when a crash came
+                os.unlink(path)
+                continue
+            last = max(last, msgpack.unpackb(payloads[-1])[0])
             if start and end < len(data):
                 with open(path, "r+b") as stream:
                     stream.truncate(end)
@@ -149,6 +152,9 @@ class SpoolWriter:
 
     def _forget_removed_sinks(self, last: int) -> None:
         for name in sorted(os.listdir(os.path.join(self.directory, CURSORS))):
+            if name.endswith(".tmp"):  # a cursor being saved when a crash came
+                os.unlink(os.path.join(self.directory, CURSORS, name))
+                continue
             if name in self.sinks:
                 continue
             cursor = read_cursor(self.directory, name) or 0
@@ -173,7 +179,7 @@ class SpoolWriter:
             self._other_bytes = self._count_bytes()  # the delivery process may have deleted some
             if self._other_bytes + self._size + len(payload) > limit and self._descriptor is not None and self._delivered_to_all():
                 path = self._path
-                self._seal()
+                self._seal(durable=False)
                 with suppress(FileNotFoundError):
                     os.unlink(path)
                 self._other_bytes = self._count_bytes()
@@ -197,7 +203,7 @@ class SpoolWriter:
 
     def _start_segment(self) -> None:
         if self._descriptor is not None:
-            self._seal()
+            self._seal(durable=False)  # the delivery process fsyncs every segment before it sends from it
             self._other_bytes = self._count_bytes()
         path = os.path.join(self.directory, f"{self.next_sequence:016d}.spool")
         header = file_header(SPOOL_MAGIC, {"first": self.next_sequence, "opened": time.time_ns()})
@@ -205,7 +211,6 @@ class SpoolWriter:
         try:
             descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
             write_all(descriptor, header)
-            sync_directory(self.directory)
         except OSError as error:
             if descriptor is not None:
                 os.close(descriptor)
@@ -214,11 +219,12 @@ class SpoolWriter:
             raise SpoolFull(f"{path}: cannot create a spool segment: {error.strerror}") from None
         self._descriptor, self._path, self._size, self._opened = descriptor, path, len(header), time.monotonic()
 
-    def _seal(self) -> None:
+    def _seal(self, durable: bool = True) -> None:
         descriptor, self._descriptor = self._descriptor, None
         if descriptor is not None:
             try:
-                os.fsync(descriptor)
+                if durable:
+                    os.fsync(descriptor)
             finally:
                 os.close(descriptor)
         self._other_bytes += self._size
@@ -246,7 +252,7 @@ class SpoolWriter:
 
 
 class ReadSegment:
-    __slots__ = ("first", "path", "opened", "descriptor", "durable", "last", "latest_expiry")
+    __slots__ = ("first", "path", "opened", "descriptor", "durable", "last", "earliest_expiry")
 
     def __init__(self, first: int, path: str, opened: int) -> None:
         self.first = first
@@ -257,7 +263,7 @@ class ReadSegment:
         self.durable = 0
         """Bytes fsync'd: what may be sent."""
         self.last: int | None = None
-        self.latest_expiry: int | None = None
+        self.earliest_expiry: int | None = None
         """Both known once the segment is closed and read whole."""
 
 
@@ -288,8 +294,10 @@ class SpoolReader:
         """Entries deleted before some sink had them, their retention passed."""
 
     def refresh(self) -> None:
-        """Take in the segments the probe started since."""
+        """Take in the segments the probe started since (their directory entries made durable
+        with them)."""
         known = {segment.path for segment in self.segments}
+        found = False
         for first, path in segment_paths(self.directory):
             if path not in known and (not self.segments or first > self.segments[-1].first):
                 try:
@@ -297,22 +305,25 @@ class SpoolReader:
                 except FileNotFoundError:
                     continue
                 self.segments.append(ReadSegment(first, path, header.get("opened", 0)))
+                found = True
+        if found:
+            sync_directory(self.directory)
 
     def _closed(self, now: int) -> list[ReadSegment]:
         """The segments the probe appends to no more (a later one exists, or it is over a minute
-        old), each read whole once for its last entry and latest retention deadline."""
+        old), each read whole once for its last entry and earliest retention deadline."""
         closed = []
         for position, segment in enumerate(self.segments):
             if position + 1 == len(self.segments) and segment.first >= self.earlier_runs and now - segment.opened < CLOSED_AFTER:
                 break
-            if segment.latest_expiry is None:
+            if segment.earliest_expiry is None:
                 try:
                     data = read_file(segment.path)
                 except FileNotFoundError:
                     continue
                 entries = [msgpack.unpackb(payload) for payload in entries_of(segment.path, data)[0]]
                 segment.last = max((entry[0] for entry in entries), default=segment.first - 1)
-                segment.latest_expiry = max((entry[2] for entry in entries), default=0)
+                segment.earliest_expiry = min((entry[2] for entry in entries), default=0)
             closed.append(segment)
         return closed
 
@@ -375,16 +386,17 @@ class SpoolReader:
 
     def collect(self, now: int) -> None:
         """On every idle second: delete the closed segments every sink has passed, and those
-        whose every entry is past its retention, sent or not; save the cursors not yet saved."""
+        holding an entry past its retention (the whole segment: its other entries go early,
+        which the law allows, rather than one stay late); save the cursors not yet saved."""
         self._delete_delivered()
         for segment in self._closed(time.time_ns()):
-            if segment.latest_expiry is None or segment.latest_expiry > now:
+            if segment.earliest_expiry is None or segment.earliest_expiry > now:
                 continue
             last = segment.last if segment.last is not None else segment.first - 1
             undelivered = sum(max(0, last - max(cursor, segment.first - 1)) for cursor in self.cursors.values())
             if undelivered:
                 self.expired += undelivered
-                log.warning(f"{segment.path}: {undelivered} notifications deleted undelivered: their retention passed while their sinks could not take them")
+                log.warning(f"{segment.path}: {undelivered} notifications deleted undelivered: the retention of what they hold (or of notifications spooled with them) passed while their sinks could not take them")
             for sink, cursor in self.cursors.items():
                 if cursor >= segment.first - 1:  # a sink still behind, in an earlier segment, reads on past the gap
                     self.cursors[sink] = max(cursor, last)

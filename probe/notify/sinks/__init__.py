@@ -34,14 +34,15 @@ class Sink:
 
     def wants(self, document: dict[str, Any]) -> bool:
         """An authority sink takes everything; others filter events (and suppressed counts) by
-        marker type and severity. A marker without a severity, or whose type is withheld by its
-        TLP label, passes a severity filter: a filter never hides what it cannot judge."""
+        marker type and severity, judged on the sink's own copy (its TLP rule applied, so that a
+        filter reveals nothing the sink may not see). A marker without a severity, or whose type
+        and severity its label withholds, passes: a filter never hides what it cannot judge."""
         if self.authority:
             return True
         marker = document_marker(document)
         if marker is None:
             return True
-        if self._types and marker.get("type") not in self._types:
+        if self._types and "type" in marker and marker["type"] not in self._types:
             return False
         severity = marker.get("severity")
         return self._min_severity is None or severity is None or SEVERITIES.index(severity) >= self._min_severity
@@ -52,6 +53,9 @@ class Sink:
     def deliver(self, documents: list[tuple[dict[str, Any], int]]) -> None:
         """Send (document, retention deadline) pairs in order; return once all are acknowledged."""
         raise NotImplementedError
+
+    def maintain(self, now: int) -> None:
+        """Periodic work while idle (a file sink's retention)."""
 
     def close(self) -> None:
         """Release connections and files."""

@@ -4,8 +4,9 @@ A file sink's line is on disk (written and fsync'd) before it counts as delivere
 are named after the retention deadline of the earliest record they hold, `<path>.<UTC deadline>`,
 and deleted when it passes: a rotated file never outlives the store's limit for any line in it
 (some lines go earlier than their own limit allows, which the law permits). The file being written
-is rotated too when that deadline comes. At start, an existing file is rotated at once, its deadline
-read from the earliest time in it and the shortest retention configured.
+is rotated too when that deadline comes, delivering or idle. At start, an existing file is rotated
+at once, its deadline read from the earliest time in it and the shortest retention configured; a
+file that is not this sink's is refused, never rotated or deleted.
 """
 
 from __future__ import annotations
@@ -46,24 +47,28 @@ class FileSink(Sink):
         directory = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(directory):
             raise NotifyError(f"sink {self.name}: path: directory {directory} does not exist")
-        if os.path.exists(self.path) and os.path.getsize(self.path):
-            self._rotate(self._deadline_of_existing())
-        self._delete_expired()
+        try:
+            if os.path.exists(self.path) and os.path.getsize(self.path):
+                self._rotate(self._deadline_of_existing())
+            self._delete_expired()
+        except OSError as error:
+            raise NotifyError(f"sink {self.name}: path {self.path}: {error.strerror}") from None
 
     def describe(self) -> str:
         return f"file {self.path}"
 
     def deliver(self, documents: list[tuple[dict[str, Any], int]]) -> None:
-        """Lines written and fsync'd in one go, but rotated at the line that crosses a limit."""
-        self._delete_expired()
+        """Lines written and fsync'd in one go, but rotated at the line that crosses a limit. A
+        write that fails is cut back to the last whole line, so a retry appends after it."""
         now = self.clock.now()
-        delivered, lines = 0, []
+        delivered, lines, pending = 0, [], 0
         try:
+            self._delete_expired()
             for document, expires in documents:
-                if self._descriptor is not None and self._rotation_due(now):
+                if self._descriptor is not None and self._rotation_due(now, pending):
                     self._write(lines)
                     delivered += len(lines)
-                    lines = []
+                    lines, pending = [], 0
                     self._rotate(self._earliest_expiry)
                 if self._descriptor is None:
                     self._descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -71,20 +76,35 @@ class FileSink(Sink):
                     self._opened = time.monotonic()
                 line = json_line(document)
                 lines.append(line)
-                self._size += len(line)
+                pending += len(line)
                 self._earliest_expiry = expires if self._earliest_expiry is None else min(self._earliest_expiry, expires)
             self._write(lines)
         except OSError as error:
             self._close_file()
             raise SinkError(f"{self.path}: {error.strerror}", delivered) from None
 
-    def _rotation_due(self, now: int) -> bool:
-        return self._size >= self.section.max_bytes or time.monotonic() - self._opened >= self.section.rotate_interval or (self._earliest_expiry is not None and self._earliest_expiry <= now)
+    def maintain(self, now: int) -> None:
+        """When idle too: the file being written is rotated when its earliest line's deadline
+        comes, and rotated files go at theirs."""
+        if self._descriptor is not None and self._earliest_expiry is not None and self._earliest_expiry <= now:
+            self._rotate(self._earliest_expiry)
+        self._delete_expired()
+
+    def _rotation_due(self, now: int, pending: int) -> bool:
+        return self._size + pending >= self.section.max_bytes or time.monotonic() - self._opened >= self.section.rotate_interval or (self._earliest_expiry is not None and self._earliest_expiry <= now)
 
     def _write(self, lines: list[bytes]) -> None:
-        if lines:
-            write_all(self._descriptor, b"".join(lines))  # type: ignore[arg-type]
+        if not lines:
+            return
+        data = b"".join(lines)
+        try:
+            write_all(self._descriptor, data)  # type: ignore[arg-type]
             os.fsync(self._descriptor)  # type: ignore[arg-type]
+        except OSError:
+            with suppress(OSError):
+                os.ftruncate(self._descriptor, self._size)  # type: ignore[arg-type]
+            raise
+        self._size += len(data)
 
     def _rotate(self, deadline: int | None) -> None:
         self._close_file()
@@ -104,22 +124,29 @@ class FileSink(Sink):
         now = self.clock.now()
         for name in os.listdir(directory):
             match = ROTATED_SUFFIX.fullmatch(name[len(base):]) if name.startswith(base) else None
-            if match and parse_instant(match.group(1)) <= now:
+            try:
+                deadline = parse_instant(match.group(1)) if match else None
+            except ValueError:
+                continue  # not a name this sink gave
+            if deadline is not None and deadline <= now:
                 with suppress(FileNotFoundError):
                     os.unlink(os.path.join(directory, name))
 
     def _deadline_of_existing(self) -> int:
         """The earliest time written in the file, plus the shortest retention: no line in it may
-        be kept longer. An unreadable line makes it now."""
+        be kept longer. A last line without its newline (a crash mid-write) is ignored; a file
+        that is not this sink's JSON Lines is refused, never touched."""
         earliest = None
         with open(self.path, "rb") as stream:
-            for line in stream:
+            for number, line in enumerate(stream, 1):
+                if not line.endswith(b"\n"):
+                    break
                 try:
                     document = json.loads(line)
                     part = document[document["notification"]]
                     times = [parse_instant(part[name]) for name in TIME_FIELDS if name in part]
-                except (ValueError, KeyError, TypeError):
-                    return self.clock.now()
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    raise NotifyError(f"sink {self.name}: path {self.path}: line {number} is not a notification this sink wrote; move the file away or give another path") from None
                 earliest = min([*times, earliest] if earliest is not None else times, default=earliest)
         return self.clock.now() if earliest is None else add_months(earliest, self.shortest_months)
 

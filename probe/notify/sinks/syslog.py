@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import socket
 from typing import Any
 
 from probe.config import SYSLOG_FACILITIES, SinkSection, split_address
 from probe.notify.sinks import Sink, SinkError
+
+log = logging.getLogger("probe.notify")
 
 SEVERITY_OF_MARKER = {"critical": 2, "high": 3, "medium": 4, "low": 5, "info": 6}
 """Syslog severities: 2 critical, 3 error, 4 warning, 5 notice, 6 informational."""
@@ -63,8 +66,8 @@ class SyslogSink(Sink):
                 message = syslog_message(document, self.facility, self.hostname)
                 if self._stream:
                     connection.sendall(b"%d %s" % (len(message), message))
-                elif len(message) > MAX_UDP_MESSAGE:
-                    raise SinkError(f"a {len(message)}-byte message does not fit a datagram", delivered)
+                elif len(message) > MAX_UDP_MESSAGE:  # best-effort: reported, not retried forever
+                    log.warning(f"sink {self.name}: a {len(message)}-byte notification ({document['idempotency_key']}) does not fit a datagram; not sent")
                 elif self.transport == "udp":
                     connection.sendto(message, (self.host, self.port))
                 else:

@@ -28,6 +28,8 @@ from probe.notify.sinks import Sink, SinkError
 
 log = logging.getLogger("probe.notify")
 USER_AGENT = f"probe/{importlib.metadata.version('probe')}"
+MAX_ANSWER = 65536
+"""Bytes of a receiver's answer read; beyond, the connection is closed rather than drained."""
 
 
 def read_secret(path: str, sink: str) -> bytes:
@@ -80,19 +82,38 @@ class WebhookSink(Sink):
             if self.secret is not None:
                 headers["X-Probe-Signature"] = "sha256=" + hmac.new(self.secret, body, hashlib.sha256).hexdigest()
             try:
-                connection = self._connect()
-                connection.request("POST", self.target, body, headers)
-                response = connection.getresponse()
-                answer = response.read(512)
-            except (OSError, http.client.HTTPException) as error:
+                status, reason, answer = self._post(body, headers)
+            except (OSError, http.client.HTTPException, ValueError) as error:
                 self.close()
                 raise SinkError(f"{self.describe()}: {getattr(error, 'strerror', None) or error or type(error).__name__}", delivered) from None
-            if not 200 <= response.status < 300:
+            if not 200 <= status < 300:
                 self.close()
                 detail = answer.decode("utf-8", "replace").strip().splitlines()[:1]
-                raise SinkError(f"{self.describe()}: HTTP {response.status} {response.reason}" + (f": {detail[0][:200]}" if detail else ""), delivered)
-            if response.will_close:
-                self.close()
+                raise SinkError(f"{self.describe()}: HTTP {status} {reason}" + (f": {detail[0][:200]}" if detail else ""), delivered)
+
+    def _post(self, body: bytes, headers: dict[str, str]) -> tuple[int, str, bytes]:
+        """One POST and its whole answer. A kept-alive connection the receiver closed while idle
+        fails before any answer: the POST is sent again once on a new connection (the
+        idempotency key makes a second copy harmless)."""
+        reused = self._connection is not None
+        try:
+            return self._exchange(body, headers)
+        except (ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine):
+            if not reused:
+                raise
+            self.close()
+            return self._exchange(body, headers)
+
+    def _exchange(self, body: bytes, headers: dict[str, str]) -> tuple[int, str, bytes]:
+        connection = self._connect()
+        connection.request("POST", self.target, body, headers)
+        response = connection.getresponse()
+        answer = response.read(MAX_ANSWER)
+        if not response.isclosed():  # an answer longer than we read: the connection cannot be reused
+            self.close()
+        elif response.will_close:
+            self.close()
+        return response.status, response.reason, answer
 
     def _connect(self) -> http.client.HTTPConnection:
         if self._connection is None:
