@@ -15,7 +15,7 @@ process (`SpoolReader`) fsyncs what was appended before it sends any of it, read
 entries in order from that sink's cursor, moves the cursor past what the sink acknowledged, and
 deletes a closed segment once every cursor has passed it, or once the earliest of its deadlines
 has passed (an entry past its deadline is never sent). The probe closes a segment at 1 MiB or
-after a minute, and checks before each append that its segment was not deleted. A cursor is
+after a minute (the delivery process takes a segment over 65 s old as closed). A cursor is
 saved at most every half second and whenever a sink is idle: after a crash a sink may receive
 again what it acknowledged just before (at-least-once; the idempotency key says it is the same).
 """
@@ -97,6 +97,7 @@ class SpoolWriter:
         self._path = ""
         self._size = 0
         self._opened = 0.0
+        self._opened_wall = 0
         self._other_bytes = 0
         """Bytes of the segments before the one being appended to, as last counted."""
         try:
@@ -185,7 +186,7 @@ class SpoolWriter:
                 self._other_bytes = self._count_bytes()
             if self._other_bytes + self._size + len(payload) > limit:
                 raise SpoolFull(f"{self.directory}: the spool holds {self._other_bytes + self._size} bytes, at its cap ([notify] spool_max_bytes = {self.max_bytes})")
-        if self._descriptor is None or self._size >= SEGMENT_BYTES or time.monotonic() - self._opened >= SEGMENT_SECONDS or os.fstat(self._descriptor).st_nlink == 0:
+        if self._descriptor is None or self._size >= SEGMENT_BYTES or time.monotonic() - self._opened >= SEGMENT_SECONDS or time.time_ns() - self._opened_wall >= SEGMENT_SECONDS * 1_000_000_000:
             self._start_segment()
         try:
             write_all(self._descriptor, payload)  # type: ignore[arg-type]
@@ -206,7 +207,8 @@ class SpoolWriter:
             self._seal(durable=False)  # the delivery process fsyncs every segment before it sends from it
             self._other_bytes = self._count_bytes()
         path = os.path.join(self.directory, f"{self.next_sequence:016d}.spool")
-        header = file_header(SPOOL_MAGIC, {"first": self.next_sequence, "opened": time.time_ns()})
+        opened = time.time_ns()
+        header = file_header(SPOOL_MAGIC, {"first": self.next_sequence, "opened": opened})
         descriptor = None
         try:
             descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
@@ -217,7 +219,7 @@ class SpoolWriter:
             with suppress(OSError):
                 os.unlink(path)
             raise SpoolFull(f"{path}: cannot create a spool segment: {error.strerror}") from None
-        self._descriptor, self._path, self._size, self._opened = descriptor, path, len(header), time.monotonic()
+        self._descriptor, self._path, self._size, self._opened, self._opened_wall = descriptor, path, len(header), time.monotonic(), opened
 
     def _seal(self, durable: bool = True) -> None:
         descriptor, self._descriptor = self._descriptor, None
@@ -268,8 +270,9 @@ class ReadSegment:
 
 
 CLOSED_AFTER = (SEGMENT_SECONDS + 5) * 1_000_000_000
-"""A segment this old takes no more entries (the probe starts a new one after a minute, and
-checks before each append that its segment was not deleted)."""
+"""A segment this old takes no more entries: the probe starts a new one after a minute, by its
+monotonic clock and by the wall clock the age here is read on (a clock set forward closes the
+segment for both)."""
 
 
 class SpoolReader:
