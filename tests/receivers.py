@@ -45,6 +45,10 @@ class WebhookReceiver:
         self.certificate = certificate
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.status = 200
+        self.answer = b""
+        """Body of every answer."""
+        self.idle_timeout: float | None = None
+        """Seconds a kept-alive connection may stay idle before the receiver closes it."""
         self._server: ThreadingHTTPServer | None = None
 
     @property
@@ -56,6 +60,7 @@ class WebhookReceiver:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            timeout = receiver.idle_timeout
 
             def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
                 body = self.rfile.read(int(self.headers["Content-Length"]))
@@ -63,8 +68,9 @@ class WebhookReceiver:
                 if 200 <= status < 300:
                     receiver.requests.append((dict(self.headers), body))
                 self.send_response(status)
-                self.send_header("Content-Length", "0")
+                self.send_header("Content-Length", str(len(receiver.answer)))
                 self.end_headers()
+                self.wfile.write(receiver.answer)
 
             def log_message(self, *arguments: object) -> None:
                 pass

@@ -527,3 +527,126 @@ def test_file_sink_rotates_by_size_and_deletes_rotated_files_at_their_retention(
         later = Clock(add_months(parse_instant(NOW), months))
         build_sinks(config, later)[0].close()
         assert len(list(tmp_path.glob("notifications.jsonl*"))) == left
+
+
+# --- bad input and odd receivers -----------------------------------------------------------------
+
+
+def test_a_long_answer_and_a_connection_closed_while_idle_cost_no_retry(tmp_path: Path):
+    """A receiver that echoes what it got (an answer longer than one read), and closes kept-alive
+    connections after 0.3 s idle: every notification is delivered once, none counts as failed."""
+    receiver = WebhookReceiver()
+    receiver.answer = b"x" * 5000
+    receiver.idle_timeout = 0.3
+    receiver.start()
+    try:
+        config = make_config(tmp_path, [{"name": "anssi", "type": "webhook", "authority": True, "url": f"http://127.0.0.1:{receiver.port}/"}])
+        notifier, _ = replay_with(tmp_path, config, three_events(), close=False)
+        assert notifier.outbox.drain(10) == {}
+        time.sleep(0.8)  # the receiver closes the idle connection
+        notifier.bundle_changed(BundleRecord(CLOCK.now(), "refused", "", "", 0, "", "late.json: refused: unsigned"))
+        assert notifier.outbox.drain(10) == {}
+        notifier.outbox.close()
+    finally:
+        receiver.stop()
+    assert len(receiver.requests) == len({document["idempotency_key"] for document in receiver.documents}) == 8
+    assert notifier.outbox.statistics["anssi"].failures == 0
+
+
+def test_free_text_in_a_key_is_percent_encoded_for_the_header(tmp_path: Path):
+    receiver = WebhookReceiver().start()
+    try:
+        config = make_config(tmp_path, [{"name": "anssi", "type": "webhook", "authority": True, "url": f"http://127.0.0.1:{receiver.port}/"}], marker_burst=1, marker_rate=0.001)
+        replay_with(tmp_path, config, dns_flows(3), markers=[{"id": "marqueur—tor é", "type": "domain", "value": "evil.example"}])
+    finally:
+        receiver.stop()
+    (summary,) = of_kind(receiver.documents, "suppressed")
+    assert summary["idempotency_key"].startswith("suppressed/test-bundle/marqueur%E2%80%94tor%20%C3%A9/")
+    assert summary["suppressed"]["marker"]["id"] == "marqueur—tor é" and summary["suppressed"]["count"] == 2
+    assert all(headers["Idempotency-Key"] == json.loads(body)["idempotency_key"] for headers, body in receiver.requests)
+
+
+def test_a_segment_left_empty_by_a_crash_is_dropped_and_nothing_is_lost(tmp_path: Path):
+    port = free_port()
+    config = make_config(tmp_path, [{"name": "anssi", "type": "webhook", "authority": True, "url": f"http://127.0.0.1:{port}/"}], drain_timeout=0.2)
+    replay_with(tmp_path, config, three_events())
+    empty = tmp_path / "spool" / "0000000000000008.spool"
+    empty.write_bytes(b"")  # created, never written: a power cut
+    empty.chmod(0o600)
+    receiver = WebhookReceiver(port).start()
+    try:
+        notifier, _ = replay_with(tmp_path, config, dns_flows(2, start=EPOCH + 50))
+    finally:
+        receiver.stop()
+    assert len(receiver.requests) == 7 + 5 and notifier.outbox.dropped == 0
+    assert not list((tmp_path / "spool").glob("*.spool"))
+
+
+def test_file_sink_keeps_a_torn_last_line_and_refuses_a_file_not_its_own(tmp_path: Path):
+    path = tmp_path / "notifications.jsonl"
+    config = make_config(tmp_path, [{"name": "archive", "type": "file", "authority": True, "path": str(path)}])
+    replay_with(tmp_path, config, three_events())
+    with open(path, "ab") as stream:
+        stream.write(b'{"notification":"ev')  # a crash in the middle of a line
+    build_sinks(config, CLOCK)[0].close()
+    (rotated,) = tmp_path.glob("notifications.jsonl.*")
+    assert len(rotated.read_bytes().splitlines()) == 8  # kept, rotated, the torn line with the rest
+    path.write_text("not a notification\n")
+    with pytest.raises(NotifyError, match=r"sink archive: path .*notifications.jsonl: line 1 is not a notification this sink wrote"):
+        build_sinks(config, CLOCK)
+    assert path.read_text() == "not a notification\n"
+
+
+def test_file_sink_applies_retention_while_idle(tmp_path: Path):
+    path = tmp_path / "notifications.jsonl"
+    config = make_config(tmp_path, [{"name": "archive", "type": "file", "authority": True, "path": str(path)}])
+    moment = Clock(parse_instant(NOW))
+    (sink,) = build_sinks(config, moment)
+    deadline = parse_instant(NOW) + 60 * 10**9
+    sink.deliver([({"notification": "bundle", "n": 1}, deadline)])
+    sink.maintain(parse_instant(NOW))
+    assert path.exists()
+    moment.fixed = deadline + 1
+    sink.maintain(moment.fixed)  # the earliest line's deadline passed: rotated, then deleted
+    assert not list(tmp_path.glob("notifications.jsonl*"))
+    sink.close()
+
+
+def test_a_filter_reveals_nothing_the_sink_may_not_see(tmp_path: Path):
+    """A sink limited to green that wants only high severity: a red marker's severity is withheld
+    from it, so the filter cannot judge it and lets it through, rather than sending exactly the
+    red events that are high."""
+    receiver = WebhookReceiver().start()
+    try:
+        config = make_config(tmp_path, [
+            {"name": "anssi", "type": "stdout", "authority": True},
+            {"name": "partner", "type": "webhook", "min_severity": "high", "max_tlp": "green", "url": f"http://127.0.0.1:{receiver.port}/"},
+        ])
+        replay_with(tmp_path, config, three_events(), markers=[
+            {"id": "m-domain", "type": "domain", "value": "evil.example", "severity": "low", "tlp": "red"},
+            {"id": "m-address", "type": "ipv4", "value": "203.0.113.9", "severity": "low"},
+        ])
+    finally:
+        receiver.stop()
+    markers = [document["event"]["marker"] for document in of_kind(receiver.documents, "event")]
+    assert markers and all(marker == {"id": "m-domain", "tlp": "red", "bundle": "test-bundle", "bundle_version": 7} for marker in markers)
+
+
+@pytest.mark.parametrize(("notify", "sinks", "message"), [
+    ({}, [{"name": "a", "type": "webhook", "url": "http://collector.example/a b"}], r"sinks\[0\]\.url: .*spaces"),
+    ({}, [{"name": "a", "type": "webhook", "url": "https://user:pw@collector.example/"}], r"sinks\[0\]\.url: .*user name"),
+    ({}, [{"name": "a", "type": "file", "path": "x.jsonl"}, {"name": "b", "type": "file", "path": "./x.jsonl"}], r"sinks\[1\]\.path: \./x.jsonl is the file of another sink"),
+    ({"retry_initial": 10.0, "retry_max": 5.0}, [], r"notify\.retry_initial: longer than retry_max"),
+    ({"spool_max_bytes": 4096}, [], r"notify\.spool_max_bytes: must be at least 8192"),
+])
+def test_more_bad_notification_settings_name_the_key(notify: dict, sinks: list, message: str):
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"notify": notify, "sinks": sinks})
+
+
+def test_outbox_deliver_refuses_a_spool_that_is_not_there(tmp_path: Path):
+    config = tmp_path / "probe.toml"
+    config.write_text('[[sinks]]\nname = "anssi"\ntype = "stdout"\nauthority = true\n')
+    result = subprocess.run([str(PROBE), "outbox", "deliver", "--config", str(config), "--spool", str(tmp_path / "typo")], capture_output=True, text=True, timeout=60)
+    assert_single_error(result, "typo: no spool there")
+    assert not (tmp_path / "typo").exists()
