@@ -123,7 +123,7 @@ class Notifier:
             self.made += 1
 
 def open_notifier(config: Config, clock: Clock) -> Notifier | None:
-    """The configured sinks behind their outbox, delivery threads started; None without sinks."""
+    """The configured sinks behind their outbox, its delivery process started; None without sinks."""
     if not config.sinks:
         return None
     return Notifier(config, Outbox(config, clock), clock)

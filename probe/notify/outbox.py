@@ -6,7 +6,7 @@ filters, sending, retries, cursors. Matching therefore never waits on a sink, a 
 TLS handshake, and the delivery's work does not compete with it for the interpreter. A spool at
 its cap drops the new notification (counted, logged once per episode); the first one it takes
 again is followed by a `dropped` notification with the count. If the delivery process dies, it
-is started again (its threads resume from the saved cursors), with the sinks' backoff.
+is started again (it resumes from the saved cursors).
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ from probe.notify.spool import SpoolFull, SpoolWriter
 log = logging.getLogger("probe.notify")
 
 START_TIMEOUT = 30.0
+WAKE_INTERVAL = 5_000_000
+"""Nanoseconds between two wake-ups of the delivery process; between them it finds what was
+spooled by itself (it looks again every few milliseconds while notifications come)."""
 REPLY_MARGIN = 30.0
 """Seconds beyond a request's own time that the delivery process may take to answer (a sink
 blocked in a send until its timeout)."""
@@ -68,6 +71,7 @@ class Outbox:
         self._drop_reason: str | None = None
         self.statistics: dict[str, SinkStatistics] = {}
         """Per sink, as the delivery process last reported (at `close`, its final figures)."""
+        self._woken = 0
         self._replies: queue.Queue = queue.Queue()
         self._closing = False
         self._process: subprocess.Popen | None = None
@@ -143,10 +147,12 @@ class Outbox:
             return False
         if self.dropped > self._dropped_reported:
             self._report_dropped(created)
-        try:
-            os.write(self._wake, b"\0")
-        except OSError:
-            pass  # the pipe is full of wake-ups already, or the delivery process is being restarted
+        if created - self._woken >= WAKE_INTERVAL:  # a busy delivery process looks for more by itself
+            self._woken = created
+            try:
+                os.write(self._wake, b"\0")
+            except OSError:
+                pass  # the pipe is full of wake-ups already, or the delivery process is being restarted
         return True
 
     def _report_dropped(self, now: int) -> None:

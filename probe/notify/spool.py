@@ -312,6 +312,13 @@ class SpoolReader:
         if found:
             sync_directory(self.directory)
 
+    def grew(self) -> bool:
+        """The segment being appended to holds more than was made durable."""
+        segment = self.segments[-1] if self.segments else None
+        if segment is None or segment.descriptor is None:
+            return False
+        return os.fstat(segment.descriptor).st_size > segment.durable
+
     def _closed(self, now: int) -> list[ReadSegment]:
         """The segments the probe appends to no more (a later one exists, or it is over a minute
         old), each read whole once for its last entry and earliest retention deadline."""
