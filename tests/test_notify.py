@@ -11,6 +11,7 @@ import hmac
 import io
 import json
 import logging
+import os
 import socket
 import stat
 import subprocess
@@ -29,6 +30,7 @@ from probe.errors import ConfigError, NotifyError
 from probe.notify.notifier import Notifier, open_notifier
 from probe.notify.outbox import Outbox
 from probe.notify.sinks.build import build_sinks
+from probe.notify import spool as spool_module
 from probe.notify.spool import SPOOL_MAGIC, SpoolWriter
 from probe.pipeline import Pipeline
 from probe.record.events import EventWriter
@@ -321,7 +323,8 @@ def test_events_already_past_retention_are_not_notified(tmp_path: Path):
     assert [document["notification"] for document in receiver.documents] == ["bundle"]
 
 
-def test_a_second_process_cannot_use_the_same_spool(tmp_path: Path):
+def test_a_second_process_cannot_use_the_same_spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(spool_module, "LOCK_WAIT", 0.2)
     config = make_config(tmp_path, [{"name": "out", "type": "stdout", "authority": True}])
     first = SpoolWriter(config.spool_directory, 1 << 20, ["out"])
     try:
@@ -650,3 +653,49 @@ def test_outbox_deliver_refuses_a_spool_that_is_not_there(tmp_path: Path):
     result = subprocess.run([str(PROBE), "outbox", "deliver", "--config", str(config), "--spool", str(tmp_path / "typo")], capture_output=True, text=True, timeout=60)
     assert_single_error(result, "typo: no spool there")
     assert not (tmp_path / "typo").exists()
+
+
+def parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as stream:
+            return int(stream.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def test_a_killed_probe_loses_nothing_and_its_delivery_process_goes(tmp_path: Path):
+    """SIGKILL while the replay waits for an unreachable receiver: the delivery process notices
+    and stops; a new start takes the spool (waiting for it if need be) and delivers everything."""
+    port = free_port()
+    config = tmp_path / "probe.toml"
+    config.write_text(textwrap.dedent(f"""\
+        [notify]
+        spool_directory = "{tmp_path / 'spool'}"
+        drain_timeout = 600
+        retry_initial = 0.1
+        retry_max = 0.2
+        [[sinks]]
+        name = "anssi"
+        type = "webhook"
+        authority = true
+        url = "http://127.0.0.1:{port}/"
+    """), encoding="utf-8")
+    capture = write_pcap(tmp_path / "capture.pcap", dns_flows(10))
+    bundle = write_bundle(tmp_path / "markers.json", MARKERS)
+    replay = subprocess.Popen([str(PROBE), "replay", str(capture), "--markers", str(bundle), "--config", str(config), "--now", NOW, "--events", str(tmp_path / "events.jsonl")], stderr=subprocess.PIPE, text=True)
+    assert wait_until(lambda: len(list((tmp_path / "spool").glob("*.spool"))) == 1)
+    children = [int(pid) for pid in os.listdir("/proc") if pid.isdigit() and parent_of(int(pid)) == replay.pid]
+    assert len(children) == 1  # the delivery process
+    time.sleep(1.0)  # the replay is done matching and waits for the receiver
+    replay.kill()
+    replay.wait()
+    assert wait_until(lambda: not os.path.exists(f"/proc/{children[0]}") or " Z " in open(f"/proc/{children[0]}/stat").read(), timeout=30), "the delivery process outlived the probe"
+    receiver = WebhookReceiver(port).start()
+    try:
+        deliver = subprocess.run([str(PROBE), "outbox", "deliver", "--config", str(config), "--now", NOW, "--timeout", "30"], capture_output=True, text=True, timeout=90)
+    finally:
+        receiver.stop()
+    assert deliver.returncode == 0, deliver.stderr
+    documents = receiver.documents
+    assert len({document["event"]["event_id"] for document in of_kind(documents, "event")}) == 10
+    assert len({document["idempotency_key"] for document in documents}) == 21  # 10 detected, 10 ended, 1 bundle

@@ -190,13 +190,14 @@ class Delivery:
         with self._lock:
             return {thread.sink.name: {"delivered": thread.statistics.delivered, "filtered": thread.statistics.filtered, "failures": thread.statistics.failures, "pending": self.reader.pending(thread.sink.name, last), "latencies": list(thread.statistics.latencies)} for thread in self.threads}
 
-    def drain(self, last: int, timeout: float) -> dict[str, int]:
-        """Wait until every sink acknowledged up to `last`, or `timeout`; what each has left."""
+    def drain(self, last: int, timeout: float, probe: int) -> dict[str, int]:
+        """Wait until every sink acknowledged up to `last`, or `timeout`, or the probe (process
+        `probe`) is gone; what each sink has left."""
         deadline = time.monotonic() + timeout
         while True:
             with self._lock:
                 left = {sink: self.reader.pending(sink, last) for sink in self.reader.cursors}
-            if not any(left.values()) or time.monotonic() >= deadline:
+            if not any(left.values()) or time.monotonic() >= deadline or os.getppid() != probe:
                 with self._lock:  # the probe reads them (its size cap)
                     for sink in self.reader.cursors:
                         self.reader.save_cursor(sink)
@@ -245,6 +246,7 @@ def watch_wakeups(descriptor: int, delivery: Delivery) -> None:
 def main() -> None:
     forbid_core_dumps()
     os.nice(NICENESS)
+    probe = os.getppid()
     connection = Connection(int(sys.argv[1]))
     wakeups = int(sys.argv[2])
     os.set_blocking(wakeups, False)
@@ -266,7 +268,7 @@ def main() -> None:
             delivery.stop()
             return
         if request[0] == "drain":
-            reply: tuple = ("drained", delivery.drain(request[1], request[2]))
+            reply: tuple = ("drained", delivery.drain(request[1], request[2], probe))
         elif request[0] == "status":
             reply = ("status", delivery.statistics(request[1]))
         else:

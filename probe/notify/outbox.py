@@ -74,6 +74,7 @@ class Outbox:
         self._woken = 0
         self._replies: queue.Queue = queue.Queue()
         self._closing = False
+        self._started = False
         self._process: subprocess.Popen | None = None
         try:
             self._start_delivery()
@@ -85,7 +86,9 @@ class Outbox:
         connection, child_end = Pipe()
         wake_read, wake_write = os.pipe()
         try:
-            self._process = subprocess.Popen([sys.executable, "-m", "probe.notify.delivery", str(child_end.fileno()), str(wake_read)], pass_fds=(child_end.fileno(), wake_read), stdin=subprocess.DEVNULL)
+            # The child keeps the spool's lock too: if the probe dies, no new probe takes the spool
+            # until this delivery process has stopped.
+            self._process = subprocess.Popen([sys.executable, "-m", "probe.notify.delivery", str(child_end.fileno()), str(wake_read)], pass_fds=(child_end.fileno(), wake_read, self.spool.lock_descriptor), stdin=subprocess.DEVNULL)
         finally:
             child_end.close()
             os.close(wake_read)
@@ -95,7 +98,8 @@ class Outbox:
         threading.Thread(target=self._listen, args=(connection, self._process), name="outbox-listener", daemon=True).start()
         reply = self._reply(START_TIMEOUT)
         if reply[0] != "ready":
-            raise NotifyError(f"the delivery process did not start: {reply[1]}")
+            raise NotifyError(f"the notification delivery process did not start: {reply[1]}")
+        self._started = True
 
     def _listen(self, connection: Any, process: subprocess.Popen) -> None:
         """Log what the delivery process logs, pass its replies on, restart it if it dies."""
@@ -109,14 +113,17 @@ class Outbox:
             else:
                 self._replies.put(message)
         code = process.wait()
-        if self._closing:
-            return
         self._replies.put(("failed", f"exit code {code}"))
+        if self._closing or not self._started:
+            return
         log.error(f"the notification delivery process ended (exit code {code}); notifications stay spooled; starting it again")
         time.sleep(self.config.notify.retry_initial)
         if not self._closing:
             os.close(self._wake)
-            self._start_delivery()
+            try:
+                self._start_delivery()
+            except (NotifyError, OSError) as error:
+                log.error(f"the notification delivery process cannot be started again: {error}; notifications stay spooled for the next start")
 
     def _reply(self, timeout: float) -> tuple:
         try:

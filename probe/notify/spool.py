@@ -42,6 +42,9 @@ SPOOL_MAGIC = b"PRBSPOOL"
 SEGMENT_BYTES = 1 << 20
 SEGMENT_SECONDS = 60.0
 CURSOR_SAVE_INTERVAL = 0.5
+LOCK_WAIT = 10.0
+"""Seconds a starting probe waits for the spool's lock: the delivery process of a probe that was
+killed holds it until it has stopped (one chunk of sending at most)."""
 RESERVED_BYTES = 4096
 """Under the cap, kept for the notification that reports drops."""
 SEGMENT_NAME = re.compile(r"(\d{16})\.spool")
@@ -92,7 +95,7 @@ class SpoolWriter:
         self.max_bytes = max_bytes
         self.sinks = sinks
         self.recovered: list[str] = []
-        self._lock_descriptor = self._open_directory()
+        self.lock_descriptor = self._open_directory()
         self._descriptor: int | None = None
         self._path = ""
         self._size = 0
@@ -107,7 +110,7 @@ class SpoolWriter:
             self.next_sequence = max([last, *cursors]) + 1
             self._other_bytes = self._count_bytes()
         except BaseException:
-            os.close(self._lock_descriptor)
+            os.close(self.lock_descriptor)
             raise
 
     def _open_directory(self) -> int:
@@ -123,12 +126,16 @@ class SpoolWriter:
             raise NotifyError(f"spool {error}") from None
         except OSError as error:
             raise NotifyError(f"{directory}: cannot open the notification spool: {error.strerror}") from None
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(descriptor)
-            raise NotifyError(f"{directory}: the notification spool is in use by another probe process; give each process its own [notify] spool_directory") from None
-        return descriptor
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return descriptor
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(descriptor)
+                    raise NotifyError(f"{directory}: the notification spool is in use by another probe process (or by the delivery process of one that just stopped); give each process its own [notify] spool_directory") from None
+                time.sleep(0.05)
 
     def _recover(self) -> int:
         """Cut the torn tail a crash left (entries never sent: they were not yet durable); the
@@ -250,7 +257,7 @@ class SpoolWriter:
                     os.unlink(path)
         with suppress(OSError):
             sync_directory(self.directory)
-        os.close(self._lock_descriptor)
+        os.close(self.lock_descriptor)
 
 
 class ReadSegment:
