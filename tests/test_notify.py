@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -699,3 +700,20 @@ def test_a_killed_probe_loses_nothing_and_its_delivery_process_goes(tmp_path: Pa
     documents = receiver.documents
     assert len({document["event"]["event_id"] for document in of_kind(documents, "event")}) == 10
     assert len({document["idempotency_key"] for document in documents}) == 21  # 10 detected, 10 ended, 1 bundle
+
+
+def test_a_delivery_process_that_dies_is_started_again(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    receiver = WebhookReceiver().start()
+    try:
+        config = make_config(tmp_path, [{"name": "anssi", "type": "webhook", "authority": True, "url": f"http://127.0.0.1:{receiver.port}/"}])
+        notifier, _ = replay_with(tmp_path, config, three_events(), close=False)
+        assert notifier.outbox.drain(10) == {}
+        with caplog.at_level(logging.WARNING, logger="probe"):
+            os.kill(notifier.outbox._process.pid, signal.SIGKILL)
+            assert wait_until(lambda: any("starting it again" in record.getMessage() for record in caplog.records))
+            notifier.bundle_changed(BundleRecord(CLOCK.now(), "refused", "", "", 0, "", "late.json: refused: unsigned"))
+            assert notifier.outbox.drain(20) == {}
+        notifier.outbox.close()
+    finally:
+        receiver.stop()
+    assert [document["notification"] for document in receiver.documents] == ["bundle"] + ["event"] * 6 + ["bundle"]

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 from multiprocessing import Pipe
 from typing import Any
@@ -117,8 +118,10 @@ class Outbox:
         if self._closing or not self._started:
             return
         log.error(f"the notification delivery process ended (exit code {code}); notifications stay spooled; starting it again")
-        time.sleep(self.config.notify.retry_initial)
+        time.sleep(self.config.notify.retry_initial)  # a request waiting for an answer takes the failure meanwhile
         if not self._closing:
+            while not self._replies.empty():
+                self._replies.get_nowait()
             os.close(self._wake)
             try:
                 self._start_delivery()
@@ -208,7 +211,8 @@ class Outbox:
                 self._process.kill()
                 self._process.wait()
         self._connection.close()
-        os.close(self._wake)
+        with suppress(OSError):  # already closed if a restart failed
+            os.close(self._wake)
         self.spool.close()
 
     def _keep_statistics(self, figures: dict[str, dict[str, Any]]) -> None:
