@@ -135,11 +135,17 @@ class Outbox:
             return ("failed", f"no answer within {timeout:.0f} s")
 
     def _request(self, request: tuple, timeout: float) -> tuple:
-        try:
-            self._connection.send(request)
-        except OSError as error:
-            return ("failed", str(error))
-        return self._reply(timeout)
+        """Ask the delivery process; while it is being started again, ask the new one."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._connection.send(request)
+                reply = self._reply(max(0.0, deadline - time.monotonic()))
+            except OSError as error:
+                reply = ("failed", str(error))
+            if reply[0] != "failed" or self._closing or time.monotonic() >= deadline:
+                return reply
+            time.sleep(0.1)
 
     def put(self, item: Any, expires: int) -> bool:
         """Spool a notification (a document, or an event's compact form) for every sink; False
