@@ -717,3 +717,19 @@ def test_a_delivery_process_that_dies_is_started_again(tmp_path: Path, caplog: p
     finally:
         receiver.stop()
     assert [document["notification"] for document in receiver.documents] == ["bundle"] + ["event"] * 6 + ["bundle"]
+
+
+def test_a_sink_added_to_an_empty_spool_has_nothing_pending(tmp_path: Path):
+    receiver = WebhookReceiver().start()
+    try:
+        first = make_config(tmp_path, [{"name": "anssi", "type": "webhook", "authority": True, "url": f"http://127.0.0.1:{receiver.port}/"}])
+        replay_with(tmp_path, first, three_events())
+        both = make_config(tmp_path, [{"name": "anssi", "type": "webhook", "authority": True, "url": f"http://127.0.0.1:{receiver.port}/"}, {"name": "soc", "type": "stdout"}])
+        outbox = Outbox(both, CLOCK)
+        try:
+            assert outbox.pending() == {"anssi": 0, "soc": 0}
+            assert outbox.drain(5) == {}
+        finally:
+            outbox.close()
+    finally:
+        receiver.stop()

@@ -20,15 +20,18 @@ import logging
 import os
 import random
 import select
+import signal
 import sys
 import threading
 import time
 from collections import deque
+from contextlib import suppress
 from multiprocessing.connection import Connection
 from typing import Any
 
 from probe.clock import Clock
 from probe.config import Config
+from probe.errors import ProbeError
 from probe.notify.documents import for_sink, probe_identity, spooled_document
 from probe.notify.sinks import Sink, SinkError
 from probe.notify.sinks.build import build_sinks
@@ -84,6 +87,8 @@ class DeliveryThread(threading.Thread):
                         continue
                 self._deliver()
             except Exception as error:  # noqa: BLE001 (a sink or the spool's disk: retried, never fatal)
+                if delivery.stopping.is_set():
+                    break  # a delivery cut short to stop: what was sent is acknowledged
                 self.statistics.failures += 1
                 if self._failing_since is None:
                     self._failing_since = time.monotonic()
@@ -148,6 +153,8 @@ class Delivery:
         """Wake-ups from the probe: a thread sleeps only if none came since it last looked."""
         self._last_delivery = 0.0
         self.threads = [DeliveryThread(self, sink) for sink in self.sinks]
+        for sink in self.sinks:
+            sink.stopping = self.stopping
 
     def start(self) -> None:
         with self._lock:
@@ -246,6 +253,8 @@ def watch_wakeups(descriptor: int, delivery: Delivery) -> None:
 def main() -> None:
     forbid_core_dumps()
     os.nice(NICENESS)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the probe says when to stop (Ctrl-C or systemd reach the whole group)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     probe = os.getppid()
     connection = Connection(int(sys.argv[1]))
     wakeups = int(sys.argv[2])
@@ -255,29 +264,33 @@ def main() -> None:
     logger.addHandler(ForwardToProbe(connection, send_lock))
     logger.setLevel(logging.WARNING)
     logger.propagate = False
-    config, fixed_now, earlier_runs = connection.recv()
-    delivery = Delivery(config, Clock(fixed_now), earlier_runs)
-    delivery.start()
+    try:
+        config, fixed_now, earlier_runs = connection.recv()
+        delivery = Delivery(config, Clock(fixed_now), earlier_runs)
+        delivery.start()
+    except (ProbeError, OSError) as error:
+        with suppress(OSError):
+            connection.send((0, "failed", str(error)))
+        sys.exit(1)
     threading.Thread(target=watch_wakeups, args=(wakeups, delivery), daemon=True).start()
-    with send_lock:
-        connection.send(("ready",))
-    while True:
-        try:
-            request = connection.recv()
-        except (EOFError, OSError):  # the probe died: keep what is spooled for its next start
-            delivery.stop()
-            return
-        if request[0] == "drain":
-            reply: tuple = ("drained", delivery.drain(request[1], request[2], probe))
-        elif request[0] == "status":
-            reply = ("status", delivery.statistics(request[1]))
-        else:
-            delivery.stop()
-            reply = ("stopped", delivery.statistics(request[1]))
+    try:
         with send_lock:
-            connection.send(reply)
-        if request[0] == "stop":
-            return
+            connection.send((0, "ready", None))
+        while True:
+            request_id, kind, *arguments = connection.recv()
+            if kind == "drain":
+                reply: Any = delivery.drain(arguments[0], arguments[1], probe)
+            elif kind == "status":
+                reply = delivery.statistics(arguments[0])
+            else:
+                delivery.stop()
+                reply = delivery.statistics(arguments[0])
+            with send_lock:
+                connection.send((request_id, {"drain": "drained", "status": "status"}.get(kind, "stopped"), reply))
+            if kind == "stop":
+                return
+    except (EOFError, OSError):  # the probe died: keep what is spooled for its next start
+        delivery.stop()
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ is started again (it resumes from the saved cursors).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue
@@ -73,9 +74,14 @@ class Outbox:
         self.statistics: dict[str, SinkStatistics] = {}
         """Per sink, as the delivery process last reported (at `close`, its final figures)."""
         self._woken = 0
+        self._wake: int | None = None
         self._replies: queue.Queue = queue.Queue()
+        """(request id, kind, payload) from the delivery process; id None: it died."""
+        self._request_ids = itertools.count(1)
+        self._send_lock = threading.Lock()
+        self._restart_lock = threading.Lock()
+        """Held while the delivery process is started again, and by `close`."""
         self._closing = False
-        self._started = False
         self._process: subprocess.Popen | None = None
         try:
             self._start_delivery()
@@ -84,26 +90,41 @@ class Outbox:
             raise
 
     def _start_delivery(self) -> None:
+        """Start the delivery process and wait for it to be ready; its connection and wake-up
+        pipe are used only from then on."""
         connection, child_end = Pipe()
         wake_read, wake_write = os.pipe()
         try:
             # The child keeps the spool's lock too: if the probe dies, no new probe takes the spool
-            # until this delivery process has stopped.
-            self._process = subprocess.Popen([sys.executable, "-m", "probe.notify.delivery", str(child_end.fileno()), str(wake_read)], pass_fds=(child_end.fileno(), wake_read, self.spool.lock_descriptor), stdin=subprocess.DEVNULL)
+            # until this delivery process has stopped. -P: never import from the working directory.
+            process = subprocess.Popen([sys.executable, "-P", "-m", "probe.notify.delivery", str(child_end.fileno()), str(wake_read)], pass_fds=(child_end.fileno(), wake_read, self.spool.lock_descriptor), stdin=subprocess.DEVNULL)
+        except OSError:
+            connection.close()
+            os.close(wake_write)
+            raise
         finally:
             child_end.close()
             os.close(wake_read)
-        os.set_blocking(wake_write, False)
-        self._connection, self._wake = connection, wake_write
+        while not self._replies.empty():  # answers of a process that died
+            with suppress(queue.Empty):
+                self._replies.get_nowait()
         connection.send((self.config, self.clock.fixed, self._first_sequence))
-        threading.Thread(target=self._listen, args=(connection, self._process), name="outbox-listener", daemon=True).start()
-        reply = self._reply(START_TIMEOUT)
-        if reply[0] != "ready":
-            raise NotifyError(f"the notification delivery process did not start: {reply[1]}")
-        self._started = True
+        threading.Thread(target=self._listen, args=(connection, process), name="outbox-listener", daemon=True).start()
+        reply = self._reply(0, START_TIMEOUT)
+        if reply[1] != "ready":
+            process.kill()
+            connection.close()
+            os.close(wake_write)
+            raise NotifyError(f"the notification delivery process did not start: {reply[2]}")
+        os.set_blocking(wake_write, False)
+        previous, self._wake = self._wake, wake_write
+        self._process, self._connection = process, connection
+        if previous is not None:
+            os.close(previous)
 
     def _listen(self, connection: Any, process: subprocess.Popen) -> None:
-        """Log what the delivery process logs, pass its replies on, restart it if it dies."""
+        """Log what the delivery process logs, pass its answers on, start it again if it dies
+        (waiting `retry_initial`, doubled at each failed start up to `retry_max`)."""
         while True:
             try:
                 message = connection.recv()
@@ -114,36 +135,46 @@ class Outbox:
             else:
                 self._replies.put(message)
         code = process.wait()
-        self._replies.put(("failed", f"exit code {code}"))
-        if self._closing or not self._started:
+        self._replies.put((None, "failed", f"the delivery process ended (exit code {code})"))
+        if self._closing or process is not self._process:
             return
         log.error(f"the notification delivery process ended (exit code {code}); notifications stay spooled; starting it again")
-        time.sleep(self.config.notify.retry_initial)  # a request waiting for an answer takes the failure meanwhile
-        if not self._closing:
-            while not self._replies.empty():
-                self._replies.get_nowait()
-            os.close(self._wake)
-            try:
-                self._start_delivery()
-            except (NotifyError, OSError) as error:
-                log.error(f"the notification delivery process cannot be started again: {error}; notifications stay spooled for the next start")
+        delay = self.config.notify.retry_initial
+        while True:
+            time.sleep(delay)
+            with self._restart_lock:
+                if self._closing:
+                    return
+                try:
+                    self._start_delivery()
+                    return
+                except (NotifyError, OSError) as error:
+                    log.error(f"the notification delivery process cannot be started again: {error}; notifications stay spooled; trying again in {delay:.0f} s")
+            delay = min(delay * 2, self.config.notify.retry_max)
 
-    def _reply(self, timeout: float) -> tuple:
-        try:
-            return self._replies.get(timeout=timeout)
-        except queue.Empty:
-            return ("failed", f"no answer within {timeout:.0f} s")
-
-    def _request(self, request: tuple, timeout: float) -> tuple:
-        """Ask the delivery process; while it is being started again, ask the new one."""
+    def _reply(self, request_id: int, timeout: float) -> tuple:
+        """The answer to `request_id` (0: the start), or a failure."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                self._connection.send(request)
-                reply = self._reply(max(0.0, deadline - time.monotonic()))
+                reply = self._replies.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return (request_id, "failed", f"no answer within {timeout:.0f} s")
+            if reply[0] == request_id or reply[0] is None:
+                return reply
+
+    def _request(self, kind: str, timeout: float, *arguments: Any) -> tuple:
+        """Ask the delivery process; while it is being started again, ask the new one."""
+        deadline = time.monotonic() + timeout
+        while True:
+            request_id = next(self._request_ids)
+            try:
+                with self._send_lock:
+                    self._connection.send((request_id, kind, *arguments))
+                reply = self._reply(request_id, max(0.0, deadline - time.monotonic()))
             except OSError as error:
-                reply = ("failed", str(error))
-            if reply[0] != "failed" or self._closing or time.monotonic() >= deadline:
+                reply = (request_id, "failed", str(error))
+            if reply[1] != "failed" or self._closing or time.monotonic() >= deadline:
                 return reply
             time.sleep(0.1)
 
@@ -163,7 +194,7 @@ class Outbox:
             return False
         if self.dropped > self._dropped_reported:
             self._report_dropped(created)
-        if created - self._woken >= WAKE_INTERVAL:  # a busy delivery process looks for more by itself
+        if created - self._woken >= WAKE_INTERVAL and self._wake is not None:  # a busy delivery process looks for more by itself
             self._woken = created
             try:
                 os.write(self._wake, b"\0")
@@ -189,27 +220,33 @@ class Outbox:
 
     def pending(self) -> dict[str, int]:
         """Per sink, notifications spooled and not yet acknowledged (or skipped by its filter)."""
-        reply = self._request(("status", self.last_sequence), REPLY_MARGIN)
-        if reply[0] != "status":
-            raise NotifyError(f"the notification delivery process does not answer: {reply[1]}")
-        self._keep_statistics(reply[1])
+        reply = self._request("status", REPLY_MARGIN, self.last_sequence)
+        if reply[1] != "status":
+            raise NotifyError(f"the notification delivery process does not answer: {reply[2]}")
+        self._keep_statistics(reply[2])
         return {name: statistics.pending for name, statistics in self.statistics.items()}
 
     def drain(self, timeout: float) -> dict[str, int]:
         """Wait until every sink has acknowledged everything spooled, or `timeout` seconds;
-        what each sink still has pending."""
-        reply = self._request(("drain", self.last_sequence, timeout), timeout + REPLY_MARGIN)
-        return reply[1] if reply[0] == "drained" else {sink.name: self.last_sequence for sink in self.sinks}
+        what each sink still has pending (all this run spooled, when the delivery process does
+        not answer)."""
+        reply = self._request("drain", timeout + REPLY_MARGIN, self.last_sequence, timeout)
+        if reply[1] == "drained":
+            return reply[2]
+        return {sink.name: self.last_sequence - self._first_sequence + 1 for sink in self.sinks}
 
     def close(self) -> None:
         """Stop the delivery process (a send under way finishes or times out; cursors are saved)
         and seal the spool; what is not delivered stays spooled for the next start."""
-        self._closing = True
-        reply = self._request(("stop", self.last_sequence), REPLY_MARGIN + max((sink.section.timeout for sink in self.sinks), default=0))
-        if reply[0] == "stopped":
-            self._keep_statistics(reply[1])
+        if self.dropped > self._dropped_reported:
+            self._report_dropped(time.time_ns())
+        with self._restart_lock:
+            self._closing = True
+        reply = self._request("stop", REPLY_MARGIN + max((sink.section.timeout for sink in self.sinks), default=0), self.last_sequence)
+        if reply[1] == "stopped":
+            self._keep_statistics(reply[2])
         else:
-            log.error(f"the notification delivery process did not stop cleanly ({reply[1]}); notifications stay spooled")
+            log.error(f"the notification delivery process did not stop cleanly ({reply[2]}); notifications stay spooled")
         if self._process is not None:
             try:
                 self._process.wait(timeout=5)
@@ -217,8 +254,9 @@ class Outbox:
                 self._process.kill()
                 self._process.wait()
         self._connection.close()
-        with suppress(OSError):  # already closed if a restart failed
+        if self._wake is not None:
             os.close(self._wake)
+            self._wake = None
         self.spool.close()
 
     def _keep_statistics(self, figures: dict[str, dict[str, Any]]) -> None:

@@ -292,8 +292,10 @@ class SpoolReader:
         self.earlier_runs = earlier_runs
         self.segments: list[ReadSegment] = []
         self.refresh()
-        first = self.segments[0].first if self.segments else 1
-        self.cursors = {sink: read_cursor(directory, sink) or first - 1 for sink in sinks}
+        first = self.segments[0].first if self.segments else earlier_runs
+        # Nothing before `first` is spooled any more: a new sink, or one whose saved cursor lags
+        # behind segments already deleted, starts there.
+        self.cursors = {sink: max(read_cursor(directory, sink) or 0, first - 1) for sink in sinks}
         self._saved = {sink: read_cursor(directory, sink) for sink in sinks}
         self._saved_at = {sink: 0.0 for sink in sinks}
         for sink in sinks:  # every sink has a cursor file: a sink removed later is known as such
@@ -311,10 +313,12 @@ class SpoolReader:
         for first, path in segment_paths(self.directory):
             if path not in known and (not self.segments or first > self.segments[-1].first):
                 try:
-                    header, _ = read_header(path, read_file(path)[:4096], SPOOL_MAGIC)
+                    header, start = read_header(path, read_file(path)[:4096], SPOOL_MAGIC)
                 except FileNotFoundError:
                     continue
-                self.segments.append(ReadSegment(first, path, header.get("opened", 0)))
+                if not start or "opened" not in header:
+                    break  # created, its header not yet written: taken in at the next look
+                self.segments.append(ReadSegment(first, path, header["opened"]))
                 found = True
         if found:
             sync_directory(self.directory)

@@ -5,6 +5,7 @@ it had delivered before it failed. One module per transport: `jsonl.py` (file, s
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from probe.config import SinkSection
@@ -23,6 +24,8 @@ class SinkError(Exception):
 class Sink:
     best_effort = False
     """The transport acknowledges nothing: a completed send counts as delivered."""
+    stopping: threading.Event | None = None
+    """Set when delivery stops: a sink sending one document at a time checks it between two."""
 
     def __init__(self, section: SinkSection) -> None:
         self.section = section
@@ -53,6 +56,10 @@ class Sink:
     def deliver(self, documents: list[tuple[dict[str, Any], int]]) -> None:
         """Send (document, retention deadline) pairs in order; return once all are acknowledged."""
         raise NotImplementedError
+
+    def check_stopping(self, delivered: int) -> None:
+        if self.stopping is not None and self.stopping.is_set():
+            raise SinkError("stopping", delivered)
 
     def maintain(self, now: int) -> None:
         """Periodic work while idle (a file sink's retention)."""

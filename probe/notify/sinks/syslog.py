@@ -63,6 +63,7 @@ class SyslogSink(Sink):
         try:
             connection = self._connect()
             for document, _ in documents:
+                self.check_stopping(delivered)
                 message = syslog_message(document, self.facility, self.hostname)
                 if self._stream:
                     connection.sendall(b"%d %s" % (len(message), message))

@@ -77,6 +77,7 @@ class WebhookSink(Sink):
 
     def deliver(self, documents: list[tuple[dict[str, Any], int]]) -> None:
         for delivered, (document, _) in enumerate(documents):
+            self.check_stopping(delivered)
             body = json.dumps(document, separators=(",", ":")).encode()
             headers = {"Content-Type": "application/json", "Idempotency-Key": document["idempotency_key"], "User-Agent": USER_AGENT}
             if self.secret is not None:
