@@ -15,7 +15,8 @@ import click
 
 from probe.config import load_config
 from probe.errors import ConfigError, ProbeError
-from probe.notify.outbox import Outbox, SinkStatistics
+from probe.notify.delivery import SinkStatistics
+from probe.notify.outbox import Outbox
 from probe.store_cli import fail, now_clock
 
 EXIT_UNDELIVERED = 1

@@ -176,8 +176,7 @@ class Pipeline:
             for hit in flow.hits.values():  # type: ignore[union-attr]
                 if counters[0] > hit.revised_packets and self.now - hit.revised_at >= interval:
                     self._revise(flow, hit, counters, False)
-        if self.notifier is not None:
-            self.notifier.report_suppressed()
+        self.notifier.report_suppressed()  # type: ignore[union-attr]
 
     def _revise(self, flow: Flow, hit: Hit, counters: tuple[int, int, int, int], final: bool) -> Event:
         hit.revision += 1

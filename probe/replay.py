@@ -21,7 +21,7 @@ from probe.config import Config
 from probe.errors import CaptureError, MarkerError
 from probe.match.markers import ACTIVE_TYPES
 from probe.notify.notifier import Notifier
-from probe.notify.outbox import SinkStatistics
+from probe.notify.delivery import SinkStatistics
 from probe.pipeline import Pipeline
 from probe.progress import Progress
 from probe.record.events import EventWriter, rfc3339

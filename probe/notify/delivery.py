@@ -16,6 +16,7 @@ back the replies and this process's log messages, which the probe logs as its ow
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -25,6 +26,7 @@ import sys
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from contextlib import suppress
 from multiprocessing.connection import Connection
 from typing import Any
@@ -54,14 +56,18 @@ BUSY_WAKE = 0.05
 LATENCY_SAMPLES = 100_000
 
 
+@dataclass
 class SinkStatistics:
-    def __init__(self) -> None:
-        self.delivered = 0
-        self.filtered = 0
-        """Entries this sink's filter did not take."""
-        self.failures = 0
-        self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
-        """Seconds from a notification's spooling to its acknowledgement, the latest kept."""
+    """One sink's figures, kept by its delivery thread and sent to the probe as they are."""
+
+    delivered: int = 0
+    filtered: int = 0
+    """Entries this sink's filter did not take."""
+    failures: int = 0
+    pending: int = 0
+    """Entries not yet acknowledged, filled in when the probe asks."""
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+    """Seconds from a notification's spooling to its acknowledgement, the latest kept."""
 
 
 class DeliveryThread(threading.Thread):
@@ -193,9 +199,9 @@ class Delivery:
         with self._lock:
             self.reader.collect(self.clock.now())
 
-    def statistics(self, last: int) -> dict[str, dict[str, Any]]:
+    def statistics(self, last: int) -> dict[str, SinkStatistics]:
         with self._lock:
-            return {thread.sink.name: {"delivered": thread.statistics.delivered, "filtered": thread.statistics.filtered, "failures": thread.statistics.failures, "pending": self.reader.pending(thread.sink.name, last), "latencies": list(thread.statistics.latencies)} for thread in self.threads}
+            return {thread.sink.name: dataclasses.replace(thread.statistics, pending=self.reader.pending(thread.sink.name, last)) for thread in self.threads}
 
     def drain(self, last: int, timeout: float, probe: int) -> dict[str, int]:
         """Wait until every sink acknowledged up to `last`, or `timeout`, or the probe (process
@@ -294,4 +300,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the module under its own name, not as __main__: what it sends the probe (SinkStatistics)
+    # must unpickle there as probe.notify.delivery's.
+    from probe.notify import delivery
+
+    delivery.main()

@@ -20,13 +20,13 @@ import sys
 import threading
 import time
 from contextlib import suppress
-from dataclasses import dataclass, field
 from multiprocessing import Pipe
 from typing import Any
 
 from probe.clock import Clock, add_months
 from probe.config import MAXIMUM_RETENTION_MONTHS, Config
 from probe.errors import NotifyError
+from probe.notify.delivery import SinkStatistics
 from probe.notify.documents import dropped_document, probe_identity
 from probe.notify.sinks.build import build_sinks
 from probe.notify.spool import SpoolFull, SpoolWriter
@@ -40,16 +40,6 @@ spooled by itself (it looks again every few milliseconds while notifications com
 REPLY_MARGIN = 30.0
 """Seconds beyond a request's own time that the delivery process may take to answer (a sink
 blocked in a send until its timeout)."""
-
-
-@dataclass
-class SinkStatistics:
-    delivered: int = 0
-    filtered: int = 0
-    failures: int = 0
-    pending: int = 0
-    latencies: list[float] = field(default_factory=list)
-    """Seconds from spooling to acknowledgement of each notification delivered (the latest)."""
 
 
 class Outbox:
@@ -223,7 +213,7 @@ class Outbox:
         reply = self._request("status", REPLY_MARGIN, self.last_sequence)
         if reply[1] != "status":
             raise NotifyError(f"the notification delivery process does not answer: {reply[2]}")
-        self._keep_statistics(reply[2])
+        self.statistics = reply[2]
         return {name: statistics.pending for name, statistics in self.statistics.items()}
 
     def drain(self, timeout: float) -> dict[str, int]:
@@ -244,7 +234,7 @@ class Outbox:
             self._closing = True
         reply = self._request("stop", REPLY_MARGIN + max((sink.section.timeout for sink in self.sinks), default=0), self.last_sequence)
         if reply[1] == "stopped":
-            self._keep_statistics(reply[2])
+            self.statistics = reply[2]
         else:
             log.error(f"the notification delivery process did not stop cleanly ({reply[2]}); notifications stay spooled")
         if self._process is not None:
@@ -258,6 +248,3 @@ class Outbox:
             os.close(self._wake)
             self._wake = None
         self.spool.close()
-
-    def _keep_statistics(self, figures: dict[str, dict[str, Any]]) -> None:
-        self.statistics = {name: SinkStatistics(**values) for name, values in figures.items()}

@@ -94,7 +94,6 @@ class SpoolWriter:
         self.directory = directory
         self.max_bytes = max_bytes
         self.sinks = sinks
-        self.recovered: list[str] = []
         self.lock_descriptor = self._open_directory()
         self._descriptor: int | None = None
         self._path = ""
@@ -153,9 +152,7 @@ class SpoolWriter:
                 with open(path, "r+b") as stream:
                     stream.truncate(end)
                     os.fsync(stream.fileno())
-                message = f"{path}: torn tail of {len(data) - end} bytes cut (a crash while spooling; those notifications were never sent)"
-                self.recovered.append(message)
-                log.warning(message)
+                log.warning(f"{path}: torn tail of {len(data) - end} bytes cut (a crash while spooling; those notifications were never sent)")
         return last
 
     def _forget_removed_sinks(self, last: int) -> None:
@@ -302,8 +299,6 @@ class SpoolReader:
             self.save_cursor(sink)
         self._positions: dict[str, tuple[str, int, int]] = {}
         """Per sink, where its last read ended: segment path, byte offset, last sequence read."""
-        self.expired = 0
-        """Entries deleted before some sink had them, their retention passed."""
 
     def refresh(self) -> None:
         """Take in the segments the probe started since (their directory entries made durable
@@ -416,7 +411,6 @@ class SpoolReader:
             last = segment.last if segment.last is not None else segment.first - 1
             undelivered = sum(max(0, last - max(cursor, segment.first - 1)) for cursor in self.cursors.values())
             if undelivered:
-                self.expired += undelivered
                 log.warning(f"{segment.path}: {undelivered} notifications deleted undelivered: the retention of what they hold (or of notifications spooled with them) passed while their sinks could not take them")
             for sink, cursor in self.cursors.items():
                 if cursor >= segment.first - 1:  # a sink still behind, in an earlier segment, reads on past the gap
