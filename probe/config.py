@@ -9,6 +9,7 @@ range is refused with the key's full name, so a typo never silently falls back t
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import ipaddress
 import os
 import re
@@ -37,6 +38,41 @@ class DeclarationSection:
     reference: str = ""
     """Reference of the deployment's declaration to the authority (CPCE art. L33-14), written into
     every notification so the authority knows which declared device saw the event."""
+    declared_by: str = ""
+    """Who declared the deployment to the authority (the operator's legal entity or its officer)."""
+    declared_on: str = ""
+    """Date of the declaration, YYYY-MM-DD."""
+    interfaces: tuple[str, ...] = ()
+    """The interfaces the declaration covers: `probe run` refuses to capture on any other."""
+
+
+@dataclass(frozen=True)
+class CaptureSection:
+    interfaces: tuple[str, ...] = ()
+    """Interfaces `probe run` captures on (promiscuous, every frame the tap or SPAN port mirrors)."""
+    bpf_filter: str = ""
+    """A libpcap filter expression applied in the kernel; empty: every frame."""
+    snaplen: int = 65535
+    """Bytes kept of each frame; the rest is counted in its length but never read."""
+    buffer_bytes: int = 64 * 1024**2
+    """Kernel ring buffer per interface: what absorbs bursts while the probe is busy."""
+
+
+@dataclass(frozen=True)
+class ServiceSection:
+    workers: int = 1
+    """Processes that decode and match; frames are spread among them by a symmetric hash of the
+    innermost addresses, so both directions of a flow (and all its fragments) reach the same one."""
+    worker_queue_bytes: int = 32 * 1024**2
+    """Shared memory per worker for frames waiting to be matched; a batch that finds it full is
+    dropped and counted (capture never waits for a worker)."""
+    metrics_address: str = "127.0.0.1:9477"
+    """host:port of the Prometheus endpoint; empty: no endpoint."""
+    control_socket: str = "/run/probe/control.sock"
+    """Unix socket (mode 0600) that `probe status` reads the running probe's figures from."""
+    stop_timeout: float = 30.0
+    """Seconds SIGTERM may take to drain the workers and flush store and outbox; a second SIGTERM
+    exits at once."""
 
 
 @dataclass(frozen=True)
@@ -190,6 +226,8 @@ COMMON_SINK_KEYS = ("name", "type", "authority", "marker_types", "min_severity",
 class Config:
     probe: ProbeSection = field(default_factory=ProbeSection)
     declaration: DeclarationSection = field(default_factory=DeclarationSection)
+    capture: CaptureSection = field(default_factory=CaptureSection)
+    service: ServiceSection = field(default_factory=ServiceSection)
     flows: FlowsSection = field(default_factory=FlowsSection)
     fragments: FragmentsSection = field(default_factory=FragmentsSection)
     markers: MarkersSection = field(default_factory=MarkersSection)
@@ -206,7 +244,7 @@ class Config:
         return os.path.join(self.store.directory, "spool") if self.store.directory else ""
 
 
-POSITIVE_FIELDS = {"segment_period", "flush_interval", "max_bytes", "max_flows", "handshake_buffer_bytes", "max_datagrams", "max_per_source", "tcp_timeout", "tcp_closed_timeout", "udp_timeout", "other_timeout", "timeout", "spool_max_bytes", "update_interval", "marker_rate", "marker_burst", "retry_initial", "retry_max", "drain_timeout", "rotate_interval"}
+POSITIVE_FIELDS = {"segment_period", "flush_interval", "max_bytes", "max_flows", "handshake_buffer_bytes", "max_datagrams", "max_per_source", "tcp_timeout", "tcp_closed_timeout", "udp_timeout", "other_timeout", "timeout", "spool_max_bytes", "update_interval", "marker_rate", "marker_burst", "retry_initial", "retry_max", "drain_timeout", "rotate_interval", "snaplen", "buffer_bytes", "workers", "worker_queue_bytes", "stop_timeout"}
 MAXIMUM_SECONDS = 7 * 24 * 3600.0
 """No flow or fragment waits longer than a week of capture time."""
 MAXIMUM_COUNT = 1 << 40
@@ -351,6 +389,8 @@ def _parse_section(cls: type, raw: dict[str, Any], section: str, origin: str) ->
             raise ConfigError(f"{where}: must be one of {', '.join(TLP_LEVELS)}, got {value!r}")
         if section == "store":
             value = _store_value(key, value, where)
+        if section in ("capture", "service", "declaration"):
+            _live_value(key, value, where)
         if key == "spool_max_bytes" and value < 8192:
             raise ConfigError(f"{where}: must be at least 8192 bytes (the last 4096 are kept for the notification that reports drops), got {value!r}")
         if key in POSITIVE_FIELDS and not 0 < value <= (MAXIMUM_SECONDS if expected == "float" else MAXIMUM_COUNT):
@@ -386,6 +426,47 @@ def _store_value(key: str, value: Any, where: str) -> Any:
     elif key == "flush_interval" and not 0 < value <= 1.0:
         raise ConfigError(f"{where}: must be greater than 0 and at most 1 second (events are acknowledged within it), got {value!r}")
     return value
+
+
+def _live_value(key: str, value: Any, where: str) -> None:
+    if key == "declared_on":
+        try:
+            datetime.date.fromisoformat(value)
+        except ValueError:
+            raise ConfigError(f"{where}: {value!r} is not a date YYYY-MM-DD") from None
+    elif key == "snaplen" and not 64 <= value <= 262144:
+        raise ConfigError(f"{where}: must be between 64 and 262144 bytes, got {value!r}")
+    elif key == "buffer_bytes" and not 1024**2 <= value <= 1024**3:
+        raise ConfigError(f"{where}: must be between 1 MiB and 1 GiB, got {value!r}")
+    elif key == "workers" and value > 64:
+        raise ConfigError(f"{where}: at most 64 worker processes, got {value!r}")
+    elif key == "worker_queue_bytes" and not 1024**2 <= value <= 1024**3:
+        raise ConfigError(f"{where}: must be between 1 MiB and 1 GiB, got {value!r}")
+    elif key == "metrics_address" and value:
+        split_address(value, where)
+    elif key == "interfaces" and len(set(value)) != len(value):
+        raise ConfigError(f"{where}: an interface is listed twice")
+
+
+def check_live(config: Config, origin: str) -> None:
+    """What the law and the service need before `probe run` captures anything: a complete
+    declaration that covers every interface, a store for the events, and a sink that reaches the
+    authority (detected events are notified to it without delay)."""
+    declaration = config.declaration
+    for key in ("reference", "declared_by", "declared_on"):
+        if not getattr(declaration, key):
+            raise ConfigError(f"{origin}: declaration.{key}: required by probe run: the deployment must be declared to the authority (CPCE art. L33-14) before it captures")
+    if not declaration.interfaces:
+        raise ConfigError(f"{origin}: declaration.interfaces: required by probe run: list the interfaces the declaration covers")
+    if not config.capture.interfaces:
+        raise ConfigError(f"{origin}: capture.interfaces: no interface to capture on")
+    undeclared = [name for name in config.capture.interfaces if name not in declaration.interfaces]
+    if undeclared:
+        raise ConfigError(f"{origin}: capture.interfaces: {', '.join(undeclared)} not covered by the declaration (declaration.interfaces: {', '.join(declaration.interfaces)}); capture there is refused")
+    if not config.store.directory:
+        raise ConfigError(f"{origin}: store.directory: required by probe run: detected events must be stored")
+    if not any(sink.authority for sink in config.sinks):
+        raise ConfigError(f"{origin}: sinks: probe run needs a sink with authority = true: detected events are notified to the authority without delay")
 
 
 def check_retention_months(months: int, where: str) -> None:

@@ -28,7 +28,7 @@ from probe.match.compiled import CompiledMarkers
 from probe.match.markers import Marker
 from probe.notify.notifier import Notifier
 from probe.record.events import Event, EventWriter, Hit, flow_event
-from probe.store.records import BundleRecord
+from probe.store.records import BundleRecord, bundle_records
 from probe.store.ring import RingStore
 
 CLOCK_FRAMES = 63
@@ -50,8 +50,8 @@ def starts_like_handshake(payload: bytes) -> bool:
 
 
 class Pipeline:
-    def __init__(self, config: Config, library: MarkerLibrary, writer: EventWriter, store: RingStore | None = None, notifier: Notifier | None = None) -> None:
-        """`writer` receives each event's final revision; `store`, when given, every revision;
+    def __init__(self, config: Config, library: MarkerLibrary, writer: EventWriter | None, store: RingStore | None = None, notifier: Notifier | None = None) -> None:
+        """`writer`, when given, receives each event's final revision; `store` every revision;
         `notifier` every revision of the events it notified at their first hit."""
         self.config = config
         self.library = library
@@ -129,7 +129,16 @@ class Pipeline:
         recent = np.concatenate((self._recent, batch.timestamps[-CLOCK_FRAMES:]))[-CLOCK_FRAMES:]
         self._recent = recent
         middle = (len(recent) - 1) // 2
-        self.now = max(self.now, int(np.partition(recent, middle)[middle]))
+        self._move_clock(max(self.now, int(np.partition(recent, middle)[middle])))
+
+    def advance(self, now: int) -> None:
+        """Live capture: time goes on when no packet comes, and flows, fragments and updates
+        must expire by it (`now` is the capture host's clock, which stamps the packets)."""
+        if now > self.now:
+            self._move_clock(now)
+
+    def _move_clock(self, now: int) -> None:
+        self.now = now
         for packet in self.decoder.expire_fragments(self.now):
             self.handle_packet(packet)
         self._close_ended_flows()
@@ -145,10 +154,8 @@ class Pipeline:
         """Keep and notify the history of the marker set: each bundle version activated, each
         file refused (with its reason), so that any event can be tied to the markers in force and
         the authority knows which markers this probe runs."""
-        for bundle in report.accepted:
-            self._bundle_changed(BundleRecord(now, "activated", bundle.issuer, bundle.id, bundle.version, bundle.digest, ""))
-        for reason in report.refused:
-            self._bundle_changed(BundleRecord(now, "refused", "", "", 0, "", reason))
+        for record in bundle_records(report, now):
+            self._bundle_changed(record)
 
     def note_expired_bundles(self) -> None:
         """Record, once, each active bundle whose validity ended before the capture's clock."""
@@ -518,6 +525,8 @@ class Pipeline:
         flow.stream = None
         if flow.hits:
             counters = flow.final or self.flows.counters(flow)
-            self.writer.write([self._revise(flow, hit, counters, True) for hit in flow.hits.values()])
+            finals = [self._revise(flow, hit, counters, True) for hit in flow.hits.values()]
+            if self.writer is not None:
+                self.writer.write(finals)
             self._flows_with_hits.discard(flow)
         flow.hits = None

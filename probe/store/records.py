@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import msgpack
 
@@ -24,6 +24,9 @@ from probe.bundles.values import PATTERN_TYPES
 from probe.decode.packet import IPV4_MAPPED_PREFIX
 from probe.match.markers import Marker
 from probe.record.events import Event
+
+if TYPE_CHECKING:
+    from probe.bundles.library import LoadReport
 
 KIND_MARKER = -1
 KIND_ENCAPSULATION = -2
@@ -56,6 +59,13 @@ class BundleRecord(NamedTuple):
     version: int
     digest: str
     reason: str
+
+
+def bundle_records(report: LoadReport, now: int) -> list[BundleRecord]:
+    """The history a load leaves: each bundle version activated, each file refused with its
+    reason, so that any event can be tied to the markers in force."""
+    records = [BundleRecord(now, "activated", bundle.issuer, bundle.id, bundle.version, bundle.digest, "") for bundle in report.accepted]
+    return records + [BundleRecord(now, "refused", "", "", 0, "", reason) for reason in report.refused]
 
 
 class AuditRecord(NamedTuple):
