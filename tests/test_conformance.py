@@ -16,7 +16,7 @@ import probe.pipeline
 from probe.config import Config
 from probe.decode.batch import FastFrames
 from probe.replay import replay
-from truth_support import RecordingPipeline, replay_capture, shared_captures, truth_of
+from truth_support import RecordingPipeline, planted_bundle, truth_host, truth_name, replay_capture, shared_captures, truth_of
 
 
 ALLOWED_DIFFERENCES = {
@@ -40,19 +40,6 @@ def _capture(name: str) -> Path:
     return captures[name]
 
 
-def _host(value: str) -> str:
-    value = value.lower().rstrip(".")
-    if value.startswith("["):
-        return value[1 : value.index("]")]
-    if value.count(":") == 1:
-        value = value.rsplit(":", 1)[0]
-    return value.rstrip(".")
-
-
-def _name(value: str) -> str:
-    return value.lower().rstrip(".")
-
-
 @pytest.mark.parametrize("name", _capture_ids())
 def test_decoded_metadata_equals_tshark(name: str) -> None:
     capture = _capture(name)
@@ -61,39 +48,17 @@ def test_decoded_metadata_equals_tshark(name: str) -> None:
     error = replay_capture(pipeline, capture)
     assert (error is not None) == bool(truth.get("tshark_rc")), f"read error {error} vs tshark rc {truth.get('tshark_rc')}"
     assert pipeline.addresses == set(truth["inner_ipv4"]) | set(truth["inner_ipv6"])
-    for key, where, normalise in (("dns_qnames", "dns.query", _name), ("tls_sni", "tls.sni", _name), ("http_hosts", "http.host", _host)):
+    for key, where, normalise in (("dns_qnames", "dns.query", truth_name), ("tls_sni", "tls.sni", truth_name), ("http_hosts", "http.host", truth_host)):
         expected = {normalise(value) for value in truth[key]}
         missing = expected - pipeline.names[where] - ALLOWED_DIFFERENCES.get((name, where), set())
         assert not missing, f"{where}: tshark saw {sorted(missing)}, the probe did not"
         assert pipeline.names[where] <= expected, f"{where}: the probe saw {sorted(pipeline.names[where] - expected)}, tshark did not"
 
 
-def _planted_bundle(truth: dict, path: Path) -> tuple[set[str], set[str]]:
-    markers, planted = [], set()
-    for key in ("dns_qnames", "tls_sni", "http_hosts"):
-        for value in truth[key]:
-            host = _host(value) if key == "http_hosts" else _name(value)
-            if host and not host.replace(".", "").isdigit() and ":" not in host and host not in planted:
-                planted.add(host)
-                markers.append({"id": f"name-{len(markers)}", "type": "domain", "value": host, "match": "exact"})
-    for address in truth["inner_ipv4"] + truth["inner_ipv6"]:
-        planted.add(address)
-        markers.append({"id": f"address-{len(markers)}", "type": "ipv6" if ":" in address else "ipv4", "value": address})
-    decoys = {"decoy.example.invalid", "198.18.7.7", "2001:db8:dead::1"}
-    markers += [
-        {"id": "decoy-name", "type": "domain", "value": "decoy.example.invalid"},
-        {"id": "decoy-v4", "type": "ipv4", "value": "198.18.7.7"},
-        {"id": "decoy-v6", "type": "ipv6", "value": "2001:db8:dead::1"},
-        {"id": "decoy-prefix", "type": "cidr", "value": "198.18.0.0/24"},
-    ]
-    path.write_text(json.dumps({"id": "planted", "issuer": "test", "version": 1, "created": "2026-11-01T00:00:00Z", "markers": markers}))
-    return planted, decoys
-
-
 @pytest.mark.parametrize("name", _capture_ids())
 def test_planted_markers_give_events_and_decoys_none(name: str, tmp_path: Path) -> None:
     capture = _capture(name)
-    planted, decoys = _planted_bundle(truth_of(capture), tmp_path / "planted.json")
+    planted, decoys = planted_bundle(truth_of(capture), tmp_path / "planted.json")
     events = io.StringIO()
     replay(Config(), [str(capture)], [str(tmp_path / "planted.json")], events)
     values = {json.loads(line)["marker"]["value"] for line in events.getvalue().splitlines()}
@@ -114,7 +79,7 @@ def _every_marker_planted(bundle: Path) -> list[Path]:
     for capture in captures:
         for key in truth:
             truth[key] += truth_of(capture)[key]
-    _planted_bundle(truth, bundle)
+    planted_bundle(truth, bundle)
     return captures
 
 

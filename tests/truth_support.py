@@ -98,3 +98,40 @@ def replay_capture(pipeline: Pipeline, capture: Path) -> CaptureError | None:
             error = failure
         pipeline.finish()
     return error
+
+
+def truth_host(value: str) -> str:
+    value = value.lower().rstrip(".")
+    if value.startswith("["):
+        return value[1 : value.index("]")]
+    if value.count(":") == 1:
+        value = value.rsplit(":", 1)[0]
+    return value.rstrip(".")
+
+
+def truth_name(value: str) -> str:
+    return value.lower().rstrip(".")
+
+
+def planted_bundle(truth: dict, path: Path) -> tuple[set[str], set[str]]:
+    """A bundle planting every name and inner address of a capture's truth, plus decoys that must
+    never hit; the planted values and the decoys."""
+    markers, planted = [], set()
+    for key in ("dns_qnames", "tls_sni", "http_hosts"):
+        for value in truth[key]:
+            host = truth_host(value) if key == "http_hosts" else truth_name(value)
+            if host and not host.replace(".", "").isdigit() and ":" not in host and host not in planted:
+                planted.add(host)
+                markers.append({"id": f"name-{len(markers)}", "type": "domain", "value": host, "match": "exact"})
+    for address in truth["inner_ipv4"] + truth["inner_ipv6"]:
+        planted.add(address)
+        markers.append({"id": f"address-{len(markers)}", "type": "ipv6" if ":" in address else "ipv4", "value": address})
+    decoys = {"decoy.example.invalid", "198.18.7.7", "2001:db8:dead::1"}
+    markers += [
+        {"id": "decoy-name", "type": "domain", "value": "decoy.example.invalid"},
+        {"id": "decoy-v4", "type": "ipv4", "value": "198.18.7.7"},
+        {"id": "decoy-v6", "type": "ipv6", "value": "2001:db8:dead::1"},
+        {"id": "decoy-prefix", "type": "cidr", "value": "198.18.0.0/24"},
+    ]
+    path.write_text(json.dumps({"id": "planted", "issuer": "test", "version": 1, "created": "2026-11-01T00:00:00Z", "markers": markers}))
+    return planted, decoys

@@ -25,7 +25,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 from typing import Any
 
 from probe.bundles.library import LoadPolicy, LoadReport, MarkerLibrary
