@@ -25,6 +25,11 @@ class CaptureError(ProbeError):
         self.problem = problem
 
 
+class InterfaceError(ProbeError):
+    """Live capture cannot start or go on on an interface (missing, not Ethernet, no privilege,
+    a filter libpcap refuses); the message names the interface or the key."""
+
+
 class CompanionError(MarkerError):
     """A bundle's companion value file is unreadable, malformed, or not the file the bundle lists."""
 

@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -88,6 +89,7 @@ def network():
         _run("ip", "link", "add", "send0", "netns", sender, "mtu", "9000", "type", "veth", "peer", "name", "tap0", "netns", capture, "mtu", "9000")
         _run("ip", "-n", sender, "link", "set", "send0", "up")
         _run("ip", "-n", capture, "link", "set", "tap0", "up")
+        _run("ip", "-n", capture, "link", "set", "lo", "up")  # the metrics endpoint listens on its loopback
         yield sender, capture
     finally:
         for namespace in (sender, capture):
@@ -237,3 +239,151 @@ def test_live_capture_gives_the_events_of_replay(network, captures, bundle, tmp_
 
     original = _replayed_events(tmp_path / "original", bundle, captures)
     assert _without_time(live) == _without_time(original)
+
+
+class RunningProbe:
+    """`probe run` in the capture namespace, with a configuration written by the test."""
+
+    def __init__(self, network, directory: Path, bundle: Path, extra: str = "", environment: dict | None = None) -> None:
+        self.directory = directory
+        self.sender, namespace = network
+        self.namespace = namespace
+        self.config = _configuration(directory, bundle, 1, live=True)
+        if extra:
+            text = self.config.read_text().replace('metrics_address = ""\n', "" if "metrics_address" in extra else 'metrics_address = ""\n')
+            self.config.write_text(text.replace("[service]\n", f"[service]\n{extra}\n"))
+        self.process = subprocess.Popen(["ip", "netns", "exec", namespace, PROBE, "run", "--config", str(self.config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(environment or {})})
+        _wait_for(lambda: _status(directory) is not None or self.process.poll() is not None, 120, "probe run to answer on its control socket")
+        assert self.process.poll() is None, self.process.communicate()[1]
+
+    def status(self) -> dict:
+        status = _status(self.directory)
+        assert status is not None
+        return status
+
+    def send(self, capture: Path) -> None:
+        before = sum(worker["packets"] for worker in self.status()["workers"])
+        result = subprocess.run(["ip", "netns", "exec", self.sender, "tcpreplay", "-i", "send0", "--topspeed", str(capture)], capture_output=True, text=True, check=True)
+        sent = int(result.stdout.split("Actual: ")[1].split()[0])
+        _wait_for(lambda: sum(worker["packets"] for worker in self.status()["workers"]) >= before + sent, 60, "the frames sent to be counted")
+
+    def stop(self, timeout: float = 60) -> tuple[int, str]:
+        self.process.send_signal(signal.SIGTERM)
+        _, errors = self.process.communicate(timeout=timeout)
+        return self.process.returncode, errors
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate()
+
+
+@pytest.fixture
+def running(network, bundle, tmp_path):
+    started: list[RunningProbe] = []
+
+    def start(extra: str = "", environment: dict | None = None, markers: Path | None = None) -> RunningProbe:
+        probe = RunningProbe(network, tmp_path / f"run{len(started)}", markers or bundle, extra, environment)
+        started.append(probe)
+        return probe
+
+    yield start
+    for probe in started:
+        probe.close()
+
+
+def _capture_named(captures: list[Path], name: str) -> Path:
+    return next(path for path in captures if path.name == name)
+
+
+def test_sighup_activates_a_new_bundle_version_without_restart(running, captures, tmp_path) -> None:
+    """The first version knows nothing of tls13-sni.pcap; the second plants its addresses. After
+    SIGHUP the same traffic hits, the probe never restarted, and the store keeps both versions'
+    history."""
+    markers = tmp_path / "bundle.json"
+    decoy = {"id": "decoy", "type": "ipv4", "value": "198.18.7.7"}
+    markers.write_text(json.dumps({"id": "reload", "issuer": "test", "version": 1, "created": "2026-11-01T00:00:00Z", "markers": [decoy]}))
+    probe = running(markers=markers)
+    pid = probe.status()["probe"]["pid"]
+    capture = _capture_named(captures, "tls13-sni.pcap")
+    probe.send(capture)
+    assert probe.status()["events"]["total"] == 0
+    planted = [{"id": f"address-{position}", "type": "ipv4", "value": address} for position, address in enumerate(truth_of(capture)["inner_ipv4"])]
+    markers.write_text(json.dumps({"id": "reload", "issuer": "test", "version": 2, "created": "2026-11-02T00:00:00Z", "markers": [decoy, *planted]}))
+    probe.process.send_signal(signal.SIGHUP)
+    _wait_for(lambda: probe.status()["bundles"][0]["version"] == 2, 30, "version 2 to be active")
+    probe.send(capture)
+    status = probe.status()
+    assert status["probe"]["pid"] == pid
+    assert status["events"]["by_marker_type"].get("ipv4", 0) > 0
+    code, errors = probe.stop()
+    assert code == 0, errors
+    stored = _stored_events(probe.directory / "store")
+    assert {(event["marker"]["bundle_version"], event["marker"]["id"]) for event in stored} <= {(2, marker["id"]) for marker in planted}
+    assert len(stored) == status["events"]["total"]
+
+
+def test_sigterm_is_bounded_and_a_second_one_exits_at_once(running, captures) -> None:
+    """A worker that stops answering (SIGSTOP) cannot hold the stop beyond stop_timeout; the
+    probe says what was lost and exits 0. A second SIGTERM during the stop exits at once."""
+    probe = running(extra="stop_timeout = 2.0")
+    probe.send(_capture_named(captures, "dns-udp.pcap"))
+    os.kill(probe.status()["workers"][0]["pid"], signal.SIGSTOP)
+    started = time.monotonic()
+    code, errors = probe.stop()
+    assert code == 0, errors
+    assert 2.0 <= time.monotonic() - started < 10.0
+    assert "did not finish within stop_timeout" in errors
+
+    second = running(extra="stop_timeout = 30.0")
+    os.kill(second.status()["workers"][0]["pid"], signal.SIGSTOP)
+    second.process.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    started = time.monotonic()
+    second.process.send_signal(signal.SIGTERM)
+    _, errors = second.process.communicate(timeout=10)
+    assert time.monotonic() - started < 2.0
+    assert second.process.returncode == 1 and "second SIGTERM: exiting at once" in errors
+
+
+def test_systemd_notifications_and_metrics(running, captures, tmp_path) -> None:
+    """READY, STATUS and WATCHDOG over a real NOTIFY_SOCKET, STOPPING at SIGTERM; the Prometheus
+    endpoint on loopback serves the same figures as probe status."""
+    import socket
+
+    notify_path = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(notify_path)
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    probe = running(extra=f'metrics_address = "127.0.0.1:{port}"', environment={"NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "400000"})
+    messages: list[str] = []
+
+    def listen() -> None:  # as systemd does: read every message as it comes
+        while True:
+            try:
+                messages.extend(listener.recv(4096).decode().split("\n"))
+            except OSError:
+                return
+
+    threading.Thread(target=listen, daemon=True).start()
+
+    def received(wanted: str) -> bool:
+        _wait_for(lambda: any(message.startswith(wanted) for message in messages), 30, wanted)
+        return True
+
+    assert received("READY=1") and received("STATUS=") and received("WATCHDOG=1")
+    probe.send(_capture_named(captures, "dns-udp.pcap"))
+    time.sleep(1.2)  # one snapshot interval
+    fetch = f"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics', timeout=10).read().decode())"
+    metrics = subprocess.run(["ip", "netns", "exec", probe.namespace, sys.executable, "-c", fetch], capture_output=True, text=True, check=True).stdout
+    status = probe.status()
+    assert f'probe_worker_packets_total{{worker="0"}} {float(status["workers"][0]["packets"])}' in metrics
+    assert 'probe_kernel_drops_total{interface="tap0"} 0.0' in metrics
+    assert 'probe_bundle_active{id="planted",issuer="test",version="1"} 1.0' in metrics
+    assert "probe_outbox_depth{" in metrics and "probe_store_bytes " in metrics
+    code, errors = probe.stop()
+    assert code == 0, errors
+    assert received("STOPPING=1")
+    listener.close()

@@ -11,7 +11,7 @@ import ctypes
 import ctypes.util
 import socket
 
-from probe.errors import CaptureError
+from probe.errors import InterfaceError
 
 SO_ATTACH_FILTER = 26
 DLT_EN10MB = 1
@@ -36,7 +36,7 @@ def _libpcap() -> ctypes.CDLL:
     try:
         library = ctypes.CDLL(name)
     except OSError:
-        raise CaptureError("capture filters need libpcap: install the libpcap0.8 package") from None
+        raise InterfaceError("capture filters need libpcap: install the libpcap0.8 package") from None
     library.pcap_open_dead.restype = ctypes.c_void_p
     library.pcap_open_dead.argtypes = (ctypes.c_int, ctypes.c_int)
     library.pcap_compile.argtypes = (ctypes.c_void_p, ctypes.POINTER(BpfProgram), ctypes.c_char_p, ctypes.c_int, ctypes.c_uint32)
@@ -53,12 +53,12 @@ def compile_filter(expression: str, snaplen: int, linktype: int = DLT_EN10MB) ->
     library = _libpcap()
     handle = library.pcap_open_dead(linktype, snaplen)
     if not handle:
-        raise CaptureError("libpcap could not prepare a filter compiler")
+        raise InterfaceError("libpcap could not prepare a filter compiler")
     program = BpfProgram()
     try:
         if library.pcap_compile(handle, ctypes.byref(program), expression.encode(), 1, 0xFFFFFFFF) != 0:
             reason = library.pcap_geterr(handle).decode(errors="replace")
-            raise CaptureError(f"capture.bpf_filter: {expression!r}: {reason}")
+            raise InterfaceError(f"capture.bpf_filter: {expression!r}: {reason}")
         instructions = [(program.instructions[i].code, program.instructions[i].jt, program.instructions[i].jf, program.instructions[i].k) for i in range(program.length)]
         library.pcap_freecode(ctypes.byref(program))
         return instructions

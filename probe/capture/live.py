@@ -21,7 +21,7 @@ import numpy as np
 
 from probe.capture.bpf import attach_filter, compile_filter
 from probe.capture.frames import FrameBatch
-from probe.errors import CaptureError
+from probe.errors import InterfaceError
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -63,9 +63,9 @@ def interface_linktype(name: str) -> int:
         with open(f"/sys/class/net/{name}/type", encoding="ascii") as file:
             device_type = int(file.read())
     except FileNotFoundError:
-        raise CaptureError(f"capture.interfaces: no interface named {name!r} on this host") from None
+        raise InterfaceError(f"capture.interfaces: no interface named {name!r} on this host") from None
     if device_type not in ARPHRD_LINKTYPES:
-        raise CaptureError(f"capture.interfaces: {name}: device type {device_type} is not Ethernet, loopback or raw IP; the probe cannot decode its frames")
+        raise InterfaceError(f"capture.interfaces: {name}: device type {device_type} is not Ethernet, loopback or raw IP; the probe cannot decode its frames")
     return ARPHRD_LINKTYPES[device_type]
 
 
@@ -85,12 +85,12 @@ class LiveCapture:
         try:
             self.socket = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         except PermissionError:
-            raise CaptureError(f"capture on {interface} needs CAP_NET_RAW: run as root, or under the systemd unit (probe install-service)") from None
+            raise InterfaceError(f"capture on {interface} needs CAP_NET_RAW: run as root, or under the systemd unit (probe install-service)") from None
         try:
             self._open(instructions, buffer_bytes)
         except OSError as error:
             self.socket.close()
-            raise CaptureError(f"capture on {interface}: {error.strerror or error}") from None
+            raise InterfaceError(f"capture on {interface}: {error.strerror or error}") from None
         self._block = 0
 
     def _open(self, instructions: list, buffer_bytes: int) -> None:

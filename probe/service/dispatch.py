@@ -114,6 +114,7 @@ class FrameQueue:
         self.dropped_batches = 0
         self.dropped_frames = 0
         self._sending = threading.Lock()
+        self._receiving = threading.Lock()
 
     def send(self, kind: int, payload: bytes = b"") -> None:
         """A control message (from the main thread while the reader thread queues batches)."""
@@ -146,12 +147,16 @@ class FrameQueue:
         return True
 
     def _collect_releases(self) -> None:
+        """Read the worker's releases (by the reader thread before a put, by the main thread for
+        the status on a quiet link)."""
         connection = self.connection
-        while connection.poll():
-            self.released += struct.unpack("=Q", connection.recv_bytes())[0]
+        with self._receiving:
+            while connection.poll():
+                self.released += struct.unpack("=Q", connection.recv_bytes())[0]
 
     def pending(self) -> int:
         """Ring bytes the worker has not taken yet."""
+        self._collect_releases()
         return self.written - self.released
 
     def close(self) -> None:

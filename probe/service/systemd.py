@@ -25,6 +25,7 @@ class SystemdNotifier:
         if not self.address:
             return
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)  # a receiver that does not read must not stop the probe
             try:
                 sock.sendto("\n".join(assignments).encode(), self.address)
             except OSError:

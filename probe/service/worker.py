@@ -13,7 +13,6 @@ import pickle
 import signal
 import struct
 import time
-from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
@@ -99,8 +98,7 @@ def run_worker(config: Config, markers: bytes, memory_name: str, batches: Connec
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     forbid_core_dumps()
-    memory = SharedMemory(name=memory_name)
-    resource_tracker.unregister(memory._name, "shared_memory")  # type: ignore[attr-defined]  # the main process owns and unlinks it
+    memory = SharedMemory(name=memory_name)  # the main process owns it (and its resource tracker, shared, unlinks it if the probe dies)
     library = MarkerLibrary()
     library.bundles, library.active = pickle.loads(markers)
     forwarder = Forwarder(results)
