@@ -111,7 +111,10 @@ def bundle(captures, tmp_path_factory) -> Path:
     return path
 
 
-def _configuration(directory: Path, bundle: Path, workers: int, live: bool) -> Path:
+AUTHORITY_FILE_SINK = '[[sinks]]\nname = "authority"\ntype = "file"\nauthority = true\npath = "{directory}/notifications.jsonl"\n'
+
+
+def _configuration(directory: Path, bundle: Path, workers: int, live: bool, sinks: str = AUTHORITY_FILE_SINK) -> Path:
     """The same [flows] (timeouts of a week, so that the captures' own silences split no flow
     that the live replay, seconds long, keeps whole) for live and replay runs; a store and an
     authority sink for the live one."""
@@ -122,12 +125,7 @@ def _configuration(directory: Path, bundle: Path, workers: int, live: bool) -> P
         outputs = f"""
 [store]
 directory = "{directory}/store"
-[[sinks]]
-name = "authority"
-type = "file"
-authority = true
-path = "{directory}/notifications.jsonl"
-"""
+""" + sinks.format(directory=directory)
     config = directory / "probe.toml"
     config.write_text(outputs + f"""
 [probe]
@@ -244,11 +242,13 @@ def test_live_capture_gives_the_events_of_replay(network, captures, bundle, tmp_
 class RunningProbe:
     """`probe run` in the capture namespace, with a configuration written by the test."""
 
-    def __init__(self, network, directory: Path, bundle: Path, extra: str = "", environment: dict | None = None) -> None:
+    def __init__(self, network, directory: Path, bundle: Path, extra: str = "", environment: dict | None = None, sinks: str = AUTHORITY_FILE_SINK, capture: str = "") -> None:
         self.directory = directory
         self.sender, namespace = network
         self.namespace = namespace
-        self.config = _configuration(directory, bundle, 1, live=True)
+        self.config = _configuration(directory, bundle, 1, live=True, sinks=sinks)
+        if capture:
+            self.config.write_text(self.config.read_text().replace("[capture]\n", f"[capture]\n{capture}\n"))
         if extra:
             text = self.config.read_text().replace('metrics_address = ""\n', "" if "metrics_address" in extra else 'metrics_address = ""\n')
             self.config.write_text(text.replace("[service]\n", f"[service]\n{extra}\n"))
@@ -282,8 +282,8 @@ class RunningProbe:
 def running(network, bundle, tmp_path):
     started: list[RunningProbe] = []
 
-    def start(extra: str = "", environment: dict | None = None, markers: Path | None = None) -> RunningProbe:
-        probe = RunningProbe(network, tmp_path / f"run{len(started)}", markers or bundle, extra, environment)
+    def start(extra: str = "", environment: dict | None = None, markers: Path | None = None, **sections: str) -> RunningProbe:
+        probe = RunningProbe(network, tmp_path / f"run{len(started)}", markers or bundle, extra, environment, **sections)
         started.append(probe)
         return probe
 
@@ -387,3 +387,26 @@ def test_systemd_notifications_and_metrics(running, captures, tmp_path) -> None:
     assert code == 0, errors
     assert received("STOPPING=1")
     listener.close()
+
+
+def test_kernel_drops_are_counted_and_a_dead_sink_holds_nothing(running, captures) -> None:
+    """The main process frozen (SIGSTOP) while traffic comes: the kernel's ring (1 MiB blocks, the
+    smallest) overflows, and the drops are read, reported and warned of once it runs again. The
+    only sink (the authority's webhook) is unreachable all along: events are stored, nothing waits
+    on it, and the outbox holds its notifications."""
+    probe = running(extra="", sinks='[[sinks]]\nname = "authority"\ntype = "webhook"\nauthority = true\nurl = "http://127.0.0.1:9/unreachable"\n', capture="buffer_bytes = 1048576")
+    capture = _capture_named(captures, "http-bro-org-browsing.pcap")
+    os.kill(probe.process.pid, signal.SIGSTOP)  # ip netns exec runs the probe in its own process (exec)
+    try:
+        subprocess.run(["ip", "netns", "exec", probe.sender, "tcpreplay", "-i", "send0", "--topspeed", "--loop", "8", str(capture)], capture_output=True, check=True)
+    finally:
+        os.kill(probe.process.pid, signal.SIGCONT)
+    _wait_for(lambda: probe.status()["interfaces"]["tap0"]["dropped"] > 0, 30, "the kernel's drops to be reported")
+    _wait_for(lambda: (lambda tap: tap["frames"] == tap["received"] - tap["dropped"])(probe.status()["interfaces"]["tap0"]), 30, "the ring to be read")
+    assert probe.status()["interfaces"]["tap0"]["received"] == 8 * 751  # the kernel counts its drops among the frames received
+    _wait_for(lambda: probe.status()["outbox"]["sinks"].get("authority", {}).get("failures", 0) > 0, 30, "the webhook's failures")
+    status = probe.status()
+    assert status["events"]["total"] > 0 and status["outbox"]["sinks"]["authority"]["pending"] > 0
+    code, errors = probe.stop()
+    assert code == 0, errors
+    assert "frames dropped (kernel) since the last warning: the capture ring was full" in errors

@@ -76,7 +76,8 @@ class LiveCapture:
         self.interface = interface
         self.linktype = interface_linktype(interface)
         self.received = 0
-        """Frames the kernel passed the filter (PACKET_STATISTICS tp_packets), since start."""
+        """Frames that passed the filter (PACKET_STATISTICS tp_packets, which counts the dropped
+        ones too), since start."""
         self.dropped = 0
         """Frames the kernel dropped for want of ring space (tp_drops), since start."""
         self.frames = 0

@@ -48,6 +48,9 @@ log = logging.getLogger("probe")
 
 WORKER_START_TIMEOUT = 120.0
 SNAPSHOT_INTERVAL = 1.0
+DROP_WARNING_INTERVAL = 10.0
+"""Frames lost at the kernel's ring or a worker's queue are logged at most this often (with the
+count since the last warning), so a sustained overload is loud without flooding the journal."""
 OUTBOX_STATUS_INTERVAL = 2.0
 LIVE_SECTIONS = ("markers",)
 """Configuration sections a SIGHUP applies; the others take effect at the next start."""
@@ -181,6 +184,8 @@ class Service:
         self._reader_stop = threading.Event()
         self._reader_failure: BaseException | None = None
         self._snapshot: dict[str, Any] = {}
+        self._drops_warned = {"kernel": 0, "queue": 0}
+        self._drops_warned_at = 0.0
         self._outbox_statistics: dict[str, Any] = {}
         try:
             self._open(report)
@@ -238,6 +243,7 @@ class Service:
                 if now >= next_snapshot:
                     next_snapshot = now + SNAPSHOT_INTERVAL
                     self._refresh_snapshot()
+                    self._warn_of_drops()
                     self.systemd.notify(f"STATUS={self._status_line()}")
                 if self.systemd.watchdog_interval and now >= next_ping:
                     next_ping = now + self.systemd.watchdog_interval
@@ -353,6 +359,19 @@ class Service:
             "store": {"bytes": store.total_bytes(), "oldest_record_age_seconds": (now - min(times)) // NANOSECONDS if times else None},
             "outbox": {"dropped": self.notifier.outbox.dropped, "sinks": sinks},
         }
+
+    def _warn_of_drops(self) -> None:
+        now = time.monotonic()
+        if now - self._drops_warned_at < DROP_WARNING_INTERVAL:
+            return
+        snapshot = self._snapshot
+        totals = {"kernel": sum(interface["dropped"] for interface in snapshot["interfaces"].values()), "queue": sum(worker["dispatch_dropped_frames"] for worker in snapshot["workers"])}
+        advice = {"kernel": "the capture ring was full: raise capture.buffer_bytes, or add workers", "queue": "a worker's queue was full: the workers cannot keep up (add workers, or check the store's disk: a slow disk holds the main process)"}
+        for where, total in totals.items():
+            if total > self._drops_warned[where]:
+                log.warning(f"{total - self._drops_warned[where]} frames dropped ({where}) since the last warning: {advice[where]}")
+                self._drops_warned[where] = total
+                self._drops_warned_at = now
 
     def _status_line(self) -> str:
         snapshot = self._snapshot
