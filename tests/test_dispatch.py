@@ -21,7 +21,7 @@ from probe.capture.live import _restore_tags
 from probe.config import check_live, parse_config
 from probe.errors import InterfaceError, ConfigError
 from probe.capture.bpf import compile_filter
-from probe.service.dispatch import FrameHasher, FrameQueue, split_batch, take_batch
+from probe.service.dispatch import FrameHasher, FrameQueue, join_batches, split_batch, take_batch
 
 PROBE = str(Path(sys.executable).with_name("probe"))
 MAC_A, MAC_B = "02:00:00:00:00:01", "02:00:00:00:00:02"  # given, so scapy never asks the network for them
@@ -109,6 +109,14 @@ def test_split_batches_keep_each_frame_whole_and_in_order() -> None:
         got = [part.data[offset : offset + length] for offset, length in zip(part.offsets.tolist(), part.caplens.tolist())]
         assert got == wanted
         assert (np.diff(part.timestamps) > 0).all()
+
+
+def test_joined_batches_are_the_frames_of_each_in_order() -> None:
+    frames = [bytes(Ether(src=MAC_A, dst=MAC_B) / IP(dst=f"10.0.0.{n + 1}") / UDP() / Raw(bytes([n]) * n)) for n in range(30)]
+    parts = [batch_of(frames[:7]), batch_of(frames[7:8]), batch_of(frames[8:])]
+    joined = join_batches(parts)
+    assert [joined.data[offset : offset + length] for offset, length in zip(joined.offsets.tolist(), joined.caplens.tolist())] == frames
+    assert len(joined) == 30 and (joined.wirelens == joined.caplens).all()
 
 
 def test_frame_queue_hands_batches_over_and_drops_what_does_not_fit() -> None:

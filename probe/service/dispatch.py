@@ -164,6 +164,17 @@ class FrameQueue:
         self.memory.unlink()
 
 
+def join_batches(batches: list[FrameBatch]) -> FrameBatch:
+    """Several queued batches as one: a worker that fell behind takes all that wait at once, and
+    the pipeline's cost per batch is spread over more frames exactly when that matters."""
+    if len(batches) == 1:
+        return batches[0]
+    starts = np.cumsum([0] + [len(batch.data) for batch in batches[:-1]])
+    columns = {name: np.concatenate([getattr(batch, name) for batch in batches]) for name in ARRAYS if name != "offsets"}
+    offsets = np.concatenate([batch.offsets + start for batch, start in zip(batches, starts.tolist())])
+    return FrameBatch(b"".join(batch.data for batch in batches), offsets, **columns)
+
+
 def take_batch(memory: SharedMemory, descriptor: bytes) -> tuple[FrameBatch, int]:
     """The worker's end: copy a batch out of the ring; the ring bytes to release."""
     _, position, data_size, count, taken = DESCRIPTOR.unpack(descriptor)

@@ -18,17 +18,20 @@ from multiprocessing.shared_memory import SharedMemory
 from typing import Any
 
 from probe.bundles.library import MarkerLibrary
+from probe.capture.frames import FrameBatch
 from probe.config import Config
 from probe.pipeline import Pipeline
 from probe.process import forbid_core_dumps
 from probe.record.events import Event
-from probe.service.dispatch import KIND_BATCH, KIND_FINISH, KIND_MARKERS, take_batch
+from probe.service.dispatch import KIND_BATCH, KIND_FINISH, KIND_MARKERS, join_batches, take_batch
 from probe.store.records import BundleRecord
 
 IDLE_TICK = 0.1
 """Seconds without a batch after which the worker moves its clock by the host's own, so that
 flows and fragments expire on a quiet link."""
 STATISTICS_INTERVAL = 1.0
+MAX_JOINED_FRAMES = 65536
+"""Queued batches are joined into one up to this many frames (a few MiB)."""
 PR_SET_PDEATHSIG = 1
 RELEASE = struct.Struct("=Q")
 
@@ -104,18 +107,34 @@ def run_worker(config: Config, markers: bytes, memory_name: str, batches: Connec
     forwarder = Forwarder(results)
     pipeline = forwarder.pipeline = Pipeline(config, library, None, forwarder, forwarder)  # type: ignore[arg-type]
     forwarder.send(False)
+
+    def take(message: bytes) -> FrameBatch:
+        batch, taken = take_batch(memory, message)
+        batches.send_bytes(RELEASE.pack(taken))  # copied out: the reader may reuse the space
+        return batch
+
+    following = b""
     try:
         while True:
-            if not batches.poll(IDLE_TICK):
-                pipeline.advance(time.time_ns())
-                forwarder.flush_if_due()
-                continue
-            message = batches.recv_bytes()
+            if not following:
+                if not batches.poll(IDLE_TICK):
+                    pipeline.advance(time.time_ns())
+                    forwarder.flush_if_due()
+                    continue
+                following = batches.recv_bytes()
+            message, following = following, b""
             kind = message[0]
             if kind == KIND_BATCH:
-                batch, taken = take_batch(memory, message)
-                batches.send_bytes(RELEASE.pack(taken))
-                pipeline.process_batch(batch)
+                waiting = [take(message)]
+                frames = len(waiting[0])
+                while frames < MAX_JOINED_FRAMES and batches.poll(0):
+                    following = batches.recv_bytes()
+                    if following[0] != KIND_BATCH:
+                        break
+                    waiting.append(take(following))
+                    frames += len(waiting[-1])
+                    following = b""
+                pipeline.process_batch(join_batches(waiting))
             elif kind == KIND_MARKERS:
                 library.bundles, library.active = pickle.loads(message[1:])
             elif kind == KIND_FINISH:
