@@ -273,16 +273,24 @@ class Service:
         queues = [worker.queue for worker in self.workers]
         hasher = FrameHasher(len(queues)) if len(queues) > 1 else None
         captures = self.captures
+        def dispatch(batches: list) -> None:
+            for batch in batches:
+                if hasher is None:
+                    queues[0].put(batch)
+                    continue
+                for queue, part in zip(queues, split_batch(batch, hasher.assign(batch), len(queues))):
+                    if part is not None:
+                        queue.put(part)
+
         try:
             while not self._reader_stop.is_set():
                 captures.wait(0.05)
-                for batch in captures.read():
-                    if hasher is None:
-                        queues[0].put(batch)
-                        continue
-                    for queue, part in zip(queues, split_batch(batch, hasher.assign(batch), len(queues))):
-                        if part is not None:
-                            queue.put(part)
+                dispatch(captures.read())
+            for _ in range(max(capture.blocks for capture in captures.captures)):  # at stop: what the rings held then
+                batches = captures.read()
+                if not batches:
+                    break
+                dispatch(batches)
         except BaseException as error:
             self._reader_failure = error
 
@@ -333,7 +341,8 @@ class Service:
                 self.notifier.outbox.pending()  # type: ignore[union-attr]
                 self._outbox_statistics = {name: dataclasses.asdict(statistics) for name, statistics in self.notifier.outbox.statistics.items()}  # type: ignore[union-attr]
             except ProbeError as error:
-                log.warning(f"outbox status: {error}")
+                if not self._stop_requested:
+                    log.warning(f"outbox status: {error}")
             time.sleep(OUTBOX_STATUS_INTERVAL)
 
     def snapshot(self) -> dict[str, Any]:
