@@ -14,6 +14,7 @@ from probe.notify.notifier import Notifier, open_notifier
 from probe.outbox_cli import outbox_group
 from probe.process import forbid_core_dumps, report_to_stderr
 from probe.progress import Progress
+from probe.service.install import install_service
 from probe.service_cli import run_command, status_command
 from probe.replay import load_library, run_replay, write_summary
 from probe.store.ring import RingStore
@@ -131,3 +132,4 @@ main.add_command(outbox_group)
 main.add_command(store_group)
 main.add_command(run_command)
 main.add_command(status_command)
+main.add_command(install_service)
