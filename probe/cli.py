@@ -42,7 +42,7 @@ def main() -> None:
     Exit codes of every command:
       0  done
       1  events found and --fail-on-event given (replay); notifications left
-         undelivered (outbox deliver)
+         undelivered (outbox deliver); a second SIGTERM stopped run at once
       2  usage or input error, reported on one line
     """
     forbid_core_dumps()

@@ -242,16 +242,18 @@ def test_live_capture_gives_the_events_of_replay(network, captures, bundle, tmp_
 class RunningProbe:
     """`probe run` in the capture namespace, with a configuration written by the test."""
 
-    def __init__(self, network, directory: Path, bundle: Path, extra: str = "", environment: dict | None = None, sinks: str = AUTHORITY_FILE_SINK, capture: str = "") -> None:
+    def __init__(self, network, directory: Path, bundle: Path, environment: dict | None = None, sinks: str = AUTHORITY_FILE_SINK, **sections: str) -> None:
+        """`sections`: lines added to a section of the test configuration, e.g. service="workers = 2"."""
         self.directory = directory
         self.sender, namespace = network
         self.namespace = namespace
         self.config = _configuration(directory, bundle, 1, live=True, sinks=sinks)
-        if capture:
-            self.config.write_text(self.config.read_text().replace("[capture]\n", f"[capture]\n{capture}\n"))
-        if extra:
-            text = self.config.read_text().replace('metrics_address = ""\n', "" if "metrics_address" in extra else 'metrics_address = ""\n')
-            self.config.write_text(text.replace("[service]\n", f"[service]\n{extra}\n"))
+        text = self.config.read_text()
+        if "metrics_address" in sections.get("service", ""):
+            text = text.replace('metrics_address = ""\n', "")
+        for section, lines in sections.items():
+            text = text.replace(f"[{section}]\n", f"[{section}]\n{lines}\n")
+        self.config.write_text(text)
         self.process = subprocess.Popen(["ip", "netns", "exec", namespace, PROBE, "run", "--config", str(self.config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(environment or {})})
         _wait_for(lambda: _status(directory) is not None or self.process.poll() is not None, 120, "probe run to answer on its control socket")
         assert self.process.poll() is None, self.process.communicate()[1]
@@ -282,8 +284,8 @@ class RunningProbe:
 def running(network, bundle, tmp_path):
     started: list[RunningProbe] = []
 
-    def start(extra: str = "", environment: dict | None = None, markers: Path | None = None, **sections: str) -> RunningProbe:
-        probe = RunningProbe(network, tmp_path / f"run{len(started)}", markers or bundle, extra, environment, **sections)
+    def start(environment: dict | None = None, markers: Path | None = None, **sections: str) -> RunningProbe:
+        probe = RunningProbe(network, tmp_path / f"run{len(started)}", markers or bundle, environment, **sections)
         started.append(probe)
         return probe
 
@@ -326,7 +328,7 @@ def test_sighup_activates_a_new_bundle_version_without_restart(running, captures
 def test_sigterm_is_bounded_and_a_second_one_exits_at_once(running, captures) -> None:
     """A worker that stops answering (SIGSTOP) cannot hold the stop beyond stop_timeout; the
     probe says what was lost and exits 0. A second SIGTERM during the stop exits at once."""
-    probe = running(extra="stop_timeout = 2.0")
+    probe = running(service="stop_timeout = 2.0")
     probe.send(_capture_named(captures, "dns-udp.pcap"))
     os.kill(probe.status()["workers"][0]["pid"], signal.SIGSTOP)
     started = time.monotonic()
@@ -335,7 +337,7 @@ def test_sigterm_is_bounded_and_a_second_one_exits_at_once(running, captures) ->
     assert 2.0 <= time.monotonic() - started < 10.0
     assert "did not finish within stop_timeout" in errors
 
-    second = running(extra="stop_timeout = 30.0")
+    second = running(service="stop_timeout = 30.0")
     os.kill(second.status()["workers"][0]["pid"], signal.SIGSTOP)
     second.process.send_signal(signal.SIGTERM)
     time.sleep(0.5)
@@ -357,7 +359,7 @@ def test_systemd_notifications_and_metrics(running, captures, tmp_path) -> None:
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
-    probe = running(extra=f'metrics_address = "127.0.0.1:{port}"', environment={"NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "400000"})
+    probe = running(service=f'metrics_address = "127.0.0.1:{port}"', environment={"NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "400000"})
     messages: list[str] = []
 
     def listen() -> None:  # as systemd does: read every message as it comes
@@ -394,7 +396,7 @@ def test_kernel_drops_are_counted_and_a_dead_sink_holds_nothing(running, capture
     smallest) overflows, and the drops are read, reported and warned of once it runs again. The
     only sink (the authority's webhook) is unreachable all along: events are stored, nothing waits
     on it, and the outbox holds its notifications."""
-    probe = running(extra="", sinks='[[sinks]]\nname = "authority"\ntype = "webhook"\nauthority = true\nurl = "http://127.0.0.1:9/unreachable"\n', capture="buffer_bytes = 1048576")
+    probe = running(sinks='[[sinks]]\nname = "authority"\ntype = "webhook"\nauthority = true\nurl = "http://127.0.0.1:9/unreachable"\n', capture="buffer_bytes = 1048576")
     capture = _capture_named(captures, "http-bro-org-browsing.pcap")
     os.kill(probe.process.pid, signal.SIGSTOP)  # ip netns exec runs the probe in its own process (exec)
     try:
@@ -410,3 +412,20 @@ def test_kernel_drops_are_counted_and_a_dead_sink_holds_nothing(running, capture
     code, errors = probe.stop()
     assert code == 0, errors
     assert "frames dropped (kernel) since the last warning: the capture ring was full" in errors
+
+
+def test_a_flood_of_new_flows_stays_within_the_flow_table(running, tmp_path) -> None:
+    """20,000 one-packet flows against a table of 1,000: the table never holds more, the rest are
+    evicted and counted, and the events of evicted flows are kept."""
+    from scapy.all import IP, UDP, Ether, wrpcap
+
+    flood = tmp_path / "flood.pcap"
+    wrpcap(str(flood), [Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src=f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}", dst="198.18.7.7") / UDP(sport=40000, dport=53) for n in range(20000)])
+    probe = running(flows="max_flows = 1000")
+    probe.send(flood)
+    worker = probe.status()["workers"][0]
+    assert worker["flows_active"] <= 1000 and worker["flows_created"] == 20000 and worker["flows_evicted"] >= 19000
+    code, errors = probe.stop()
+    assert code == 0, errors
+    decoy_events = [event for event in _stored_events(probe.directory / "store") if event["marker"]["id"] == "decoy-v4"]
+    assert len(decoy_events) == 20000  # the bundle's decoy 198.18.7.7 is in every flow
