@@ -440,8 +440,8 @@ def _live_value(key: str, value: Any, where: str) -> None:
         raise ConfigError(f"{where}: must be between 1 MiB and 1 GiB, got {value!r}")
     elif key == "workers" and value > 64:
         raise ConfigError(f"{where}: at most 64 worker processes, got {value!r}")
-    elif key == "worker_queue_bytes" and not 1024**2 <= value <= 1024**3:
-        raise ConfigError(f"{where}: must be between 1 MiB and 1 GiB, got {value!r}")
+    elif key == "worker_queue_bytes" and not 8 * 1024**2 <= value <= 1024**3:
+        raise ConfigError(f"{where}: must be between 8 MiB (a few capture blocks with their frame tables) and 1 GiB, got {value!r}")
     elif key == "metrics_address" and value:
         split_address(value, where)
     elif key == "interfaces" and len(set(value)) != len(value):
