@@ -1,0 +1,1 @@
+"""The live service: capture on interfaces, workers, signals, metrics, systemd."""
