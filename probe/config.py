@@ -87,7 +87,15 @@ class FlowsSection:
     other_timeout: float = 60.0
     """ICMP and every other protocol."""
     handshake_buffer_bytes: int = 16_384
-    """Per-flow bound on buffered client bytes while a TLS ClientHello or HTTP headers are incomplete."""
+    """Per-flow, per-direction bound on bytes buffered while a TLS ClientHello or Certificate
+    message, an HTTP header block or a DNS message is incomplete."""
+    pattern_depth: int = 65_536
+    """Bytes of each TCP direction matched against `bytes` markers (streaming: none buffered)."""
+    yara_depth: int = 4_096
+    """First bytes of each TCP direction buffered and matched against `yara` markers."""
+    reassembly_max_bytes: int = 64 * 1024**2
+    """Out-of-order TCP segments held for all flows together; beyond, a segment is refused
+    (counted) and its stream goes on after a gap."""
 
 
 @dataclass(frozen=True)
@@ -244,7 +252,7 @@ class Config:
         return os.path.join(self.store.directory, "spool") if self.store.directory else ""
 
 
-POSITIVE_FIELDS = {"segment_period", "flush_interval", "max_bytes", "max_flows", "handshake_buffer_bytes", "max_datagrams", "max_per_source", "tcp_timeout", "tcp_closed_timeout", "udp_timeout", "other_timeout", "timeout", "spool_max_bytes", "update_interval", "marker_rate", "marker_burst", "retry_initial", "retry_max", "drain_timeout", "rotate_interval", "snaplen", "buffer_bytes", "workers", "worker_queue_bytes", "stop_timeout"}
+POSITIVE_FIELDS = {"segment_period", "flush_interval", "max_bytes", "max_flows", "handshake_buffer_bytes", "pattern_depth", "yara_depth", "reassembly_max_bytes", "max_datagrams", "max_per_source", "tcp_timeout", "tcp_closed_timeout", "udp_timeout", "other_timeout", "timeout", "spool_max_bytes", "update_interval", "marker_rate", "marker_burst", "retry_initial", "retry_max", "drain_timeout", "rotate_interval", "snaplen", "buffer_bytes", "workers", "worker_queue_bytes", "stop_timeout"}
 MAXIMUM_SECONDS = 7 * 24 * 3600.0
 """No flow or fragment waits longer than a week of capture time."""
 MAXIMUM_COUNT = 1 << 40

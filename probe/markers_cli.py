@@ -22,12 +22,14 @@ from probe.bundles.validate import validate_file
 from probe.bundles.versions import VersionState
 from probe.config import load_config
 from probe.errors import MarkerError, ProbeError
-from probe.match.markers import ACTIVE_TYPES, Marker
+from probe.match.markers import Marker
+from probe.match.patterns import PatternMatcher
 
 EXIT_REFUSED = 1
 EXIT_ERROR = 2
-INACTIVE_REASONS = {
-    "x509_sha256": "not matched by this version; TLS 1.3 certificates are encrypted and can never be matched",
+TYPE_NOTES = {
+    "x509_sha256": "TLS 1.3 certificates are encrypted: only TLS 1.2 and older handshakes show theirs",
+    "yara": "over the first [flows] yara_depth bytes of each TCP direction",
 }
 config_option = click.option("--config", "config_path", metavar="PATH", type=click.Path(dir_okay=False), help="Configuration file; its [markers] section gives the trust store and state file.")
 
@@ -237,8 +239,9 @@ def export_command(bundle: str, target_format: str, output: str) -> None:
 @markers_group.command("stats")
 @click.argument("files", nargs=-1, required=True, metavar="FILE...", type=click.Path(dir_okay=False))
 def stats_command(files: tuple[str, ...]) -> None:
-    """Compile marker files as a probe would and print counts by type (active or not), validity
-    now, and the memory and build time of the compiled index."""
+    """Compile marker files as a probe would and print counts by type (with what limits a type's
+    matching: the byte-pattern engine, encrypted TLS 1.3 certificates), validity now, and the
+    memory and build time of the compiled index."""
     for path in files:
         readable(path)
     before = _resident_bytes()
@@ -259,14 +262,18 @@ def stats_command(files: tuple[str, ...]) -> None:
         for marker, count in bundle.validity_groups():
             state = "not yet valid" if marker.valid_from is not None and marker.valid_from > now else "expired" if marker.valid_until is not None and marker.valid_until < now else "valid now"
             validity[state] += count
-    click.echo(f"{'type':<12} {'markers':>9}  status")
-    for kind in sorted(totals, key=lambda kind: (kind not in ACTIVE_TYPES, kind)):
-        status = "active" if kind in ACTIVE_TYPES else "inactive: " + INACTIVE_REASONS.get(kind, "not matched by this version")
-        click.echo(f"{kind:<12} {totals[kind]:>9}  {status}")
-        if kind not in ACTIVE_TYPES:
-            click.echo(f"probe: warning: {totals[kind]} marker(s) of type {kind} {status}", err=True)
+    notes = {**TYPE_NOTES, "bytes": _pattern_engine(library.active.patterns)}
+    click.echo(f"{'type':<12} {'markers':>9}  notes")
+    for kind in sorted(totals):
+        click.echo(f"{kind:<12} {totals[kind]:>9}  {notes.get(kind, '')}".rstrip())
     click.echo("validity: " + ", ".join(f"{count} {state}" for state, count in validity.items()))
     click.echo(f"index: {memory / 1e6:.1f} MB (resident memory it added), compiled in {elapsed:.2f} s")
+
+
+def _pattern_engine(patterns: PatternMatcher | None) -> str:
+    if patterns is None or patterns.engine == "hyperscan":
+        return "Hyperscan streaming mode over the first [flows] pattern_depth bytes of each TCP direction"
+    return "Hyperscan unavailable: pure-Python fallback (slower; a regular expression matches within 4 KiB windows)"
 
 
 def _resident_bytes() -> int:

@@ -16,13 +16,13 @@ import numpy as np
 
 from probe.capture.frames import FrameBatch
 from probe.config import Config
-from probe.decode import dns, http, tls
+from probe.decode import dns, quic, tls
 from probe.decode.batch import DNS_PORTS, HTTP_METHOD_PREFIXES, MIN_CLASSIFIED_PAYLOAD, FastFrames, FlowGroups, classify_batch
 from probe.decode.fragments import FragmentReassembler
 from probe.decode.frame import FrameDecoder
 from probe.decode.packet import PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Packet
-from probe.flows.stream import SEQUENCE_SPACE, ClientStream
-from probe.flows.table import CLASS_CLOSED, INSPECT_BUFFERING, INSPECT_DONE, INSPECT_WATCH, NANOSECONDS, NO_ENCAPSULATION, Flow, FlowTable, canonical_key
+from probe.flows.inspection import Anomalies, FlowInspection, Inspector
+from probe.flows.table import CLASS_CLOSED, INSPECT_DONE, INSPECT_STREAM, INSPECT_WATCH, NANOSECONDS, NO_ENCAPSULATION, Flow, FlowTable, canonical_key
 from probe.bundles.library import LoadReport, MarkerLibrary
 from probe.match.compiled import CompiledMarkers
 from probe.match.markers import Marker
@@ -31,12 +31,12 @@ from probe.record.events import Event, EventWriter, Hit, flow_event
 from probe.store.records import BundleRecord, bundle_records
 from probe.store.ring import RingStore
 
+QUIC_ANOMALIES = {quic.BAD_TAG: "quic.bad_tag", quic.UNKNOWN_VERSION: "quic.unknown_version", quic.MALFORMED: "quic.malformed"}
 CLOCK_FRAMES = 63
 """The expiry clock is the median time of this many latest frames."""
 MIN_VECTOR_RUN = 32
 """Fewer consecutive classified frames than this cost less frame by frame than in vector setup."""
-INSPECTED_COLUMNS = ("payload_offsets", "payload_lengths", "src_is_a", "protos", "sports", "dports", "seqs", "timestamps", "vlans")
-HANDSHAKE_COLUMNS = ("payload_offsets", "payload_lengths", "src_is_a", "dports", "sports", "seqs", "timestamps", "vlans")
+INSPECTED_COLUMNS = ("payload_offsets", "payload_lengths", "src_is_a", "protos", "sports", "dports", "seqs", "flags", "timestamps", "vlans")
 
 
 def vlan_encapsulation(vlan: int) -> list[dict]:
@@ -55,6 +55,9 @@ class Pipeline:
         `notifier` every revision of the events it notified at their first hit."""
         self.config = config
         self.library = library
+        self.anomalies = Anomalies()
+        self.inspector = Inspector(config.flows, self.anomalies)
+        self._observed: list[tuple[str, object, bool]] = []
         self._use_markers(library.active)
         self.writer = writer
         self.store = store
@@ -67,14 +70,12 @@ class Pipeline:
         self.reassembler = FragmentReassembler(int(fragments.timeout * NANOSECONDS), fragments.max_datagrams, fragments.max_per_source, fragments.max_bytes)
         self.decoder = FrameDecoder(self.reassembler)
         self.flows = FlowTable(config.flows)
-        self.buffer_limit = config.flows.handshake_buffer_bytes
         self.packets = 0
         self.bytes = 0
         self.first_timestamp: int | None = None
         self.last_timestamp = 0
         self.now = 0
         self._recent = np.empty(0, dtype=np.int64)
-        self.handshake_overflows = 0
         self._closing: list[Flow] = []
         # Per protocol, the longest silence inside one flow that the batch route may account
         # without checking timeouts packet by packet.
@@ -87,6 +88,14 @@ class Pipeline:
         self.compiled = compiled
         self.index = compiled.index
         self.name_filter = compiled.name_filter
+        self.inspector.use(compiled)
+        index = compiled.index
+        self._reads_names = bool(index.exact_names or index.parent_names or index.server_names or index.http_hosts or index.urls)
+        self._reads_streams = self._reads_names or compiled.fingerprints or compiled.certificates or compiled.payload
+        """TCP flows seen from their SYN are read from their first byte (a handshake sent out of
+        order or in pieces is reassembled); others when a segment starts like a handshake."""
+        self._reads_answers = index.has_address_markers or bool(index.exact_names or index.parent_names)
+        self._reads_initials = self._reads_names or compiled.fingerprints
 
     def _match_open_flows(self) -> None:
         """Test the flows already open against a new version's address markers: a session that
@@ -222,7 +231,7 @@ class Pipeline:
             self.handle_packet(packet)
         self._close_ended_flows()
         for flow in self.flows.drain():
-            if flow.hits:
+            if flow.hits or flow.inspection is not None:
                 self._end_flow(flow)
         self.flows.shrink()
         self.note_expired_bundles()
@@ -248,22 +257,104 @@ class Pipeline:
             flow = self._new_flow(key, src_is_a, packet.timestamp, flags, packet.sport, packet.dport, packet.encapsulation, self.index.has_address_markers)
         from_client = src_is_a == flow.client_is_a
         table.account(flow, packet.wirelen, packet.timestamp)
-        if packet.payload:
-            self._inspect(flow, proto, from_client, packet.sport, packet.dport, packet.tcp_seq, packet.payload, packet.timestamp, packet.encapsulation)
+        if packet.payload or (flags & TCP_SYN and flow.inspect == INSPECT_STREAM):
+            self._inspect(flow, proto, from_client, packet.sport, packet.dport, packet.tcp_seq, flags, packet.payload, packet.timestamp, packet.encapsulation)
         if flags & (TCP_FIN | TCP_RST) and proto == PROTO_TCP:
             fin = bool(flags & TCP_FIN)
             if self._tcp_end(flow, fin and src_is_a, fin and not src_is_a, bool(flags & TCP_RST)):
                 flow.final = table.counters(flow)
 
-    def _inspect(self, flow: Flow, proto: int, from_client: bool, sport: int, dport: int, seq: int, payload: bytes, timestamp: int, encapsulation: list[dict]) -> None:
-        """Look for names in a packet's payload: DNS messages in either direction, and the client's
-        TLS ClientHello or HTTP request, recognised by content whatever the port."""
-        dns_port = sport in DNS_PORTS or dport in DNS_PORTS
+    def _inspect(self, flow: Flow, proto: int, from_client: bool, sport: int, dport: int, seq: int, flags: int, payload: bytes, timestamp: int, encapsulation: list[dict]) -> None:
+        """Read a packet's payload for what markers may know: DNS messages in either direction,
+        QUIC client Initials, and TCP streams (handshakes recognised by content whatever the port,
+        byte patterns, YARA)."""
         if proto == PROTO_UDP:
-            if dns_port:
-                self._match_names(flow, dns.dns_query_names(payload), "dns.query", from_client, timestamp, encapsulation)
-        elif proto == PROTO_TCP and from_client and flow.inspect != INSPECT_DONE and (flow.inspect == INSPECT_BUFFERING or dns_port or starts_like_handshake(payload)):
-            self._inspect_client_stream(flow, seq, payload, timestamp, encapsulation, dns_port)
+            if sport in DNS_PORTS or dport in DNS_PORTS:
+                self._dns_message(flow, payload, from_client, timestamp, encapsulation)
+            elif from_client and (flow.inspection is not None or (self._reads_initials and quic.looks_like_initial(payload))):
+                self._quic(flow, payload, timestamp, encapsulation)
+            return
+        if proto != PROTO_TCP or flow.inspect == INSPECT_DONE:
+            return
+        inspection = flow.inspection
+        if inspection is None:
+            if not (payload and from_client and (sport in DNS_PORTS or dport in DNS_PORTS or starts_like_handshake(payload))):
+                return
+            inspection = flow.inspection = self.inspector.start(flow.server_port(), sport in DNS_PORTS or dport in DNS_PORTS)
+            flow.inspect = INSPECT_STREAM
+        if not payload:
+            self.inspector.syn(inspection, from_client, seq)  # type: ignore[arg-type]
+            return
+        observed = self._observed
+        if not self.inspector.segment(inspection, from_client, seq, payload, observed):  # type: ignore[arg-type]
+            flow.inspection = None
+            flow.inspect = INSPECT_DONE  # bypassed: every decision about its bytes is made
+        if observed:
+            self._record_observed(flow, timestamp, encapsulation)
+
+    def _record_observed(self, flow: Flow, timestamp: int, encapsulation: list[dict]) -> None:
+        """Look up what the readers saw and record the hits; the values are dropped here."""
+        index = self.index
+        for matched_on, value, to_server in self._observed:
+            if matched_on == "payload" or matched_on == "yara":
+                markers = (value,)
+            elif matched_on == "tls.sni" or matched_on == "quic.sni":
+                markers = index.match_server_name(value)
+            elif matched_on == "http.host":
+                markers = index.match_http_host(value)
+            elif matched_on == "http.url":
+                markers = index.match_url(*value)
+            elif matched_on == "tls.ja3" or matched_on == "tls.ja4":
+                markers = index.match_fingerprint(value)
+            elif matched_on == "tls.cert_sha256":
+                markers = index.match_certificate(value)
+            elif matched_on == "dns.answer" and value.__class__ is bytes:
+                markers = index.match_address(value)
+            else:  # dns.query, dns.answer (a CNAME target)
+                markers = index.match_name(value)
+            for marker in markers:
+                self._hit(flow, marker, matched_on, to_server, timestamp, encapsulation)
+        self._observed.clear()
+
+    def _dns_message(self, flow: Flow, payload: bytes, from_client: bool, timestamp: int, encapsulation: list[dict]) -> None:
+        message = dns.read_dns_message(payload)
+        self._match_names(flow, message.questions, "dns.query", from_client, timestamp, encapsulation)
+        if message.is_response and self._reads_answers:
+            index = self.index
+            for name in message.cname_targets:
+                for marker in index.match_name(name):
+                    self._hit(flow, marker, "dns.answer", from_client, timestamp, encapsulation)
+            for address in message.addresses:
+                for marker in index.match_address(address):
+                    self._hit(flow, marker, "dns.answer", from_client, timestamp, encapsulation)
+
+    def _quic(self, flow: Flow, payload: bytes, timestamp: int, encapsulation: list[dict]) -> None:
+        """A QUIC client's Initial packets, decrypted with the keys anyone can derive from them,
+        until the ClientHello is whole; nothing else of the connection is decrypted."""
+        reader = flow.inspection
+        if reader is None:
+            reader = flow.inspection = quic.QuicInitialReader()
+            flow.inspect = INSPECT_STREAM
+        status = reader.feed(payload)  # type: ignore[union-attr]
+        if status == quic.NEED_MORE:
+            return
+        flow.inspection = None
+        # A datagram that does not authenticate may be forged by anyone who sees the flow: the
+        # next Initial starts a new reader rather than let it end the reading.
+        flow.inspect = INSPECT_WATCH if status == quic.BAD_TAG else INSPECT_DONE
+        if status == quic.DONE:
+            hello = tls.fingerprint_client_hello(reader.client_hello, "q")  # type: ignore[union-attr]
+            if hello.status == tls.DONE:
+                observed = self._observed
+                if hello.server_name:
+                    observed.append(("quic.sni", hello.server_name, True))
+                observed.append(("tls.ja3", hello.ja3, False))
+                observed.append(("tls.ja4", hello.ja4.lower(), False))  # bundles hold JA4s in lower case
+                self._record_observed(flow, timestamp, encapsulation)
+            else:
+                self.anomalies.count("quic.malformed")
+        elif status != quic.NOT_QUIC:
+            self.anomalies.count(QUIC_ANOMALIES[status])
 
     def _fast_packets(self, batch: FrameBatch, fast: FastFrames) -> None:
         """Account the classifier's packets per flow, then inspect the few that need it."""
@@ -300,8 +391,8 @@ class Pipeline:
             self._open_flows(fast, groups, opening, flows_by_group, slots[counted])
             opened = np.array([flows_by_group[group].slot for group in opening.tolist()], dtype=np.int64)
             table.account_groups(opened, groups.counts[opening], groups.bytes[opening], groups.earliest[opening], groups.last_seen[opening])
-        buffering = [group for group, flow in enumerate(flows_by_group) if flow.inspect == INSPECT_BUFFERING]
-        self._inspect_fast(data, fast, groups, flows_by_group, buffering)
+        streaming = [group for group, flow in enumerate(flows_by_group) if flow.inspect == INSPECT_STREAM]
+        self._inspect_fast(data, fast, groups, flows_by_group, streaming)
         closed_now = []
         for position, (group, fin_a, fin_b, reset) in enumerate(zip(ending.tolist(), groups.fin_a[ending].tolist(), groups.fin_b[ending].tolist(), groups.reset[ending].tolist())):
             flow = flows_by_group[group]
@@ -354,26 +445,33 @@ class Pipeline:
                 table.remove(flow)
             flows_by_group[group] = self._new_flow(keys[group], src_is_a, timestamp, flags, sport, dport, vlan_encapsulation(vlan), check_addresses)
 
-    def _inspect_fast(self, data: bytes, fast: FastFrames, groups: FlowGroups, flows_by_group: list[Flow], buffering: list[int]) -> None:
-        """Per-packet inspection of the classifier's packets that may carry a name, in capture order
-        per flow. A flow buffering a split handshake takes all its segments of the batch along."""
+    def _inspect_fast(self, data: bytes, fast: FastFrames, groups: FlowGroups, flows_by_group: list[Flow], streaming: list[int]) -> None:
+        """Per-packet inspection of the classifier's packets that may carry something a marker
+        knows, in capture order per flow. A flow whose stream is being read takes all its packets
+        of the batch along (those of the directions still read)."""
         inspected: set[int] = set()
-        for group in buffering:
-            self._drain_buffering(data, fast, groups, group, flows_by_group[group], -1, inspected)
-        names, handshakes = fast.candidates(self.name_filter)
-        if len(names):
-            self._dns_fast(data, fast, groups, flows_by_group, names)
-        inspect_stream = self._inspect_client_stream
-        for packet, group, start, length, src_is_a, dport, sport, seq, timestamp, vlan in zip(handshakes.tolist(), groups.inverse[handshakes].tolist(), *fast.columns(handshakes, HANDSHAKE_COLUMNS)):
+        for group in streaming:
+            self._drain_stream(data, fast, groups, group, flows_by_group[group], -1, inspected)
+        compiled = self.compiled
+        questions, responses, handshakes, initials = fast.candidates(self.name_filter, compiled.fingerprints or compiled.certificates, self._reads_answers, self._reads_initials)
+        if len(questions):
+            self._dns_fast(data, fast, groups, flows_by_group, questions)
+        candidates = np.concatenate((responses, handshakes, initials))
+        if not len(candidates):
+            return
+        candidates.sort()
+        inspect = self._inspect
+        for packet, group, start, length, src_is_a, proto, sport, dport, seq, flags, timestamp, vlan in zip(candidates.tolist(), groups.inverse[candidates].tolist(), *fast.columns(candidates, INSPECTED_COLUMNS)):
             flow = flows_by_group[group]
-            if flow.inspect == INSPECT_DONE or src_is_a != flow.client_is_a or (inspected and packet in inspected):
+            if flow.inspect == INSPECT_DONE or (inspected and packet in inspected):
                 continue
-            inspect_stream(flow, seq, data[start : start + length], timestamp, vlan_encapsulation(vlan), dport in DNS_PORTS or sport in DNS_PORTS)
-            if flow.inspect == INSPECT_BUFFERING:
-                self._drain_buffering(data, fast, groups, group, flow, packet, inspected)
+            was_streaming = flow.inspect == INSPECT_STREAM
+            inspect(flow, proto, src_is_a == flow.client_is_a, sport, dport, seq, flags, data[start : start + length], timestamp, vlan_encapsulation(vlan))
+            if flow.inspect == INSPECT_STREAM and not was_streaming:
+                self._drain_stream(data, fast, groups, group, flow, packet, inspected)
 
     def _dns_fast(self, data: bytes, fast: FastFrames, groups: FlowGroups, flows_by_group: list[Flow], packets: np.ndarray) -> None:
-        """DNS messages over UDP, the most numerous candidates: decode and match first, and look up
+        """DNS queries over UDP, the most numerous candidates: decode and match first, and look up
         what a hit records only for the rare message that hits."""
         query_names = dns.dns_query_names
         match_name = self.index.match_name
@@ -386,19 +484,29 @@ class Pipeline:
                     for marker in markers:
                         self._hit(flow, marker, "dns.query", bool(fast.src_is_a[packet]) == flow.client_is_a, timestamp, encapsulation)
 
-    def _drain_buffering(self, data: bytes, fast: FastFrames, groups: FlowGroups, group: int, flow: Flow, after: int, inspected: set[int]) -> None:
+    def _drain_stream(self, data: bytes, fast: FastFrames, groups: FlowGroups, group: int, flow: Flow, after: int, inspected: set[int]) -> None:
+        """Every packet of the batch after `after` of a flow being read, but those of a direction
+        no longer read (the bulk of a download once its headers are seen)."""
         packets = groups.packets_of(group)
         packets = packets[packets > after]
-        for packet, start, length, src_is_a, proto, sport, dport, seq, timestamp, vlan in zip(packets.tolist(), *fast.columns(packets, INSPECTED_COLUMNS)):
-            if flow.inspect != INSPECT_BUFFERING:
+        inspection = flow.inspection
+        if inspection.__class__ is FlowInspection:
+            reads_a = inspection.may_read(flow.client_is_a)  # type: ignore[union-attr]
+            reads_b = inspection.may_read(not flow.client_is_a)  # type: ignore[union-attr]
+            if not (reads_a and reads_b):
+                from_a = fast.src_is_a[packets]
+                packets = packets[(from_a & reads_a) | (~from_a & reads_b) | (fast.flags[packets] & TCP_SYN != 0)]
+        inspect = self._inspect
+        for packet, start, length, src_is_a, proto, sport, dport, seq, flags, timestamp, vlan in zip(packets.tolist(), *fast.columns(packets, INSPECTED_COLUMNS)):
+            if flow.inspect != INSPECT_STREAM:
                 return
             inspected.add(packet)
-            if length:
-                self._inspect(flow, proto, src_is_a == flow.client_is_a, sport, dport, seq, data[start : start + length], timestamp, vlan_encapsulation(vlan))
+            if length or flags & TCP_SYN:
+                inspect(flow, proto, src_is_a == flow.client_is_a, sport, dport, seq, flags, data[start : start + length], timestamp, vlan_encapsulation(vlan))
 
     def _new_flow(self, key: bytes, src_is_a: bool, timestamp: int, flags: int, sport: int, dport: int, encapsulation: list[dict], check_addresses: bool) -> Flow:
-        """Create a flow, decide which side is the client, and test its addresses when they may
-        hit a marker."""
+        """Create a flow, decide which side is the client, test its addresses when they may hit a
+        marker, and start reading a TCP flow seen from its SYN when markers read streams."""
         if flags & TCP_SYN:
             client_is_a = src_is_a if not flags & TCP_ACK else not src_is_a
         else:  # picked up mid-stream: a well-known source port answering a high port is the server
@@ -410,56 +518,10 @@ class Pipeline:
             for is_client, address in ((client_is_a, key[0:16]), (not client_is_a, key[18:34])):
                 for marker in index.match_address(address):
                     self._hit(flow, marker, "ip.src" if is_client else "ip.dst", not is_client, timestamp, encapsulation)
+        if flags & TCP_SYN and key[36] == PROTO_TCP and self._reads_streams:
+            flow.inspection = self.inspector.start(flow.server_port(), sport in DNS_PORTS or dport in DNS_PORTS)
+            flow.inspect = INSPECT_STREAM
         return flow
-
-    def _inspect_client_stream(self, flow: Flow, seq: int, payload: bytes, timestamp: int, encapsulation: list[dict], dns_port: bool) -> None:
-        """Parse the client's bytes: this segment alone when nothing is buffered (the common case,
-        no copy), else the flow's handshake buffer. Only an incomplete remainder is kept."""
-        stream = flow.stream
-        if stream is None:
-            data = payload
-        elif stream.add(seq, payload):
-            data = stream.data
-        else:
-            return
-        while data:
-            if dns_port and not ((data[0] == 0x16 and data[1:2] == b"\x03") or data[:4] in HTTP_METHOD_PREFIXES):  # TLS and HTTP on DNS ports too
-                names, consumed = dns.dns_tcp_query_names(data)
-                self._match_names(flow, names, "dns.query", True, timestamp, encapsulation)
-                data = data[consumed:]
-                break
-            if data[0] == 0x16:
-                hello = tls.client_hello_server_name(data)
-                if hello.status == tls.NEED_MORE:
-                    break
-                if hello.status == tls.DONE and hello.server_name:
-                    self._match_names(flow, (hello.server_name,), "tls.sni", True, timestamp, encapsulation, self.index.match_server_name)
-                self._stop_buffering(flow, INSPECT_WATCH)  # a second ClientHello (after a HelloRetryRequest) is read too
-                return
-            request = http.http_request_host(data)
-            if request.status == http.NEED_MORE:
-                break
-            if request.status == http.DONE:
-                self._match_names(flow, {request.host, request.target_host} - {None}, "http.host", True, timestamp, encapsulation, self.index.match_http_host)
-            if request.status != http.DONE or not request.connect:
-                self._stop_buffering(flow, INSPECT_WATCH)
-                return
-            data = data[request.end :]  # a proxied TLS session follows the CONNECT request
-        if not data:
-            self._stop_buffering(flow, INSPECT_WATCH)
-        elif len(data) >= self.buffer_limit:
-            self.handshake_overflows += 1
-            self._stop_buffering(flow, INSPECT_WATCH)
-        else:
-            if stream is None:
-                stream = flow.stream = ClientStream((seq + len(payload)) % SEQUENCE_SPACE, self.buffer_limit)
-            stream.data = data
-            flow.inspect = INSPECT_BUFFERING
-
-    @staticmethod
-    def _stop_buffering(flow: Flow, inspect: int) -> None:
-        flow.stream = None
-        flow.inspect = inspect
 
     def _match_names(self, flow: Flow, names, matched_on: str, to_server: bool, timestamp: int, encapsulation: list[dict], match_name=None) -> None:
         """`match_name`: the index's lookup for where the names were seen (default: DNS)."""
@@ -521,8 +583,13 @@ class Pipeline:
         self._end_flow(flow)
 
     def _end_flow(self, flow: Flow) -> None:
-        """Write the flow's events and drop everything it held."""
-        flow.stream = None
+        """Match what the flow's YARA buffers hold, write its events and drop everything it held."""
+        inspection = flow.inspection
+        flow.inspection = None
+        if inspection.__class__ is FlowInspection:
+            self.inspector.finish(inspection, self._observed)  # type: ignore[arg-type]
+            if self._observed:
+                self._record_observed(flow, self.flows.counters(flow)[3], flow.encapsulation)
         if flow.hits:
             counters = flow.final or self.flows.counters(flow)
             finals = [self._revise(flow, hit, counters, True) for hit in flow.hits.values()]

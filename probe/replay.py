@@ -19,7 +19,6 @@ from probe.capture.reader import read_capture
 from probe.clock import Clock
 from probe.config import Config
 from probe.errors import CaptureError, MarkerError
-from probe.match.markers import ACTIVE_TYPES
 from probe.notify.notifier import Notifier
 from probe.notify.delivery import SinkStatistics
 from probe.pipeline import Pipeline
@@ -105,18 +104,15 @@ def run_replay(config: Config, captures: list[str], library: MarkerLibrary, even
 
 
 def marker_warnings(library: MarkerLibrary, first: int | None, last: int) -> list[str]:
-    """Say so when markers were given but some, or all, could never match: types not matched
-    yet, feed entries that could not be read, bundles whose window excludes the whole capture."""
+    """Say so when markers were given but some, or all, could never match: feed entries that
+    could not be read, bundles whose window excludes the whole capture."""
     warnings = []
     for bundle in library.bundles.values():
         for note in bundle.notes:
             warnings.append(note)
-        for kind, count in sorted(bundle.counts().items()):
-            if kind not in ACTIVE_TYPES:
-                warnings.append(f"{bundle.path}: {count} marker(s) of type {kind} inactive: this version does not match that type yet")
         if first is not None and ((bundle.valid_from is not None and bundle.valid_from > last) or (bundle.valid_until is not None and bundle.valid_until < first)):
             warnings.append(f"{bundle.path}: bundle {bundle.id} version {bundle.version} is valid from {_time(bundle.valid_from)} to {_time(bundle.valid_until)}, which excludes the whole capture: none of its markers can match")
-    active = [marker for bundle in library.bundles.values() for marker, _ in bundle.validity_groups() if marker.type in ACTIVE_TYPES]
+    active = [marker for bundle in library.bundles.values() for marker, _ in bundle.validity_groups()]
     if library.bundles and not library.active.active_count:
         warnings.append("no marker of the files given can match: nothing can match")
     elif first is not None and not any((m.valid_from is None or m.valid_from <= last) and (m.valid_until is None or m.valid_until >= first) for m in active):
@@ -138,8 +134,9 @@ def write_summary(result: ReplayResult, stream: IO[str] = sys.stderr) -> None:
         f"decode errors: {sum(decoder.malformed.values())}" + (" (" + ", ".join(f"{kind} {count}" for kind, count in sorted(decoder.malformed.items())) + ")" if decoder.malformed else ""),
         f"truncated packets: {decoder.truncated}  non-IP frames: {decoder.not_ip}" + (f"  unsupported link types: {dict(decoder.unsupported_linktypes)}" if decoder.unsupported_linktypes else ""),
         f"fragments: {reassembler.reassembled} datagrams reassembled, {reassembler.timed_out} incomplete, {reassembler.overlaps} dropped for overlap, {reassembler.dropped} dropped at limits",
-        f"flows: {flows.created} created, {flows.expired} ended by idle timeout, {flows.evicted} evicted, {pipeline.handshake_overflows} handshake buffers overflowed",
-        f"markers: {result.library.active.active_count} active, {sum(result.library.active.inactive.values())} inactive, from {len(result.library.bundles)} bundle(s)",
+        f"flows: {flows.created} created, {flows.expired} ended by idle timeout, {flows.evicted} evicted",
+        f"anomalies: {sum(pipeline.anomalies.values())}" + (" (" + ", ".join(f"{kind} {count}" for kind, count in sorted(pipeline.anomalies.items())) + ")" if pipeline.anomalies else ""),
+        f"markers: {result.library.active.active_count} active, from {len(result.library.bundles)} bundle(s)",
         f"events: {result.writer.written}" + (" (" + ", ".join(f"{kind} {count}" for kind, count in sorted(result.writer.by_marker_type.items())) + ")" if result.writer.written else ""),
         *store_summary(result.store),
         *notification_summary(result.notifier),

@@ -60,7 +60,7 @@ def status_command(config_path: str | None, socket_path: str | None, as_json: bo
     for name, interface in status["interfaces"].items():
         click.echo(f"  interface {name}: {interface['frames']} frames, {interface['bytes']} bytes, kernel: {interface['received']} received, {interface['dropped']} dropped")
     for worker in status["workers"]:
-        click.echo(f"  worker {worker['worker']} (pid {worker['pid']}): {worker.get('packets', 0)} packets ({worker['packets_per_second']}/s), {worker.get('flows_active', 0)} flows, {worker.get('decode_errors', 0)} decode errors, queue {worker['queue_bytes']} bytes, {worker['dispatch_dropped_frames']} frames dropped at the queue")
+        click.echo(f"  worker {worker['worker']} (pid {worker['pid']}): {worker.get('packets', 0)} packets ({worker['packets_per_second']}/s), {worker.get('flows_active', 0)} flows, {worker.get('decode_errors', 0)} decode errors, {sum(worker.get('anomalies', {}).values())} anomalies, queue {worker['queue_bytes']} bytes, {worker['dispatch_dropped_frames']} frames dropped at the queue")
     events = status["events"]
     by_type = ", ".join(f"{name} {count}" for name, count in sorted(events["by_marker_type"].items())) or "none"
     click.echo(f"  events: {events['total']} ({by_type})")

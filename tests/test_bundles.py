@@ -344,16 +344,22 @@ def test_validate_checks_companion_files_line_by_line(tmp_path: Path) -> None:
     assert "big.ipv4.txt:2: 'not-an-address' is not an IP address" in result.stderr
 
 
-def test_stats_lists_inactive_types_and_index_memory(tmp_path: Path) -> None:
-    markers = ADDRESS + [{"id": "cert", "type": "x509_sha256", "value": "AB" * 32}, {"id": "u", "type": "url", "value": "evil.example/x"}, {"id": "old", "type": "domain", "value": "old.example", "valid_until": "2020-01-01T00:00:00Z"}]
+def test_stats_lists_types_with_their_limits_and_index_memory(tmp_path: Path) -> None:
+    markers = ADDRESS + [
+        {"id": "cert", "type": "x509_sha256", "value": "AB" * 32},
+        {"id": "u", "type": "url", "value": "evil.example/x"},
+        {"id": "b", "type": "bytes", "value": "evil", "name": "evil bytes"},
+        {"id": "old", "type": "domain", "value": "old.example", "valid_until": "2020-01-01T00:00:00Z"},
+    ]
     result = run_probe("markers", "stats", write_bundle(tmp_path / "b.json", markers))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert any(line.split()[:3] == ["ipv4", "1", "active"] for line in lines)
-    assert any(line.startswith("x509_sha256") and "inactive" in line and "TLS 1.3" in line for line in lines)
-    assert any(line.startswith("url") and "inactive" in line for line in lines)
-    assert "probe: warning: 1 marker(s) of type url inactive: not matched by this version" in result.stderr.splitlines()
-    assert "validity: 3 valid now, 0 not yet valid, 1 expired" in lines
+    assert any(line.split() == ["ipv4", "1"] for line in lines)
+    assert any(line.startswith("x509_sha256") and "TLS 1.3 certificates are encrypted" in line for line in lines)
+    assert any(line.startswith("bytes") and "Hyperscan streaming mode" in line for line in lines)
+    assert any(line.split() == ["url", "1"] for line in lines)
+    assert "warning" not in result.stderr
+    assert "validity: 4 valid now, 0 not yet valid, 1 expired" in lines
     assert any(line.startswith("index: ") and " MB" in line for line in lines)
 
 

@@ -677,50 +677,37 @@ def test_zeek_intel_loads_and_matches(tmp_path: Path, any_capture: Path):
     assert "probe: warning:" not in result.stderr
 
 
-def test_planned_type_loads_with_a_warning(tmp_path: Path, any_capture: Path):
+def test_every_marker_type_loads_without_a_warning(tmp_path: Path, any_capture: Path):
     bundle = write_bundle(
-        tmp_path / "planned.json",
+        tmp_path / "every-type.json",
         [
             {"id": "fingerprint", "type": "ja3", "value": "e7d705a3286e19ea42f587b344ee6865"},
-            {"id": "fingerprint-2", "type": "ja3", "value": "6734f37431670b3ab4292b8f60f29984"},
+            {"id": "url", "type": "url", "value": "http://evil.example/x"},
+            {"id": "pattern", "type": "bytes", "value": "evil", "name": "evil bytes"},
             {"id": "address", "type": "ipv4", "value": "203.0.113.1"},
         ],
     )
     result = run_probe("replay", any_capture, "--markers", bundle)
     assert result.returncode == 0, result.stderr
     assert_no_traceback(result)
-    warnings = [line for line in result.stderr.splitlines() if line.startswith("probe: warning:")]
-    assert len(warnings) == 1, result.stderr
-    assert str(bundle) in warnings[0] and "ja3" in warnings[0] and "inactive" in warnings[0] and "2 marker" in warnings[0]
+    assert "probe: warning:" not in result.stderr
     assert marker_ids(events_of(result.stdout)) == {"address"}
-    assert "probe: markers: 1 active, 2 inactive, from 1 bundle(s)" in result.stderr
+    assert "probe: markers: 4 active, from 1 bundle(s)" in result.stderr
 
 
-def test_only_planned_types_warns_that_nothing_can_match(tmp_path: Path, any_capture: Path):
-    bundle = write_bundle(tmp_path / "planned.json", [{"id": "u", "type": "url", "value": "http://evil.example/x"}])
-    result = run_probe("replay", any_capture, "--markers", bundle)
-    assert result.returncode == 0, result.stderr
-    warnings = [line for line in result.stderr.splitlines() if line.startswith("probe: warning:")]
-    assert any("url" in line and "inactive" in line for line in warnings), result.stderr
-    assert any("nothing can match" in line for line in warnings), result.stderr
-    assert result.stdout == ""
-
-
-def test_zeek_intel_url_lines_load_as_inactive_with_a_warning(tmp_path: Path, any_capture: Path):
+def test_zeek_intel_url_lines_match_http_requests(tmp_path: Path):
     intel = tmp_path / "intel.dat"
     intel.write_text(
         "#fields\tindicator\tindicator_type\tmeta.source\n"
-        "203.0.113.1\tIntel::ADDR\tcert\n"
-        "evil.example/path\tIntel::URL\tcert\n"
-        "evil.example/other\tIntel::URL\tcert\n",
+        "EU.httpbin.org/image/\tIntel::URL\tcert\n"
+        "eu.httpbin.org/image/png\tIntel::URL\tcert\n",
         encoding="utf-8",
     )
-    result = run_probe("replay", any_capture, "--markers", intel)
+    result = run_probe("replay", str(Path(__file__).resolve().parents[1] / "captures" / "vxlan-http.pcap"), "--markers", intel)
     assert result.returncode == 0, result.stderr
-    warnings = [line for line in result.stderr.splitlines() if line.startswith("probe: warning:")]
-    assert len(warnings) == 1, result.stderr
-    assert str(intel) in warnings[0] and "url" in warnings[0] and "inactive" in warnings[0]
-    assert marker_ids(events_of(result.stdout)) == {f"ipv4/{value_id('203.0.113.1')}"}
+    assert "probe: warning:" not in result.stderr
+    (event,) = events_of(result.stdout)
+    assert (event["matched_on"], event["marker"]["value"], event["direction"]) == ("http.url", "eu.httpbin.org/image/", "to_server")
 
 
 def test_markers_expired_before_the_capture_warn(tmp_path: Path, any_capture: Path):

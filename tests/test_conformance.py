@@ -4,8 +4,11 @@ from that truth each give their event while decoys give none."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -48,11 +51,32 @@ def test_decoded_metadata_equals_tshark(name: str) -> None:
     error = replay_capture(pipeline, capture)
     assert (error is not None) == bool(truth.get("tshark_rc")), f"read error {error} vs tshark rc {truth.get('tshark_rc')}"
     assert pipeline.addresses == set(truth["inner_ipv4"]) | set(truth["inner_ipv6"])
-    for key, where, normalise in (("dns_qnames", "dns.query", truth_name), ("tls_sni", "tls.sni", truth_name), ("http_hosts", "http.host", truth_host)):
+    truth["ja3"] = truth["ja3"] + truth["quic_ja3"]  # the probe computes JA3 for QUIC's ClientHellos too
+    for key, where, normalise in (("dns_qnames", "dns.query", truth_name), ("tls_sni", "tls.sni", truth_name), ("quic_sni", "quic.sni", truth_name), ("http_hosts", "http.host", truth_host), ("ja3", "tls.ja3", str)):
         expected = {normalise(value) for value in truth[key]}
         missing = expected - pipeline.names[where] - ALLOWED_DIFFERENCES.get((name, where), set())
         assert not missing, f"{where}: tshark saw {sorted(missing)}, the probe did not"
         assert pipeline.names[where] <= expected, f"{where}: the probe saw {sorted(pipeline.names[where] - expected)}, tshark did not"
+
+
+def _tshark_certificate_hashes(capture: Path) -> set[str]:
+    """SHA-256 of every certificate tshark dissects in a TLS Certificate message (TLS ≤ 1.2: in
+    TLS 1.3 they are encrypted, and tshark has no keys either)."""
+    result = subprocess.run(["tshark", "-n", "-r", str(capture), "-Y", "tls.handshake.certificate", "-T", "fields", "-e", "tls.handshake.certificate"], capture_output=True, text=True)
+    hashes = set()
+    for line in result.stdout.split():
+        for certificate in line.split(","):
+            hashes.add(hashlib.sha256(bytes.fromhex(certificate.replace(":", ""))).hexdigest())
+    return hashes
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed (.ci/setup installs it)")
+@pytest.mark.parametrize("name", _capture_ids())
+def test_certificate_hashes_equal_tsharks_certificate_bytes(name: str) -> None:
+    capture = _capture(name)
+    pipeline = RecordingPipeline()
+    replay_capture(pipeline, capture)
+    assert pipeline.names["tls.cert_sha256"] == _tshark_certificate_hashes(capture)
 
 
 @pytest.mark.parametrize("name", _capture_ids())
@@ -75,7 +99,7 @@ def _events(captures: list[Path], bundle: Path) -> list[dict]:
 def _every_marker_planted(bundle: Path) -> list[Path]:
     """The readable shared captures, and a bundle planting every name and address of their truth."""
     captures = [capture for capture in shared_captures() if not truth_of(capture).get("tshark_rc")]
-    truth: dict[str, list[str]] = {"dns_qnames": [], "tls_sni": [], "http_hosts": [], "inner_ipv4": [], "inner_ipv6": []}
+    truth: dict[str, list[str]] = {"dns_qnames": [], "tls_sni": [], "quic_sni": [], "ja3": [], "quic_ja3": [], "http_hosts": [], "inner_ipv4": [], "inner_ipv6": []}
     for capture in captures:
         for key in truth:
             truth[key] += truth_of(capture)[key]

@@ -22,8 +22,8 @@ from probe.decode import dns as dns_mod
 from probe.decode import http as http_mod
 from probe.decode import tls as tls_mod
 from probe.decode.dns import dns_query_names, dns_tcp_query_names
-from probe.decode.http import http_request_host
-from probe.decode.tls import client_hello_server_name
+from probe.decode.http import HttpRequest, HttpRequestStream
+from probe.decode.tls import read_client_hello
 
 CAPTURES = Path(__file__).parents[2] / "shared" / "captures"
 
@@ -274,11 +274,11 @@ def test_dns_scapy_tcp_stream():
 def assert_prefix_contract(stream: bytes, name: str | None) -> None:
     """Every proper prefix waits (with a sound lower bound); the whole stream yields the name."""
     for cut in range(len(stream)):
-        result = client_hello_server_name(stream[:cut])
+        result = read_client_hello(stream[:cut])
         assert result.status == tls_mod.NEED_MORE, (cut, result)
         assert cut < result.end <= len(stream), (cut, result)
-    result = client_hello_server_name(stream)
-    assert result == (tls_mod.DONE, name, len(stream))
+    result = read_client_hello(stream)
+    assert result[:3] == (tls_mod.DONE, name, len(stream))
 
 
 _SCAPY_TLS_HELLO = """
@@ -302,26 +302,26 @@ def test_tls_scapy_client_hello():
         last = (done.stderr.strip().splitlines() or ["?"])[-1]
         pytest.skip(f"scapy TLS layer unusable here: {last}")
     stream = bytes.fromhex(done.stdout)
-    assert client_hello_server_name(stream) == (tls_mod.DONE, "scapy.example", len(stream))
+    assert read_client_hello(stream)[:3] == (tls_mod.DONE, "scapy.example", len(stream))
 
 
 def test_tls_single_record():
     stream = client_hello(b"WWW.Example.COM.")
-    assert client_hello_server_name(stream) == (tls_mod.DONE, "www.example.com", len(stream))
-    assert client_hello_server_name(bytearray(stream)).server_name == "www.example.com"
-    assert client_hello_server_name(memoryview(b"zz" + stream)[2:]).server_name == "www.example.com"
+    assert read_client_hello(stream)[:3] == (tls_mod.DONE, "www.example.com", len(stream))
+    assert read_client_hello(bytearray(stream)).server_name == "www.example.com"
+    assert read_client_hello(memoryview(b"zz" + stream)[2:]).server_name == "www.example.com"
     assert_prefix_contract(stream, "www.example.com")
 
 
 def test_tls_without_sni():
     no_sni = client_hello(None, extra=(ext(10, b"\x00\x02\x00\x1d"),))
-    assert client_hello_server_name(no_sni) == (tls_mod.DONE, None, len(no_sni))
+    assert read_client_hello(no_sni)[:3] == (tls_mod.DONE, None, len(no_sni))
     no_exts = records(handshake(hello_body(None)))
-    assert client_hello_server_name(no_exts) == (tls_mod.DONE, None, len(no_exts))
+    assert read_client_hello(no_exts)[:3] == (tls_mod.DONE, None, len(no_exts))
     empty_sni_ext = records(handshake(hello_body([ext(0, b"")])))
-    assert client_hello_server_name(empty_sni_ext).status == tls_mod.DONE
+    assert read_client_hello(empty_sni_ext).status == tls_mod.DONE
     other_type = client_hello(None, extra=(sni_ext(b"x.example", name_type=7),))
-    assert client_hello_server_name(other_type) == (tls_mod.DONE, None, len(other_type))
+    assert read_client_hello(other_type)[:3] == (tls_mod.DONE, None, len(other_type))
 
 
 @pytest.mark.parametrize("first", [1, 2, 3, 4, 5, 40, 60])
@@ -334,7 +334,7 @@ def test_tls_split_over_two_records(first):
 def test_tls_split_over_many_records():
     message = handshake(hello_body([sni_ext(b"tiny.example")]))
     one_byte = records(message, sizes=[1] * (len(message) - 1))
-    assert client_hello_server_name(one_byte) == (tls_mod.DONE, "tiny.example", len(one_byte))
+    assert read_client_hello(one_byte)[:3] == (tls_mod.DONE, "tiny.example", len(one_byte))
     # TLS 1.2 record version and a split in the middle of the name itself.
     at_name = records(message, sizes=[len(message) - 5], version=b"\x03\x03")
     assert_prefix_contract(at_name, "tiny.example")
@@ -344,7 +344,7 @@ def test_tls_too_many_records_is_malformed_and_fast():
     message = handshake(hello_body([sni_ext(b"x.example"), ext(21, bytes(3000))]))
     stream = records(message, sizes=[1] * (len(message) - 1))
     started = time.perf_counter()
-    assert client_hello_server_name(stream).status == tls_mod.MALFORMED
+    assert read_client_hello(stream).status == tls_mod.MALFORMED
     assert time.perf_counter() - started < 0.1
 
 
@@ -353,23 +353,23 @@ def test_tls_post_quantum_hello_over_two_segments():
     assert len(stream) == 1800
     assert b"\x11\xec\x04\xc0" in stream  # group 0x11EC, 1216-byte share
     first_segment = stream[:1448]
-    result = client_hello_server_name(first_segment)
+    result = read_client_hello(first_segment)
     assert result.status == tls_mod.NEED_MORE and result.end == 1800
     assert_prefix_contract(stream, "pq.example.net")
     fragmented = records(stream[5:], sizes=[1000])
-    assert client_hello_server_name(fragmented) == (tls_mod.DONE, "pq.example.net", len(fragmented))
+    assert read_client_hello(fragmented)[:3] == (tls_mod.DONE, "pq.example.net", len(fragmented))
 
 
 def test_tls_done_end_and_following_records():
     hello = client_hello(b"a.example")
     ccs = b"\x14\x03\x03\x00\x01\x01"
     early = b"\x17\x03\x03\x00\x05hello"
-    assert client_hello_server_name(hello + ccs + early) == (tls_mod.DONE, "a.example", len(hello))
+    assert read_client_hello(hello + ccs + early)[:3] == (tls_mod.DONE, "a.example", len(hello))
     # The record completing the hello also carries the start of another handshake message.
     message = handshake(hello_body([sni_ext(b"b.example")]))
     stream = records(message + b"\x0f\x00\x00\x10", sizes=[30])
-    result = client_hello_server_name(stream)
-    assert result == (tls_mod.DONE, "b.example", len(stream))
+    result = read_client_hello(stream)
+    assert result[:3] == (tls_mod.DONE, "b.example", len(stream))
 
 
 def test_tls_not_tls():
@@ -382,8 +382,8 @@ def test_tls_not_tls():
         b"SSH-2.0-OpenSSH_9.6\r\n",
         b"\x00",
     ):
-        assert client_hello_server_name(data) == (tls_mod.NOT_TLS, None, 0), data
-    assert client_hello_server_name(b"").status == tls_mod.NEED_MORE
+        assert read_client_hello(data)[:3] == (tls_mod.NOT_TLS, None, 0), data
+    assert read_client_hello(b"").status == tls_mod.NEED_MORE
 
 
 def test_tls_malformed():
@@ -402,26 +402,26 @@ def test_tls_malformed():
 
     for body in body_cases():
         stream = records(handshake(body))
-        assert client_hello_server_name(stream).status == tls_mod.MALFORMED, body.hex()
+        assert read_client_hello(stream).status == tls_mod.MALFORMED, body.hex()
     tiny = records(handshake(bytes(40)))
-    assert client_hello_server_name(tiny).status == tls_mod.MALFORMED
+    assert read_client_hello(tiny).status == tls_mod.MALFORMED
     huge = b"\x16\x03\x01\x40\x00\x01" + (tls_mod.MAX_HELLO_LEN + 1).to_bytes(3, "big")
-    assert client_hello_server_name(huge).status == tls_mod.MALFORMED
+    assert read_client_hello(huge).status == tls_mod.MALFORMED
     huge_split = b"\x16\x03\x01\x00\x02\x01\x01" + b"\x16\x03\x01\x00\x02\x00\x01"
-    assert client_hello_server_name(huge_split).status == tls_mod.MALFORMED
-    assert client_hello_server_name(b"\x16\x03\x01\x00\x00\x01").status == tls_mod.MALFORMED
-    assert client_hello_server_name(b"\x16\x03\x01\x48\x01\x01").status == tls_mod.MALFORMED
+    assert read_client_hello(huge_split).status == tls_mod.MALFORMED
+    assert read_client_hello(b"\x16\x03\x01\x00\x00\x01").status == tls_mod.MALFORMED
+    assert read_client_hello(b"\x16\x03\x01\x48\x01\x01").status == tls_mod.MALFORMED
     message = handshake(good_body)
     interleaved = records(message[:20]) + b"\x15\x03\x01\x00\x02\x01\x00" + records(message[20:])
-    assert client_hello_server_name(interleaved).status == tls_mod.MALFORMED
+    assert read_client_hello(interleaved).status == tls_mod.MALFORMED
     wrong_major = records(message[:20]) + b"\x16\x02\x01"
-    assert client_hello_server_name(wrong_major).status == tls_mod.MALFORMED
+    assert read_client_hello(wrong_major).status == tls_mod.MALFORMED
 
 
 def test_tls_non_ascii_sni():
-    assert client_hello_server_name(client_hello("bücher.Example".encode())).server_name == "bücher.example"
-    assert client_hello_server_name(client_hello(b"\xff.example")).server_name == "\xff.example"
-    assert client_hello_server_name(client_hello(b".")).server_name is None
+    assert read_client_hello(client_hello("bücher.Example".encode())).server_name == "bücher.example"
+    assert read_client_hello(client_hello(b"\xff.example")).server_name == "\xff.example"
+    assert read_client_hello(client_hello(b".")).server_name is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -429,26 +429,50 @@ def test_tls_non_ascii_sni():
 # --------------------------------------------------------------------------------------------
 
 
+def http_feed(data) -> tuple[list[HttpRequest], HttpRequestStream]:
+    """A new HttpRequestStream fed `data` in one call: the requests it returned, and the stream."""
+    stream = HttpRequestStream()
+    return stream.feed(data), stream
+
+
+def http_one(data) -> HttpRequest:
+    """The one request whose head `data` holds."""
+    requests, _ = http_feed(data)
+    assert len(requests) == 1, bytes(data)
+    return requests[0]
+
+
+def http_head_end(data: bytes) -> int:
+    """Offset just after the first request head in `data` (0 if none): fed one byte at a time,
+    the stream returns a request with the byte that completes its head."""
+    stream = HttpRequestStream()
+    for i in range(len(data)):
+        if stream.feed(data[i : i + 1]):
+            return i + 1
+    return 0
+
+
 def assert_http_prefixes_wait(stream: bytes) -> None:
     for cut in range(len(stream)):
-        assert http_request_host(stream[:cut]).status == http_mod.NEED_MORE, stream[:cut]
+        requests, state = http_feed(stream[:cut])
+        assert requests == [] and state.status == http_mod.NEED_MORE, stream[:cut]
 
 
 def test_http_scapy_request():
     from scapy.layers.http import HTTP, HTTPRequest
 
     request = bytes(HTTP() / HTTPRequest(Method=b"GET", Path=b"/index.html", Host=b"Www.Example.ORG:8080", User_Agent=b"t"))
-    result = http_request_host(request)
-    assert result == (http_mod.DONE, "www.example.org", False, len(request), None)
+    requests, state = http_feed(request)
+    assert requests == [HttpRequest("www.example.org", 8080, "/index.html", None, False)] and state.status == http_mod.NEED_MORE
+    assert http_head_end(request) == len(request)
     assert_http_prefixes_wait(request)
     post = bytes(HTTP() / HTTPRequest(Method=b"POST", Path=b"/api", Host=b"api.example", Content_Length=b"2") / b"{}")
-    result = http_request_host(post)
-    assert result.host == "api.example" and post[result.end :] == b"{}"
+    assert http_one(post).host == "api.example" and post[http_head_end(post) :] == b"{}"
 
 
 def test_http_host_header_forms():
     def host(value: bytes) -> str | None:
-        return http_request_host(b"GET / HTTP/1.1\r\nAccept: */*\r\n" + value + b"\r\n\r\n").host
+        return http_one(b"GET / HTTP/1.1\r\nAccept: */*\r\n" + value + b"\r\n\r\n").host
 
     assert host(b"Host: Example.COM") == "example.com"
     assert host(b"hOsT:example.com:443") == "example.com"
@@ -467,26 +491,25 @@ def test_http_host_header_forms():
 
 
 def test_http_request_forms():
-    def parse(data: bytes):
-        return http_request_host(data)
-
-    r = parse(b"GET http://User:pw@Abs.Example:8080/p?q=1 HTTP/1.1\r\n\r\n")
-    assert (r.status, r.host, r.target_host) == (http_mod.DONE, "abs.example", "abs.example")
-    r = parse(b"GET HTTP://abs.example?x HTTP/1.0\r\nHost: hdr.example\r\n\r\n")
+    r = http_one(b"GET http://User:pw@Abs.Example:8080/p?q=1 HTTP/1.1\r\n\r\n")
+    assert (r.host, r.target_host) == ("abs.example", "abs.example")
+    r = http_one(b"GET HTTP://abs.example?x HTTP/1.0\r\nHost: hdr.example\r\n\r\n")
     assert (r.host, r.target_host) == ("hdr.example", "abs.example")
-    r = parse(b"GET http://[2001:db8::2]:81/ HTTP/1.1\r\n\r\n")
+    r = http_one(b"GET http://[2001:db8::2]:81/ HTTP/1.1\r\n\r\n")
     assert r.host == "2001:db8::2"
-    r = parse(b"OPTIONS * HTTP/1.1\r\nHost: star.example\r\n\r\n")
+    r = http_one(b"OPTIONS * HTTP/1.1\r\nHost: star.example\r\n\r\n")
     assert (r.host, r.target_host) == ("star.example", None)
-    r = parse(b"GET /no-host HTTP/1.0\r\n\r\n")
-    assert r == (http_mod.DONE, None, False, len(b"GET /no-host HTTP/1.0\r\n\r\n"), None)
-    r = parse(b"M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\nMAN: \"ssdp:discover\"\r\n\r\n")
+    no_host = b"GET /no-host HTTP/1.0\r\n\r\n"
+    assert http_one(no_host) == HttpRequest(None, None, "/no-host", None, False)
+    assert http_head_end(no_host) == len(no_host)
+    r = http_one(b"M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\nMAN: \"ssdp:discover\"\r\n\r\n")
     assert r.host == "239.255.255.250"
-    r = parse(b"PROPFIND /d/ HTTP/1.1\nHost: dav.example\n\nbody")
-    assert (r.host, r.end) == ("dav.example", len(b"PROPFIND /d/ HTTP/1.1\nHost: dav.example\n\n"))
-    r = parse(b"GET  /x   HTTP/1.1\r\nHost: spaces.example\r\n\r\n")
+    propfind = b"PROPFIND /d/ HTTP/1.1\nHost: dav.example\n\nbody"
+    r = http_one(propfind)
+    assert (r.host, http_head_end(propfind)) == ("dav.example", len(b"PROPFIND /d/ HTTP/1.1\nHost: dav.example\n\n"))
+    r = http_one(b"GET  /x   HTTP/1.1\r\nHost: spaces.example\r\n\r\n")
     assert r.host == "spaces.example"
-    r = parse(b"GET /\xc3\xa9 HTTP/1.1\r\nHost: b\xc3\xbccher.example\r\n\r\n")
+    r = http_one(b"GET /\xc3\xa9 HTTP/1.1\r\nHost: b\xc3\xbccher.example\r\n\r\n")
     assert r.host == "bücher.example"
 
 
@@ -494,11 +517,12 @@ def test_http_connect_then_client_hello():
     request = b"CONNECT Tunnel.Example:443 HTTP/1.1\r\nHost: tunnel.example:443\r\nProxy-Connection: keep-alive\r\n\r\n"
     hello = pq_client_hello(b"inner.example")
     stream = request + hello
-    result = http_request_host(stream)
-    assert result == (http_mod.DONE, "tunnel.example", True, len(request), "tunnel.example")
-    assert client_hello_server_name(stream[result.end :]) == (tls_mod.DONE, "inner.example", len(hello))
+    requests, state = http_feed(stream)
+    assert requests == [HttpRequest("tunnel.example", 443, None, "tunnel.example", True)] and state.status == http_mod.TUNNEL
+    assert state.tunnel_offset == len(request)
+    assert read_client_hello(stream[state.tunnel_offset :])[:3] == (tls_mod.DONE, "inner.example", len(hello))
     assert_http_prefixes_wait(request)
-    v6 = http_request_host(b"CONNECT [2001:db8::3]:443 HTTP/1.1\r\nHost: ignored.example\r\n\r\n")
+    v6 = http_one(b"CONNECT [2001:db8::3]:443 HTTP/1.1\r\nHost: ignored.example\r\n\r\n")
     assert (v6.host, v6.connect) == ("2001:db8::3", True)
 
 
@@ -519,9 +543,11 @@ def test_http_not_http():
         b"A" * (http_mod.MAX_METHOD_LEN + 1) + b" / HTTP/1.1\r\n\r\n",
         b"GET / HTTP/1.1\rX",
     ):
-        assert http_request_host(data).status == http_mod.NOT_HTTP, data
+        requests, state = http_feed(data)
+        assert requests == [] and state.status == http_mod.NOT_HTTP, data
     for data in (b"", b"G", b"GET", b"GET ", b"GET /", b"GET / HTTP/1.", b"A" * http_mod.MAX_METHOD_LEN):
-        assert http_request_host(data).status == http_mod.NEED_MORE, data
+        requests, state = http_feed(data)
+        assert requests == [] and state.status == http_mod.NEED_MORE, data
 
 
 def test_http_head_size_limit():
@@ -529,22 +555,26 @@ def test_http_head_size_limit():
     filler_len = http_mod.MAX_HEADER_LEN - len(line) - len(b"X: \r\n\r\n")
     exact = line + b"X: " + b"a" * filler_len + b"\r\n\r\n"
     assert len(exact) == http_mod.MAX_HEADER_LEN
-    assert http_request_host(exact).host == "big.example"
+    assert http_one(exact).host == "big.example"
     over = line + b"X: " + b"a" * (filler_len + 1) + b"\r\n\r\n"
-    assert http_request_host(over).status == http_mod.MALFORMED
-    assert http_request_host(over[: http_mod.MAX_HEADER_LEN - 1]).status == http_mod.NEED_MORE
+    requests, state = http_feed(over)
+    assert requests == [] and state.status == http_mod.MALFORMED and state.overflowed
+    requests, state = http_feed(over[: http_mod.MAX_HEADER_LEN - 1])
+    assert requests == [] and state.status == http_mod.NEED_MORE
     long_target = b"GET /" + b"a" * http_mod.MAX_HEADER_LEN
-    assert http_request_host(long_target).status == http_mod.MALFORMED
-    assert http_request_host(long_target[:1000]).status == http_mod.NEED_MORE
+    requests, state = http_feed(long_target)
+    assert requests == [] and state.status == http_mod.MALFORMED and state.overflowed
+    requests, state = http_feed(long_target[:1000])
+    assert requests == [] and state.status == http_mod.NEED_MORE
 
 
 def test_http_every_prefix_waits():
     request = b"GET http://abs.example/x HTTP/1.1\r\nUser-Agent: t\r\nHost: [::1]:80\r\n\r\n"
     assert_http_prefixes_wait(request)
-    assert http_request_host(request).host == "::1"
+    assert http_one(request).host == "::1"
     lf_only = b"HEAD / HTTP/1.0\nHost: lf.example\n\n"
     assert_http_prefixes_wait(lf_only)
-    assert http_request_host(memoryview(lf_only)).host == "lf.example"
+    assert http_one(memoryview(lf_only)).host == "lf.example"
 
 
 # --------------------------------------------------------------------------------------------
@@ -587,11 +617,12 @@ def _check_tls(data: bytes) -> None:
 
 
 def _check_http(data: bytes) -> None:
-    result = http_mod._parse(http_mod._as_bytes(data))
-    assert result.status in (http_mod.NOT_HTTP, http_mod.NEED_MORE, http_mod.DONE, http_mod.MALFORMED)
-    if result.status == http_mod.DONE:
-        assert 0 < result.end <= len(data)
-    assert result.host is None or isinstance(result.host, str)
+    stream = HttpRequestStream()
+    requests = stream._feed(data)  # past feed's exception net
+    assert stream.status in (http_mod.NOT_HTTP, http_mod.NEED_MORE, http_mod.MALFORMED, http_mod.TUNNEL)
+    if stream.status == http_mod.TUNNEL:
+        assert requests[-1].connect and 0 < stream.tunnel_offset <= len(data)
+    assert all(r.host is None or isinstance(r.host, str) for r in requests)
 
 
 def test_fuzz_random_inputs():
@@ -629,8 +660,8 @@ def test_fuzz_mutated_valid_messages():
     for _ in range(2000):
         data = _mutate(rng, rng.choice(seeds))
         dns_query_names(memoryview(data))
-        client_hello_server_name(bytearray(data))
-        http_request_host(memoryview(data))
+        read_client_hello(bytearray(data))
+        HttpRequestStream().feed(memoryview(data))
 
 
 # --------------------------------------------------------------------------------------------
@@ -706,9 +737,7 @@ def _names_in_capture(path: Path) -> tuple[set[str], set[str], set[str]]:
                     if {53, 5353, 5355} & set(ports):
                         dns_names.update(dns_query_names(payload))
                     if 1900 in ports:
-                        result = http_request_host(payload)
-                        if result.host:
-                            http_hosts.add(result.host)
+                        http_hosts.update(r.host for r in HttpRequestStream().feed(payload) if r.host)
                 elif payload:
                     key = (layer.underlayer.src, layer.underlayer.dst, *ports)
                     segments[key].setdefault(layer.seq, payload)
@@ -723,26 +752,15 @@ def _names_in_capture(path: Path) -> tuple[set[str], set[str], set[str]]:
                 stream = stream[:offset] + payload
         if 53 in key[2:]:
             dns_names.update(dns_tcp_query_names(stream)[0])
-        hello = client_hello_server_name(stream)
+        hello = read_client_hello(stream)
         if hello.server_name:
             sni.add(hello.server_name)
-        pos = 0
-        for _ in range(500):
-            result = http_request_host(stream[pos:])
-            if result.status != http_mod.DONE:
-                break
-            if result.host:
-                http_hosts.add(result.host)
-            pos += result.end
-            if result.connect:
-                hello = client_hello_server_name(stream[pos:])
-                if hello.server_name:
-                    sni.add(hello.server_name)
-                break
-            # Skip a body: resume at the next line that starts like a request.
-            while pos < len(stream) and http_request_host(stream[pos : pos + 32]).status == http_mod.NOT_HTTP:
-                nl = stream.find(b"\n", pos)
-                pos = len(stream) if nl < 0 else nl + 1
+        requests, state = http_feed(stream)
+        http_hosts.update(r.host for r in requests if r.host)
+        if state.status == http_mod.TUNNEL:
+            hello = read_client_hello(stream[state.tunnel_offset :])
+            if hello.server_name:
+                sni.add(hello.server_name)
     return dns_names, sni, http_hosts
 
 

@@ -67,12 +67,14 @@ def test_tls_and_http_on_unusual_ports_and_a_hello_in_one_byte_segments(tmp_path
     assert all(event["direction"] == "to_server" and event["src_ip"] == CLIENT for event in events)
 
 
-def test_a_retransmitted_hello_counts_as_one_event_with_two_hits(tmp_path: Path) -> None:
+def test_a_retransmitted_hello_is_read_once(tmp_path: Path) -> None:
+    """The stream is reassembled before it is read: a retransmission carries no new byte, so it
+    is counted as a packet of the flow, not as a second sighting of the name."""
     hello = client_hello("again.example", random.Random(4), post_quantum=False)
     packets = session(40004, 443, [hello])
     packets.insert(3, packets[2].copy())  # the same segment twice, as a retransmission
     (event,) = events_for(tmp_path, packets, ["again.example"])
-    assert event["hits"] == 2 and event["packets"] == len(packets)
+    assert event["hits"] == 1 and event["packets"] == len(packets)
 
 
 def test_tls_and_http_on_dns_ports_are_still_read(tmp_path: Path) -> None:

@@ -33,20 +33,31 @@ def truth_of(capture: Path) -> dict:
     return json.loads((capture.parent / "truth" / f"{capture.name}.json").read_text())
 
 
+DECOY_CERTIFICATE = Marker("decoy-certificate", "x509_sha256", "0" * 64, "decoy", 1)
+"""A marker nothing hits whose type has every TCP flow's handshakes read, both sides."""
+
+
 class RecordingPipeline(Pipeline):
     """The real pipeline, also noting every name it tried to match and every flow's addresses, so a
     test can compare what was decoded with tshark's dissection."""
 
     def __init__(self, markers: list[Marker] | None = None, writer: EventWriter | None = None) -> None:
-        super().__init__(Config(), library_of(markers or []), writer or EventWriter(_Discard()))
+        super().__init__(Config(), library_of(markers or [DECOY_CERTIFICATE]), writer or EventWriter(_Discard()))
         self.name_filter = _EveryName()
-        self.names: dict[str, set[str]] = {"dns.query": set(), "tls.sni": set(), "http.host": set()}
+        self.names: dict[str, set] = {place: set() for place in ("dns.query", "dns.answer", "tls.sni", "quic.sni", "http.host", "http.url", "tls.ja3", "tls.ja4", "tls.cert_sha256")}
         self.addresses: set[str] = set()
+        self._reads_answers = self._reads_initials = True  # read everything, as with markers of every kind
 
     def _match_names(self, flow, names, matched_on, *rest) -> None:
         names = list(names)
         self.names[matched_on].update(names)
         super()._match_names(flow, names, matched_on, *rest)
+
+    def _record_observed(self, flow, *rest) -> None:
+        for matched_on, value, _ in self._observed:
+            if matched_on in self.names and matched_on != "payload":
+                self.names[matched_on].add(value)
+        super()._record_observed(flow, *rest)
 
     def _end_flow(self, flow) -> None:
         self._note_addresses(flow)
@@ -117,17 +128,22 @@ def planted_bundle(truth: dict, path: Path) -> tuple[set[str], set[str]]:
     """A bundle planting every name and inner address of a capture's truth, plus decoys that must
     never hit; the planted values and the decoys."""
     markers, planted = [], set()
-    for key in ("dns_qnames", "tls_sni", "http_hosts"):
+    for key in ("dns_qnames", "tls_sni", "quic_sni", "http_hosts"):
         for value in truth[key]:
             host = truth_host(value) if key == "http_hosts" else truth_name(value)
             if host and not host.replace(".", "").isdigit() and ":" not in host and host not in planted:
                 planted.add(host)
                 markers.append({"id": f"name-{len(markers)}", "type": "domain", "value": host, "match": "exact"})
+    for fingerprint in sorted(set(truth["ja3"]) | set(truth["quic_ja3"])):
+        planted.add(fingerprint)
+        markers.append({"id": f"ja3-{len(markers)}", "type": "ja3", "value": fingerprint})
     for address in truth["inner_ipv4"] + truth["inner_ipv6"]:
         planted.add(address)
         markers.append({"id": f"address-{len(markers)}", "type": "ipv6" if ":" in address else "ipv4", "value": address})
-    decoys = {"decoy.example.invalid", "198.18.7.7", "2001:db8:dead::1"}
+    decoys = {"decoy.example.invalid", "198.18.7.7", "2001:db8:dead::1", "0" * 32, "0" * 64}
     markers += [
+        {"id": "decoy-ja3", "type": "ja3", "value": "0" * 32},
+        {"id": "decoy-certificate", "type": "x509_sha256", "value": "0" * 64},
         {"id": "decoy-name", "type": "domain", "value": "decoy.example.invalid"},
         {"id": "decoy-v4", "type": "ipv4", "value": "198.18.7.7"},
         {"id": "decoy-v6", "type": "ipv6", "value": "2001:db8:dead::1"},

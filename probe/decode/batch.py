@@ -34,6 +34,8 @@ MAX_LABELS_WALKED = 10
 MIN_CLASSIFIED_PAYLOAD = 6
 """Shorter client segments are always inspected: a ClientHello or request sent a few bytes per
 segment must not slip past the prefix test."""
+QUIC_MIN_INITIAL = 1200
+"""RFC 9000 14.1: a client pads every datagram carrying an Initial to at least this."""
 _IPV4_MAPPED_LOW = np.uint64(0xFFFF_0000_0000)
 """Low half of ::ffff:0.0.0.0, to which an IPv4 address is added."""
 _EIGHT_BYTES = np.arange(8)
@@ -101,24 +103,32 @@ class FastFrames:
         column instead of one numpy scalar per field and packet."""
         return [getattr(self, name)[packets].tolist() for name in names]
 
-    def candidates(self, names: NameFilter) -> tuple[np.ndarray, np.ndarray]:
-        """Packets that may carry a name a marker knows: (DNS messages over UDP, TCP segments that
-        may start or continue a ClientHello, HTTP request or DNS message). TCP content decides, not
-        the port. The questions of DNS messages and the server names of ClientHellos found whole
-        in their segment are read here for the whole batch, and only those `names` cannot rule
-        out go on."""
+    def candidates(self, names: NameFilter, every_hello: bool, answers: bool, initials: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Packets that may carry something a marker knows: (DNS queries over UDP, DNS responses
+        over UDP, TCP segments that may start or continue a ClientHello, HTTP request or DNS
+        message, QUIC client Initials). TCP content decides, not the port. The questions of DNS
+        queries and the server names of ClientHellos found whole in their segment are read here for
+        the whole batch, and only those `names` cannot rule out go on, unless `every_hello` (JA3,
+        JA4 or certificate markers need every handshake). `answers`: responses go on whole (their
+        records may hold a marked address or name); else they are screened like queries.
+        `initials`: UDP datagrams shaped like a QUIC client Initial (long header, padded to 1,200
+        bytes) go on."""
         lengths = self.payload_lengths
         tcp = self.protos == PROTO_TCP
         dns = (np.isin(self.sports, _DNS_PORT_ARRAY) | np.isin(self.dports, _DNS_PORT_ARRAY)) & (lengths > 0)
         client_hello = tcp & (self.first_words >> 24 == 0x16) & ((self.first_words >> 16) & 0xFF == 3) & (self.sixth_bytes == 1)
         request = np.isin(self.first_words, HTTP_METHOD_WORDS)
         tiny = lengths < MIN_CLASSIFIED_PAYLOAD
-        questions = np.flatnonzero(dns & ~tcp)
+        udp_dns = dns & ~tcp
+        responses = np.flatnonzero(udp_dns & ((self.first_words >> 8) & 0x80 != 0)) if answers else np.empty(0, dtype=np.int64)
+        questions = np.flatnonzero(udp_dns & ((self.first_words >> 8) & 0x80 == 0)) if answers else np.flatnonzero(udp_dns)
         questions = questions[names.may_hit(*dns_question_names(self.buffer, self.payload_offsets[questions], lengths[questions]))]
         hellos = np.flatnonzero(client_hello)
-        hellos = hellos[names.may_hit(*client_hello_server_names(self.buffer, self.payload_offsets[hellos], lengths[hellos]))]
+        if not every_hello:
+            hellos = hellos[names.may_hit(*client_hello_server_names(self.buffer, self.payload_offsets[hellos], lengths[hellos]))]
         others = np.flatnonzero(tcp & (lengths > 0) & ~client_hello & (dns | request | tiny))
-        return questions, np.union1d(hellos, others)
+        quic = np.flatnonzero(~tcp & ~dns & (self.first_words >> 30 == 3) & (lengths >= QUIC_MIN_INITIAL)) if initials else np.empty(0, dtype=np.int64)
+        return questions, responses, np.union1d(hellos, others), quic
 
 def _bytes_at(buffer: np.ndarray, positions: np.ndarray, limits: np.ndarray, width: int) -> np.ndarray:
     """`width` bytes from each position, never read past each row's limit (repeats its last byte)."""

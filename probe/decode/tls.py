@@ -1,23 +1,40 @@
-"""Server name (SNI) of a TLS ClientHello found at the start of a TCP client byte stream.
+"""TLS at the start of a TCP connection: the ClientHello's server name and fingerprints, and the
+hashes of the certificates the server sends.
 
-The probe recognises TLS by content, not by port, so the first question is whether the stream
-starts with a ClientHello at all (NOT_TLS otherwise, cheaply, from the first bytes). A ClientHello
-often does not fit one TCP segment (post-quantum key shares make it ~1.8 KB) and may even be
-fragmented over several TLS records, so the caller passes the concatenated stream prefix it has
-and learns whether to wait (NEED_MORE, with the total length worth waiting for), give up
-(MALFORMED) or match (DONE).
+The probe recognises TLS by content, not by port, so the first question is whether a stream starts
+with a handshake at all (NOT_TLS otherwise, cheaply, from the first bytes). A ClientHello often
+does not fit one TCP segment (post-quantum key shares make it ~1.8 KB), a certificate chain spans
+several, and either may be fragmented over several TLS records (or share one with the messages
+around it), so the caller passes the concatenated stream prefix it has and learns whether to wait
+(NEED_MORE, with the total length worth waiting for), give up (MALFORMED) or use the result (DONE).
 
-Only the host_name of the server_name extension is returned; nothing else of the hello is kept.
-Every function accepts any bytes-like object, never raises and does work bounded by
-MAX_HELLO_LEN and MAX_RECORDS.
+What is kept, and nothing else of the payload: the host_name of the server_name extension; the JA3
+and JA4 fingerprints of the hello (hashes of its lists of parameters); the SHA-256 of each
+certificate of the server's TLS <= 1.2 Certificate message. TLS 1.3 encrypts the server's
+Certificate message (RFC 8446 2, 4.4.2) under keys a passive probe never has, so the certificates of
+TLS 1.3 connections are never seen: read_server_certificates then reports ENCRYPTED.
+
+Every function accepts any bytes-like object, never raises and does work bounded by MAX_HELLO_LEN,
+MAX_CERTIFICATE_LEN and MAX_RECORDS. A caller is never asked to buffer more than one hello on the
+client side, or the ServerHello and the Certificate message (MAX_HELLO_LEN + MAX_CERTIFICATE_LEN
+plus 5 bytes per record) on the server side: longer announcements are MALFORMED from their header.
 
 Name presentation: ASCII letters lower-cased, one trailing dot removed. A host_name should be
 ASCII (RFC 6066 3: A-labels); other bytes are decoded as UTF-8 when valid, else as latin-1 so that
 every byte survives as the code point of the same value.
+
+Fingerprints. JA3 (Salesforce): MD5 of "SSLVersion,Ciphers,Extensions,EllipticCurves,
+EllipticCurvePointFormats", decimal values joined by "-", GREASE values (RFC 8701) left out of the
+three lists that may hold them. JA4 (FoxIO, technical_details/JA4.md of github.com/FoxIO-LLC/ja4):
+"a_b_c" as specified there, including its rule for an ALPN value that does not start and end with
+an ASCII letter or digit (the first and last characters of its hex form), which the reference
+implementations replace by "99".
 """
 
 from __future__ import annotations
 
+import hashlib
+from struct import pack, unpack_from
 from typing import NamedTuple
 
 __all__ = [
@@ -25,26 +42,41 @@ __all__ = [
     "NEED_MORE",
     "DONE",
     "MALFORMED",
+    "ENCRYPTED",
     "MAX_HELLO_LEN",
+    "MAX_CERTIFICATE_LEN",
     "MAX_RECORDS",
     "ClientHello",
-    "client_hello_server_name",
+    "ServerCertificates",
+    "read_client_hello",
+    "fingerprint_client_hello",
+    "read_server_certificates",
 ]
 
 NOT_TLS = 0
 NEED_MORE = 1
 DONE = 2
 MALFORMED = 3
+ENCRYPTED = 4
 
-# A ClientHello body above this is refused: real ones stay below ~8 KB even with large
+# A hello body (client or server) above this is refused: real ones stay below ~8 KB even with large
 # post-quantum shares and many PSK identities, and the bound caps what a caller must buffer.
 MAX_HELLO_LEN = 65536
-# Records a hello may be fragmented into. Evasion tools split hellos into a few tiny records;
-# thousands of 1-byte records only serve to burn CPU, once per arriving segment.
+# A Certificate message body above this is refused. Real chains take 2-8 KB, rarely 20 KB; the
+# bound caps what a caller buffers for one connection's server side.
+MAX_CERTIFICATE_LEN = 65536
+# Records a hello (or the server's flight up to its certificates) may be fragmented into. Evasion
+# tools split hellos into a few tiny records; thousands of 1-byte records only serve to burn CPU,
+# once per arriving segment.
 MAX_RECORDS = 2048
 
+_CONTENT_CHANGE_CIPHER_SPEC = 0x14
+_CONTENT_ALERT = 0x15
 _CONTENT_HANDSHAKE = 0x16
+_ALERT_WARNING = 1
 _HS_CLIENT_HELLO = 1
+_HS_SERVER_HELLO = 2
+_HS_CERTIFICATE = 11
 _RECORD_HEADER = 5
 _HS_HEADER = 4
 # RFC 8446 5.1: a plaintext record carries at most 2^14 bytes; some stacks overshoot slightly,
@@ -52,37 +84,101 @@ _HS_HEADER = 4
 _MAX_RECORD_LEN = 16384 + 2048
 # version(2) random(32) session_id_len(1) suites_len(2) one suite(2) comp_len(1) one method(1)
 _MIN_HELLO_LEN = 41
+# version(2) random(32) session_id_len(1) suite(2) method(1)
+_MIN_SERVER_HELLO_LEN = 38
+_TLS13 = 0x0304
+
 _EXT_SERVER_NAME = 0
+_EXT_SUPPORTED_GROUPS = 10
+_EXT_EC_POINT_FORMATS = 11
+_EXT_SIGNATURE_ALGORITHMS = 13
+_EXT_ALPN = 16
+_EXT_SUPPORTED_VERSIONS = 43
+_READ_EXTENSIONS = frozenset((_EXT_SERVER_NAME, _EXT_SUPPORTED_GROUPS, _EXT_EC_POINT_FORMATS, _EXT_SIGNATURE_ALGORITHMS, _EXT_ALPN, _EXT_SUPPORTED_VERSIONS))
 _NAME_TYPE_HOST = 0
+
+# RFC 8701: 0x0A0A, 0x1A1A, ..., 0xFAFA, in cipher suites, extensions, groups, versions, signatures.
+_GREASE = frozenset(range(0x0A0A, 0x10000, 0x1010))
+# JA4's two-character version. The DTLS codes of the specification belong to DTLS hellos, which
+# this module does not read.
+_JA4_VERSIONS = {0x0304: "13", 0x0303: "12", 0x0302: "11", 0x0301: "10", 0x0300: "s3", 0x0002: "s2"}
+_JA4_EMPTY = "000000000000"
+_ALNUM = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
 
 class ClientHello(NamedTuple):
-    """Result of looking for a ClientHello at the start of a client stream.
+    """Result of looking for a ClientHello at the start of a client stream (or in one message).
 
     `end` depends on `status`: NEED_MORE -> total stream length to wait for before a new call can
     progress (a lower bound: more records may follow); DONE -> offset just after the record that
     completed the ClientHello, where the client's next record starts (it may exceed len(stream) if
     that record carries more than the hello and the rest has not arrived); NOT_TLS / MALFORMED -> 0.
+    `ja3` (32 hex digits) and `ja4` are set exactly when status is DONE.
     """
 
     status: int
     server_name: str | None
     end: int
+    ja3: str | None = None
+    ja4: str | None = None
+
+
+class ServerCertificates(NamedTuple):
+    """Result of looking for the certificates at the start of a server stream.
+
+    `sha256`: lower-case hex SHA-256 of each DER certificate of the Certificate message, in the
+    server's order (the leaf first); empty unless DONE, and empty with DONE when the server's
+    handshake has no Certificate message (session resumption, anonymous or PSK suites, an alert).
+    `end` as in ClientHello: NEED_MORE -> total stream length to wait for; DONE / ENCRYPTED ->
+    offset just after the record that settled it; NOT_TLS / MALFORMED -> 0.
+    """
+
+    status: int
+    sha256: tuple[str, ...]
+    end: int
 
 
 _RESULT_NOT_TLS = ClientHello(NOT_TLS, None, 0)
 _RESULT_MALFORMED = ClientHello(MALFORMED, None, 0)
+_CERTS_NOT_TLS = ServerCertificates(NOT_TLS, (), 0)
+_CERTS_MALFORMED = ServerCertificates(MALFORMED, (), 0)
 
 
-def client_hello_server_name(stream: bytes | bytearray | memoryview) -> ClientHello:
-    """Find the SNI of the ClientHello at the start of `stream` (the client's bytes, in order)."""
+def read_client_hello(stream: bytes | bytearray | memoryview, transport: str = "t") -> ClientHello:
+    """SNI, JA3 and JA4 of the ClientHello at the start of `stream` (the client's bytes, in order).
+
+    `transport` is JA4's first character, "t" for TLS over TCP. (QUIC carries hellos without TLS
+    records: they go through fingerprint_client_hello.)"""
     try:
-        return _parse(stream)
+        return _parse(stream, transport)
     except Exception:  # pragma: no cover - defensive: _parse is written not to raise
         return _RESULT_MALFORMED
 
 
-def _parse(buf) -> ClientHello:
+def fingerprint_client_hello(message: bytes | bytearray | memoryview, transport: str) -> ClientHello:
+    """The same result for one ClientHello handshake message without TLS records around it.
+
+    QUIC carries the handshake in CRYPTO frames, not in records (RFC 9001 4), so a QUIC decoder
+    passes the reassembled message (type 1, 3-byte length, body) with transport "q". NEED_MORE's
+    `end` is the message's total length; DONE's is the offset just after the message."""
+    try:
+        return _message(message, transport)
+    except Exception:  # pragma: no cover - defensive: _message is written not to raise
+        return _RESULT_MALFORMED
+
+
+def read_server_certificates(stream: bytes | bytearray | memoryview) -> ServerCertificates:
+    """SHA-256 of the certificates the server sends at the start of `stream` (its bytes, in order).
+
+    Certificates identify the server whatever name the client asked for, so they are matched
+    too; only their hashes are computed, and only TLS <= 1.2 shows them (ENCRYPTED otherwise)."""
+    try:
+        return _server_flight(stream)
+    except Exception:  # pragma: no cover - defensive: _server_flight is written not to raise
+        return _CERTS_MALFORMED
+
+
+def _parse(buf, transport: str = "t") -> ClientHello:
     n = len(buf)
     # Record header of the first record: content type, legacy version (major 3), length.
     if n >= 1 and buf[0] != _CONTENT_HANDSHAKE:
@@ -109,11 +205,26 @@ def _parse(buf) -> ClientHello:
         if hs_end <= rec_end:
             if n < hs_end:
                 return ClientHello(NEED_MORE, None, hs_end)
-            return _hello_result(buf, _RECORD_HEADER + _HS_HEADER, hs_end, rec_end)
-    return _reassemble(buf, n)
+            return _hello_result(buf, _RECORD_HEADER + _HS_HEADER, hs_end, rec_end, transport)
+    return _reassemble(buf, n, transport)
 
 
-def _reassemble(buf, n: int) -> ClientHello:
+def _message(buf, transport: str) -> ClientHello:
+    n = len(buf)
+    if n >= 1 and buf[0] != _HS_CLIENT_HELLO:
+        return _RESULT_NOT_TLS
+    if n < _HS_HEADER:
+        return ClientHello(NEED_MORE, None, _HS_HEADER)
+    hs_len = (buf[1] << 16) | (buf[2] << 8) | buf[3]
+    if hs_len < _MIN_HELLO_LEN or hs_len > MAX_HELLO_LEN:
+        return _RESULT_MALFORMED
+    end = _HS_HEADER + hs_len
+    if n < end:
+        return ClientHello(NEED_MORE, None, end)
+    return _hello_result(buf, _HS_HEADER, end, end, transport)
+
+
+def _reassemble(buf, n: int, transport: str) -> ClientHello:
     """Gather the hello from consecutive handshake records (fragmented, RFC 8446 5.1)."""
     msg = bytearray()
     want = -1  # total handshake message length (header included), once known
@@ -145,7 +256,7 @@ def _reassemble(buf, n: int) -> ClientHello:
                 return _RESULT_MALFORMED
             want = _HS_HEADER + hs_len
         if want >= 0 and len(msg) >= want:
-            return _hello_result(msg, _HS_HEADER, want, rec_end)
+            return _hello_result(msg, _HS_HEADER, want, rec_end, transport)
         if rec_end > n:
             # The current record is incomplete; progress needs either its end or, when the hello
             # ends inside it, the hello's end.
@@ -155,8 +266,15 @@ def _reassemble(buf, n: int) -> ClientHello:
     return _RESULT_MALFORMED
 
 
-def _hello_result(buf, pos: int, end: int, record_end: int) -> ClientHello:
-    """Walk a complete ClientHello body buf[pos:end] to its server_name extension."""
+def _hello_result(buf, pos: int, end: int, record_end: int, transport: str) -> ClientHello:
+    """Walk a complete ClientHello body buf[pos:end]: its server name and the lists the two
+    fingerprints are made of.
+
+    Lengths that disagree in the hello's structure or its server_name make it MALFORMED. Inside the
+    extensions read only for the fingerprints, a list is read as far as its bytes go instead (as
+    tshark does): a server that does not use such an extension ignores its content, so a broken
+    one must not hide the server name."""
+    legacy_version = (buf[pos] << 8) | buf[pos + 1]
     # legacy_version(2) + random(32), then session id, cipher suites, compression methods.
     pos += 34
     sid_len = buf[pos]
@@ -168,7 +286,8 @@ def _hello_result(buf, pos: int, end: int, record_end: int) -> ClientHello:
     cs_len = (buf[pos] << 8) | buf[pos + 1]
     if cs_len < 2 or cs_len & 1:
         return _RESULT_MALFORMED
-    pos += 2 + cs_len
+    cs_start = pos + 2
+    pos = cs_start + cs_len
     if pos + 1 > end:
         return _RESULT_MALFORMED
     comp_len = buf[pos]
@@ -177,39 +296,130 @@ def _hello_result(buf, pos: int, end: int, record_end: int) -> ClientHello:
     pos += 1 + comp_len
     if pos > end:
         return _RESULT_MALFORMED
-    if pos == end:
-        # No extensions at all (SSL 3.0 / early TLS 1.0 clients): a valid hello without SNI.
-        return ClientHello(DONE, None, record_end)
-    if pos + 2 > end:
-        return _RESULT_MALFORMED
-    ext_end = pos + 2 + ((buf[pos] << 8) | buf[pos + 1])
-    if ext_end > end:
-        return _RESULT_MALFORMED
-    pos += 2
+    ciphers = [suite for suite in unpack_from(f">{cs_len >> 1}H", buf, cs_start) if suite not in _GREASE]
+
+    extensions: list[int] = []  # types in the order sent, GREASE left out
     name = None
     seen_sni = False
-    while pos < ext_end:
-        if pos + 4 > ext_end:
+    groups: list[int] = []
+    point_formats = b""
+    signatures: list[int] = []
+    versions: list[int] = []
+    alpn = None
+    # No extensions at all (SSL 3.0 / early TLS 1.0 clients) is a valid hello without SNI.
+    if pos < end:
+        if pos + 2 > end:
             return _RESULT_MALFORMED
-        ext_type = (buf[pos] << 8) | buf[pos + 1]
-        body = pos + 4
-        pos = body + ((buf[pos + 2] << 8) | buf[pos + 3])
-        if pos > ext_end:
+        ext_end = pos + 2 + ((buf[pos] << 8) | buf[pos + 1])
+        if ext_end > end:
             return _RESULT_MALFORMED
-        if ext_type != _EXT_SERVER_NAME:
-            continue
-        if seen_sni:
-            # RFC 8446 4.2: one extension of a type at most. Two SNIs would let a client show one
-            # name to the probe and another to the server.
-            return _RESULT_MALFORMED
-        seen_sni = True
-        if body == pos:
-            # Empty server_name: what a server echoes, tolerated from a client as "no name".
-            continue
-        name = _server_name(buf, body, pos)
-        if name is _BAD:
-            return _RESULT_MALFORMED
-    return ClientHello(DONE, name, record_end)
+        pos += 2
+        seen = set()
+        while pos < ext_end:
+            if pos + 4 > ext_end:
+                return _RESULT_MALFORMED
+            ext_type = (buf[pos] << 8) | buf[pos + 1]
+            body = pos + 4
+            pos = body + ((buf[pos + 2] << 8) | buf[pos + 3])
+            if pos > ext_end:
+                return _RESULT_MALFORMED
+            if ext_type in _GREASE:
+                continue
+            extensions.append(ext_type)
+            if ext_type not in _READ_EXTENSIONS:
+                continue
+            if ext_type in seen:
+                if ext_type == _EXT_SERVER_NAME:
+                    # RFC 8446 4.2: one extension of a type at most. Two SNIs would let a client
+                    # show one name to the probe and another to the server.
+                    return _RESULT_MALFORMED
+                continue  # the fingerprints describe the first one, as a server reads it
+            seen.add(ext_type)
+            if ext_type == _EXT_SERVER_NAME:
+                seen_sni = True
+                if body == pos:
+                    # Empty server_name: what a server echoes, tolerated from a client as "no name".
+                    continue
+                name = _server_name(buf, body, pos)
+                if name is _BAD:
+                    return _RESULT_MALFORMED
+            elif ext_type == _EXT_SUPPORTED_GROUPS:
+                groups = [group for group in _u16_vector(buf, body, pos, 2) if group not in _GREASE]
+            elif ext_type == _EXT_EC_POINT_FORMATS:
+                if body < pos:
+                    point_formats = bytes(buf[body + 1 : min(body + 1 + buf[body], pos)])
+            elif ext_type == _EXT_SIGNATURE_ALGORITHMS:
+                signatures = [scheme for scheme in _u16_vector(buf, body, pos, 2) if scheme not in _GREASE]
+            elif ext_type == _EXT_SUPPORTED_VERSIONS:
+                versions = [version for version in _u16_vector(buf, body, pos, 1) if version not in _GREASE]
+            elif ext_type == _EXT_ALPN:
+                alpn = _first_alpn(buf, body, pos)
+
+    ja3_text = ",".join(
+        (
+            str(legacy_version),
+            "-".join(map(str, ciphers)),
+            "-".join(map(str, extensions)),
+            "-".join(map(str, groups)),
+            "-".join(map(str, point_formats)),
+        )
+    )
+    ja3 = hashlib.md5(ja3_text.encode(), usedforsecurity=False).hexdigest()
+
+    version = _JA4_VERSIONS.get(max(versions) if versions else legacy_version, "00")
+    head = f"{transport}{version}{'d' if seen_sni else 'i'}{min(len(ciphers), 99):02d}{min(len(extensions), 99):02d}{_alpn_code(alpn)}"
+    listed = _hex_list(sorted([ext for ext in extensions if ext != _EXT_SERVER_NAME and ext != _EXT_ALPN]))
+    if signatures:
+        listed += "_" + _hex_list(signatures)
+    ja4 = f"{head}_{_hash12(_hex_list(sorted(ciphers)))}_{_hash12(listed)}"
+    return ClientHello(DONE, name, record_end, ja3, ja4)
+
+
+def _u16_vector(buf, pos: int, end: int, length_bytes: int) -> tuple[int, ...]:
+    """The uint16 values of a vector with a 1- or 2-byte length in the extension body buf[pos:end],
+    as far as both its length and the body go."""
+    start = pos + length_bytes
+    if start > end:
+        return ()
+    size = buf[pos] if length_bytes == 1 else (buf[pos] << 8) | buf[pos + 1]
+    stop = min(start + size, end)
+    return unpack_from(f">{(stop - start) >> 1}H", buf, start)
+
+
+def _first_alpn(buf, pos: int, end: int) -> bytes | None:
+    """First protocol name of an ALPN extension body buf[pos:end] (RFC 7301 3.1); None if there is
+    none whole within the list and the body."""
+    start = pos + 3
+    if start > end:
+        return None
+    stop = start + buf[pos + 2]
+    if stop > min(pos + 2 + ((buf[pos] << 8) | buf[pos + 1]), end):
+        return None
+    return bytes(buf[start:stop])
+
+
+def _alpn_code(alpn: bytes | None) -> str:
+    """JA4's two ALPN characters: first and last of the first value when both are ASCII letters or
+    digits, else the first and last digits of its hex form; "00" without a (non-empty) value."""
+    if not alpn:
+        return "00"
+    if alpn[0] in _ALNUM and alpn[-1] in _ALNUM:
+        return chr(alpn[0]) + chr(alpn[-1])
+    digits = alpn.hex()
+    return digits[0] + digits[-1]
+
+
+def _hex_list(values) -> str:
+    """JA4's list form, "0a0b,1301,...": 4 lower-case hex digits per value, comma-separated."""
+    return pack(f">{len(values)}H", *values).hex(",", 2)
+
+
+def _hash12(text: str) -> str:
+    """JA4's truncated SHA-256, and its "000000000000" for an empty list (an explicit "nothing"
+    rather than the hash of an empty string)."""
+    if not text:
+        return _JA4_EMPTY
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 _BAD = object()
@@ -246,3 +456,139 @@ def _text(raw: bytes) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw.decode("latin-1")
+
+
+def _server_flight(buf) -> ServerCertificates:
+    """Walk the server's records up to its Certificate message (RFC 5246 7.3: ServerHello, then
+    Certificate unless the suite or a resumed session has none).
+
+    Handshake fragments are joined in `hs`; a message may span records and records may hold
+    several messages. Only the ServerHello and the Certificate message are gathered whole, each
+    under its bound, so `hs` never exceeds them plus one record."""
+    n = len(buf)
+    if n >= 1 and buf[0] != _CONTENT_HANDSHAKE and buf[0] != _CONTENT_ALERT:
+        return _CERTS_NOT_TLS
+    if n >= 2 and buf[1] != 3:
+        return _CERTS_NOT_TLS
+    if n >= 6 and buf[0] == _CONTENT_HANDSHAKE and buf[5] != _HS_SERVER_HELLO:
+        return _CERTS_NOT_TLS
+    hs = bytearray()
+    done = 0  # bytes of hs taken by complete messages
+    want = -1  # total length of the message being gathered (header included), once known
+    seen_hello = False
+    pos = 0
+    for _ in range(MAX_RECORDS):
+        if pos + _RECORD_HEADER > n:
+            if pos < n and buf[pos] not in (_CONTENT_HANDSHAKE, _CONTENT_ALERT, _CONTENT_CHANGE_CIPHER_SPEC):
+                return _CERTS_MALFORMED
+            if pos + 1 < n and buf[pos + 1] != 3:
+                return _CERTS_MALFORMED
+            return ServerCertificates(NEED_MORE, (), pos + _RECORD_HEADER + 1)
+        content = buf[pos]
+        rec_len = (buf[pos + 3] << 8) | buf[pos + 4]
+        if buf[pos + 1] != 3 or rec_len == 0 or rec_len > _MAX_RECORD_LEN:
+            return _CERTS_MALFORMED
+        start = pos + _RECORD_HEADER
+        rec_end = start + rec_len
+        if content == _CONTENT_ALERT:
+            if start >= n:
+                return ServerCertificates(NEED_MORE, (), start + 1)
+            if buf[start] != _ALERT_WARNING:
+                return ServerCertificates(DONE, (), rec_end)  # the handshake failed: no certificate
+            pos = rec_end
+            continue
+        if content == _CONTENT_CHANGE_CIPHER_SPEC:
+            # The server switches to encryption before any Certificate: a resumed session
+            # (RFC 5246 7.3), which has none.
+            if not seen_hello or len(hs) > done:
+                return _CERTS_MALFORMED
+            return ServerCertificates(DONE, (), rec_end)
+        if content != _CONTENT_HANDSHAKE:
+            return _CERTS_MALFORMED  # application data before the server's handshake ended
+        hs += buf[start : min(rec_end, n)]
+        while True:
+            if want < 0:
+                if len(hs) - done < _HS_HEADER:
+                    break
+                msg_type = hs[done]
+                msg_len = (hs[done + 1] << 16) | (hs[done + 2] << 8) | hs[done + 3]
+                if not seen_hello:
+                    if msg_type != _HS_SERVER_HELLO or msg_len < _MIN_SERVER_HELLO_LEN or msg_len > MAX_HELLO_LEN:
+                        return _CERTS_MALFORMED
+                elif msg_type != _HS_CERTIFICATE:
+                    # ServerKeyExchange, ServerHelloDone, NewSessionTicket...: no certificate comes.
+                    return ServerCertificates(DONE, (), rec_end)
+                elif msg_len > MAX_CERTIFICATE_LEN:
+                    return _CERTS_MALFORMED
+                want = _HS_HEADER + msg_len
+            if len(hs) - done < want:
+                break
+            body, end = done + _HS_HEADER, done + want
+            if seen_hello:
+                hashes = _certificate_hashes(hs, body, end)
+                if hashes is None:
+                    return _CERTS_MALFORMED
+                return ServerCertificates(DONE, hashes, rec_end)
+            selected = _server_hello_version(hs, body, end)
+            if selected < 0:
+                return _CERTS_MALFORMED
+            if selected >= _TLS13:
+                return ServerCertificates(ENCRYPTED, (), rec_end)
+            seen_hello = True
+            done, want = end, -1
+        if rec_end > n:
+            missing = (want if want >= 0 else _HS_HEADER) - (len(hs) - done)
+            return ServerCertificates(NEED_MORE, (), min(rec_end, n + missing))
+        pos = rec_end
+    return _CERTS_MALFORMED
+
+
+def _server_hello_version(buf, pos: int, end: int) -> int:
+    """Version a complete ServerHello body buf[pos:end] selects: its supported_versions extension
+    when present (RFC 8446 4.2.1; a server negotiating TLS <= 1.2 does not send it), else its
+    legacy version; -1 if malformed."""
+    version = (buf[pos] << 8) | buf[pos + 1]
+    pos += 34
+    sid_len = buf[pos]
+    if sid_len > 32:
+        return -1
+    pos += 1 + sid_len + 3  # session id, cipher suite, compression method
+    if pos > end:
+        return -1
+    if pos == end:
+        return version
+    if pos + 2 > end or pos + 2 + ((buf[pos] << 8) | buf[pos + 1]) != end:
+        return -1
+    pos += 2
+    while pos < end:
+        if pos + 4 > end:
+            return -1
+        ext_type = (buf[pos] << 8) | buf[pos + 1]
+        body = pos + 4
+        pos = body + ((buf[pos + 2] << 8) | buf[pos + 3])
+        if pos > end:
+            return -1
+        if ext_type == _EXT_SUPPORTED_VERSIONS:
+            if pos - body != 2:
+                return -1
+            selected = (buf[body] << 8) | buf[body + 1]
+            return selected if selected >= _TLS13 else -1
+    return version
+
+
+def _certificate_hashes(buf, pos: int, end: int) -> tuple[str, ...] | None:
+    """SHA-256 of each certificate of a TLS <= 1.2 Certificate body buf[pos:end] (RFC 5246 7.4.2:
+    a 3-byte list length, then 3-byte length + DER per certificate); None if the lengths disagree."""
+    if pos + 3 > end or pos + 3 + ((buf[pos] << 16) | (buf[pos + 1] << 8) | buf[pos + 2]) != end:
+        return None
+    pos += 3
+    hashes = []
+    while pos < end:
+        if pos + 3 > end:
+            return None
+        start = pos + 3
+        pos = start + ((buf[pos] << 16) | (buf[pos + 1] << 8) | buf[pos + 2])
+        if pos == start or pos > end:
+            return None
+        hashes.append(hashlib.sha256(buf[start:pos]).hexdigest())
+    return tuple(hashes)

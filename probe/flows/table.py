@@ -18,7 +18,8 @@ from probe.config import FlowsSection
 from probe.decode.packet import PROTO_TCP, PROTO_UDP
 
 if TYPE_CHECKING:
-    from probe.flows.stream import ClientStream
+    from probe.decode.quic import QuicInitialReader
+    from probe.flows.inspection import FlowInspection
     from probe.record.events import Hit
 
 NANOSECONDS = 1_000_000_000
@@ -27,10 +28,12 @@ NO_ENCAPSULATION: list[dict] = []
 
 INSPECT_WATCH = 0
 """Client segments are inspected only when they start like a TLS handshake or an HTTP request."""
-INSPECT_BUFFERING = 1
-"""A ClientHello, HTTP header block or DNS message is incomplete: every client segment is needed."""
+INSPECT_STREAM = 1
+"""The flow's bytes are being read (`Flow.inspection`): every packet of the directions still read
+goes to the readers."""
 INSPECT_DONE = 2
-"""The flow is closed: its late packets are counted, never inspected."""
+"""Every decision about the flow's bytes is made (bypassed), or the flow is closed: its packets are
+counted, never inspected."""
 
 CLASS_TCP, CLASS_UDP, CLASS_OTHER, CLASS_CLOSED = range(4)
 FREE = -1
@@ -52,7 +55,7 @@ def canonical_key(src: bytes, sport: int, dst: bytes, dport: int, proto: int) ->
 class Flow:
     """One bidirectional flow. `client_is_a` says which key side opened it (events' `src`)."""
 
-    __slots__ = ("key", "slot", "client_is_a", "timeout_class", "inspect", "stream", "hits", "fin_a", "fin_b", "final", "encapsulation", "opened")
+    __slots__ = ("key", "slot", "client_is_a", "timeout_class", "inspect", "inspection", "hits", "fin_a", "fin_b", "final", "encapsulation", "opened")
 
     def __init__(self, key: bytes, slot: int, client_is_a: bool, timeout_class: int, opened: int) -> None:
         self.key = key
@@ -63,7 +66,8 @@ class Flow:
         self.client_is_a = client_is_a
         self.timeout_class = timeout_class
         self.inspect = INSPECT_WATCH
-        self.stream: ClientStream | None = None
+        self.inspection: FlowInspection | QuicInitialReader | None = None
+        """Its TCP stream readers, or a QUIC client's Initial reader, while reading."""
         self.hits: dict[tuple[str, str], Hit] | None = None
         """By (bundle, marker id)."""
         self.fin_a = False
@@ -204,7 +208,7 @@ class FlowTable:
         do not open a second flow with the same key."""
         flow.timeout_class = CLASS_CLOSED
         self._class[flow.slot] = CLASS_CLOSED
-        flow.stream = None
+        flow.inspection = None
         flow.inspect = INSPECT_DONE
 
     def remove(self, flow: Flow) -> None:

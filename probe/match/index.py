@@ -193,8 +193,16 @@ class MarkerIndex:
         self.server_names: dict[str, Entry] = {}
         """`tls_sni` markers."""
         self.http_hosts: dict[str, Entry] = {}
-        self.inactive: dict[str, int] = {}
-        """Markers by type this version cannot match yet."""
+        self.fingerprints: dict[str, Entry] = {}
+        """`ja3` (32 hex digits) and `ja4` markers: the two forms never collide."""
+        self.certificates: dict[str, Entry] = {}
+        """`x509_sha256` markers."""
+        self.urls: dict[str, list[tuple[int | None, str, Entry, str]]] = {}
+        """`url` markers by lower-case host: (port or None, path prefix, entry, value)."""
+        self.pattern_markers: list[Marker] = []
+        """`bytes` markers, compiled together by match/patterns.py."""
+        self.yara_markers: list[Marker] = []
+        """`yara` markers, compiled together by match/yara_rules.py."""
         self.active = 0
         self._networks: list[tuple[int, int]] = []
         """(first, end) of each CIDR marker in the 16-byte address space, end excluded."""
@@ -241,9 +249,19 @@ class MarkerIndex:
             _put(self.server_names, value, value, entry, self._merged)
         elif kind == "http_host":
             _put(self.http_hosts, value, value, entry, self._merged)
-        else:
-            self.inactive[kind] = self.inactive.get(kind, 0) + 1
-            return
+        elif kind in ("ja3", "ja4"):
+            _put(self.fingerprints, value, value, entry, self._merged)
+        elif kind == "x509_sha256":
+            _put(self.certificates, value, value, entry, self._merged)
+        elif kind == "url":
+            host, _, path = value.partition("/")
+            name, colon, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
+            prefix = ("/" + path).encode("utf-8", "surrogateescape").decode("latin-1")  # requests' paths are bytes read as latin-1
+            self.urls.setdefault(name.strip("[]") if colon else host.strip("[]"), []).append((int(port) if colon else None, prefix, entry, value))
+        elif kind == "bytes":
+            self.pattern_markers.append(entry[0])  # type: ignore[index]
+        else:  # yara: bundle files allow no other type
+            self.yara_markers.append(entry[0])  # type: ignore[index]
         self.active += 1
 
     def _file_under_ascii_names(self, table: dict) -> None:
@@ -265,6 +283,10 @@ class MarkerIndex:
             count = _load(value_file, self._merged, self.server_names)
         elif kind == "http_host":
             count = _load(value_file, self._merged, self.http_hosts)
+        elif kind in ("ja3", "ja4"):
+            count = _load(value_file, self._merged, self.fingerprints)
+        elif kind == "x509_sha256":
+            count = _load(value_file, self._merged, self.certificates)
         else:
             for value in value_file.values():
                 self._add(kind, value, value_file, False)
@@ -369,6 +391,28 @@ class MarkerIndex:
         markers."""
         found = self.http_hosts.get(name)
         return self.match_name(name) if found is None else _markers(found, name) + self.match_name(name)
+
+    def match_fingerprint(self, fingerprint: str) -> tuple[Marker, ...]:
+        """Markers hit by a ClientHello's JA3 MD5 or JA4."""
+        found = self.fingerprints.get(fingerprint)
+        return NO_MARKERS if found is None else _markers(found, fingerprint)
+
+    def match_certificate(self, digest: str) -> tuple[Marker, ...]:
+        """Markers hit by a server certificate's SHA-256 (lower-case hex)."""
+        found = self.certificates.get(digest)
+        return NO_MARKERS if found is None else _markers(found, digest)
+
+    def match_url(self, host: str, port: int, path: str) -> tuple[Marker, ...]:
+        """`url` markers hit by a request: same host (case-insensitive), same port when the marker
+        names one, and a path that starts with the marker's (bytes compared exactly)."""
+        found = self.urls.get(host)
+        if found is None:
+            return NO_MARKERS
+        hits: tuple[Marker, ...] = ()
+        for marker_port, prefix, entry, value in found:
+            if (marker_port is None or marker_port == port) and path.startswith(prefix):
+                hits += _markers(entry, value)
+        return hits
 
     def match_name(self, name: str) -> tuple[Marker, ...]:
         """Markers hit by a lower-case name without trailing dot: every marker of the name itself,

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 ADDRESS_TYPES = ("ipv4", "ipv6")
-ACTIVE_TYPES = ("ipv4", "ipv6", "cidr", "domain", "http_host", "tls_sni")
-"""Types this version matches; markers of the other types load and are reported as inactive."""
 TLP_LEVELS = ("clear", "green", "amber", "amber+strict", "red")
 """Traffic Light Protocol 2.0, least to most restricted."""
 SEVERITIES = ("info", "low", "medium", "high", "critical")

@@ -99,6 +99,11 @@ class StatusCollector:
             ("queue_bytes", GaugeMetricFamily, "Bytes waiting in the worker's queue"),
         ):
             yield _family(kind, f"probe_worker_{key}", text, "worker", {number: worker[key] for number, worker in workers.items()})
+        anomalies = CounterMetricFamily("probe_worker_anomalies", "Bad or evasive input skipped, by kind (tls.malformed, quic.bad_tag, tcp.gap...)", labels=["worker", "kind"])
+        for number, worker in workers.items():
+            for kind, count in worker.get("anomalies", {}).items():
+                anomalies.add_metric([number, kind], count)
+        yield anomalies
         yield _family(CounterMetricFamily, "probe_events", "Events detected", "marker_type", status["events"]["by_marker_type"])
         bundle_info = GaugeMetricFamily("probe_bundle_active", "Active marker bundles (1 each)", labels=["issuer", "id", "version"])
         bundle_age = GaugeMetricFamily("probe_bundle_age_seconds", "Seconds since the bundle version was activated", labels=["issuer", "id"])

@@ -90,7 +90,7 @@ def worker_statistics(pipeline: Pipeline) -> dict[str, Any]:
         "flows_active": len(pipeline.flows),
         "flows_created": pipeline.flows.created,
         "flows_evicted": pipeline.flows.evicted,
-        "handshake_overflows": pipeline.handshake_overflows,
+        "anomalies": dict(pipeline.anomalies),
     }
 
 

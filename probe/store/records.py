@@ -34,8 +34,9 @@ KIND_BUNDLE = -3
 KIND_AUDIT = -4
 """An event record starts with its revision (>= 0); every other record with one of these."""
 
-MATCHED_ON = ("ip.src", "ip.dst", "dns.query", "tls.sni", "http.host", "url", "tls.ja3", "tls.ja4", "x509.sha256", "payload")
-"""Where a marker can be seen, by code; `flags` holds the code shifted left by one."""
+MATCHED_ON = ("ip.src", "ip.dst", "dns.query", "tls.sni", "http.host", "http.url", "tls.ja3", "tls.ja4", "tls.cert_sha256", "payload", "quic.sni", "dns.answer", "yara")
+"""Where a marker can be seen, by code; `flags` holds the code shifted left by one. Codes are
+kept forever (stored records use them): new places are appended."""
 MATCHED_ON_CODES = {name: code for code, name in enumerate(MATCHED_ON)}
 ENCAPSULATION_FIELDS = {"type": str, "id": int, "label": int, "src": str, "dst": str, "key": int, "vni": int, "version": int, "session": int}
 """Layer fields an event may record: tunnel endpoints and ids, never anything from the payload."""

@@ -1,0 +1,361 @@
+"""What a TCP flow's bytes are read for, per direction, and when reading stops.
+
+A TCP flow being inspected holds a `FlowInspection`: per direction, a `StreamReassembler` (in-order
+bytes out of reordered, retransmitted and overlapping segments, bounded) feeding the readers the
+marker set needs:
+
+- the handshake reader, chosen by the first bytes of the stream, not by port: on the client's side
+  a TLS ClientHello (server name, JA3, JA4), HTTP requests on a kept-alive connection (host, URL),
+  DNS over TCP (questions); on the server's side a TLS ≤ 1.2 Certificate message (SHA-256 of each
+  certificate) and DNS answers;
+- the byte-pattern stream (Hyperscan streaming mode: the matcher keeps its state, not the bytes),
+  up to `pattern_depth`;
+- the YARA buffer, up to `yara_depth`, matched once full or when the flow ends.
+
+Each reader drops out as soon as its decision is made; a direction without readers releases its
+reassembler, and a flow with neither direction left is bypassed: its later packets cost the
+flow-table lookup and nothing else. What is read comes out as observations, `(matched_on, value)`,
+for the pipeline to look up in the marker index; the bytes themselves are dropped once read
+(nothing of a non-matching stream outlives the decision).
+"""
+
+from __future__ import annotations
+
+from probe.config import FlowsSection
+from probe.decode import dns, http, tls
+from probe.decode.batch import HTTP_METHOD_PREFIXES
+from probe.flows.reassembly import ReassemblyBudget, StreamReassembler
+from probe.match.compiled import CompiledMarkers
+
+HTTP_DEPTH = (1 << 31) - 1
+"""Depth of a client stream whose HTTP requests are followed: the flow's whole life, up to the
+reassembler's largest depth (2 GiB of requests)."""
+
+READ_NONE, READ_PENDING, READ_TLS_CLIENT, READ_TLS_SERVER, READ_HTTP, READ_DNS = range(6)
+"""Handshake readers: none, not chosen yet (no byte seen), and one per protocol."""
+
+
+class Anomalies(dict):
+    """Bad input by kind (`tls.malformed`, `quic.bad_tag`, `tcp.overlap_conflict`...): counted,
+    skipped, never fatal; reported in the summary and the live status."""
+
+    def count(self, kind: str, number: int = 1) -> None:  # type: ignore[override]
+        self[kind] = self.get(kind, 0) + number
+
+
+class DirectionReader:
+    """One direction of one inspected TCP flow."""
+
+    __slots__ = ("reassembler", "reader", "pending", "http", "patterns", "yara", "from_client")
+
+    def __init__(self, reassembler: StreamReassembler, reader: int, from_client: bool) -> None:
+        self.reassembler = reassembler
+        self.reader = reader
+        self.from_client = from_client
+        self.pending = b""
+        """Bytes of an incomplete handshake message or DNS message, at most handshake_buffer_bytes."""
+        self.http: http.HttpRequestStream | None = None
+        self.patterns = None
+        """PatternStream while the direction is within `pattern_depth`."""
+        self.yara: bytearray | None = None
+        """The first `yara_depth` bytes, while not yet matched."""
+
+    @property
+    def reading(self) -> bool:
+        return self.reader != READ_NONE or self.patterns is not None or self.yara is not None
+
+
+class FlowInspection:
+    """The readers of one TCP flow (`Flow.inspection`), both directions; built by `Inspector`."""
+
+    __slots__ = ("client", "server", "server_port", "dns_port", "compiled")
+
+    def __init__(self, compiled: CompiledMarkers, server_port: int, dns_port: bool) -> None:
+        self.compiled = compiled
+        """The marker version the flow started with: its pattern streams belong to it."""
+        self.client: DirectionReader | None = None
+        self.server: DirectionReader | None = None
+        self.server_port = server_port
+        self.dns_port = dns_port
+
+    def may_read(self, from_client: bool) -> bool:
+        """Whether this direction's next packets may be read: the server's side is added when the
+        client's reveals a TLS handshake and certificate markers exist."""
+        if from_client:
+            return self.client is not None
+        return self.server is not None or (self.client is not None and self.compiled.certificates)
+
+
+class Inspector:
+    """Reads inspected flows' streams for one marker set version and one configuration."""
+
+    def __init__(self, limits: FlowsSection, anomalies: Anomalies) -> None:
+        self.budget = ReassemblyBudget(limits.reassembly_max_bytes)
+        self.buffer_limit = limits.handshake_buffer_bytes
+        self.pattern_depth = limits.pattern_depth
+        self.yara_depth = limits.yara_depth
+        self.anomalies = anomalies
+        self.compiled: CompiledMarkers | None = None
+
+    def use(self, compiled: CompiledMarkers) -> None:
+        """A new marker version applies to flows opened from now on; flows already read keep the
+        pattern streams of the version they started with until they end."""
+        self.compiled = compiled
+
+    def start(self, server_port: int, dns_port: bool) -> FlowInspection:
+        """Readers for a TCP flow: both directions when payload markers exist, else the client's
+        handshake (the server's side is added when a TLS ClientHello asks for certificates)."""
+        inspection = FlowInspection(self.compiled, server_port, dns_port)  # type: ignore[arg-type]
+        inspection.client = self._direction(inspection, True, READ_PENDING)
+        if inspection.compiled.payload or dns_port:
+            inspection.server = self._direction(inspection, False, READ_DNS if dns_port else READ_NONE)
+        return inspection
+
+    def _direction(self, inspection: FlowInspection, from_client: bool, reader: int) -> DirectionReader:
+        compiled = inspection.compiled
+        direction = DirectionReader(StreamReassembler(self.buffer_limit, self.budget), reader, from_client)
+        depth = self.buffer_limit if reader != READ_NONE else 0
+        if compiled.patterns is not None:
+            direction.patterns = compiled.patterns.open()
+            depth = max(depth, self.pattern_depth)
+        if compiled.yara is not None:
+            direction.yara = bytearray()
+            depth = max(depth, self.yara_depth)
+        direction.reassembler.depth = depth
+        return direction
+
+    def syn(self, inspection: FlowInspection, from_client: bool, seq: int) -> None:
+        """The stream of this direction starts after the SYN's sequence number."""
+        direction = inspection.client if from_client else inspection.server
+        if direction is not None:
+            direction.reassembler.add(seq, b"", True)
+
+    def segment(self, inspection: FlowInspection, from_client: bool, seq: int, payload: bytes, out: list) -> bool:
+        """Read one TCP segment; observations are appended to `out`. False once the flow has
+        nothing left to read (the caller bypasses it)."""
+        direction = inspection.client if from_client else inspection.server
+        if direction is None:
+            return inspection.client is not None or inspection.server is not None
+        reassembler = direction.reassembler
+        conflicts, gaps = reassembler.conflicts, reassembler.gaps
+        data = reassembler.add(seq, payload)
+        if reassembler.conflicts != conflicts:
+            self.anomalies.count("tcp.overlap_conflict", reassembler.conflicts - conflicts)
+        if reassembler.gaps != gaps:
+            self._gap(direction)
+        if data:
+            self._read(inspection, direction, data, out)
+        if not direction.reading or reassembler.done:
+            self._finish_direction(inspection, direction, out)
+        return inspection.client is not None or inspection.server is not None
+
+    def finish(self, inspection: FlowInspection, out: list) -> None:
+        """The flow ended: the holes left will not be filled, so what waits after them is read
+        (patterns and YARA see it, after a gap); then the YARA buffers are matched and everything
+        is released."""
+        for direction in (inspection.client, inspection.server):
+            if direction is None:
+                continue
+            reassembler = direction.reassembler
+            while reassembler.waiting and not reassembler.done and direction.reading:
+                data = reassembler.skip_gap()
+                self._gap(direction)
+                if data:
+                    self._read(inspection, direction, data, out)
+            self._finish_direction(inspection, direction, out)
+
+    def _gap(self, direction: DirectionReader) -> None:
+        """Bytes are missing: no pattern may match across them, and a handshake cut by them is
+        lost (counted); HTTP resynchronises on the next request line."""
+        self.anomalies.count("tcp.gap")
+        if direction.patterns is not None:
+            direction.patterns.reset()
+        if direction.http is not None:
+            direction.http.gap()
+        elif direction.reader in (READ_TLS_CLIENT, READ_TLS_SERVER, READ_DNS) and direction.pending:
+            self._hold(direction, b"")
+            direction.reader = READ_NONE
+
+    def _read(self, inspection: FlowInspection, direction: DirectionReader, data: bytes, out: list) -> None:
+        if direction.patterns is not None:
+            for position in direction.patterns.scan(data):
+                out.append(("payload", inspection.compiled.index.pattern_markers[position], direction.from_client))
+            if direction.reassembler.delivered >= self.pattern_depth:
+                direction.patterns.close()
+                direction.patterns = None
+        if direction.yara is not None:
+            added = data[: self.yara_depth - len(direction.yara)]
+            budget = self.budget
+            if budget.used + len(added) > budget.limit:  # the process holds all it may: match what is here
+                self.anomalies.count("yara.budget")
+                self._match_yara(inspection, direction, out)
+            else:
+                direction.yara += added
+                budget.used += len(added)
+                if len(direction.yara) >= self.yara_depth:
+                    self._match_yara(inspection, direction, out)
+        if direction.reader != READ_NONE:
+            self._handshake(inspection, direction, data, out)
+
+    def _match_yara(self, inspection: FlowInspection, direction: DirectionReader, out: list) -> None:
+        buffer, direction.yara = direction.yara, None
+        self.budget.used -= len(buffer)  # type: ignore[arg-type]
+        matcher = inspection.compiled.yara
+        if buffer and matcher is not None:
+            timeouts = matcher.timeouts
+            for position in matcher.match(bytes(buffer)):
+                out.append(("yara", inspection.compiled.index.yara_markers[position], direction.from_client))
+            if matcher.timeouts != timeouts:
+                self.anomalies.count("yara.timeout")
+
+    def _finish_direction(self, inspection: FlowInspection, direction: DirectionReader, out: list) -> None:
+        if direction.pending and direction.reader != READ_NONE:
+            self.anomalies.count("handshake.incomplete")
+        if direction.yara is not None:
+            self._match_yara(inspection, direction, out)
+        if direction.patterns is not None:
+            direction.patterns.close()
+            direction.patterns = None
+        direction.reassembler.release()
+        direction.reader = READ_NONE
+        self._hold(direction, b"")
+        direction.http = None
+        if inspection.client is direction:
+            inspection.client = None
+        elif inspection.server is direction:
+            inspection.server = None
+
+    def _handshake(self, inspection: FlowInspection, direction: DirectionReader, data: bytes, out: list) -> None:
+        """The handshake reader of a direction: the first bytes choose it, then it reads until its
+        message is complete, keeping only an incomplete remainder."""
+        if direction.reader == READ_PENDING:
+            if direction.pending:
+                data = direction.pending + data
+                self._hold(direction, b"")
+            reader = _choose(inspection, data)
+            if reader == READ_PENDING:
+                self._hold(direction, data)
+                return
+            direction.reader = reader
+            if reader == READ_HTTP:
+                direction.http = http.HttpRequestStream(self.buffer_limit)
+                direction.reassembler.depth = HTTP_DEPTH
+            elif reader == READ_NONE:
+                return
+        if direction.reader == READ_HTTP:
+            self._http(inspection, direction, data, out)
+            return
+        data = direction.pending + data if direction.pending else data
+        reader = direction.reader
+        if reader == READ_TLS_CLIENT:
+            hello = tls.read_client_hello(data)
+            if hello.status == tls.NEED_MORE:
+                self._keep(direction, data)
+                return
+            if hello.status == tls.DONE:
+                self._client_hello(inspection, hello, out)
+            else:
+                self.anomalies.count("tls.malformed")
+            direction.reader = READ_NONE
+        elif reader == READ_TLS_SERVER:
+            certificates = tls.read_server_certificates(data)
+            if certificates.status == tls.NEED_MORE:
+                self._keep(direction, data)
+                return
+            if certificates.status == tls.DONE:
+                for digest in certificates.sha256:
+                    out.append(("tls.cert_sha256", digest, False))
+            elif certificates.status == tls.MALFORMED:
+                self.anomalies.count("tls.malformed")
+            direction.reader = READ_NONE
+        elif reader == READ_DNS:
+            self._dns(direction, data, out)
+            return
+        self._hold(direction, b"")
+
+    def _client_hello(self, inspection: FlowInspection, hello: tls.ClientHello, out: list) -> None:
+        if hello.server_name:
+            out.append(("tls.sni", hello.server_name, True))
+        if hello.ja3:
+            out.append(("tls.ja3", hello.ja3, False))
+        if hello.ja4:
+            out.append(("tls.ja4", hello.ja4.lower(), False))
+        if not inspection.compiled.certificates:
+            return
+        if inspection.server is None:
+            inspection.server = self._direction(inspection, False, READ_TLS_SERVER)
+        elif inspection.server.reader == READ_NONE and not inspection.server.reassembler.delivered:
+            inspection.server.reader = READ_TLS_SERVER
+            inspection.server.reassembler.depth = max(inspection.server.reassembler.depth, self.buffer_limit)
+
+    def _keep(self, direction: DirectionReader, data: bytes) -> None:
+        """Keep an incomplete message until more bytes come, within the per-flow bound and the
+        process's budget; beyond either, the message is given up (counted)."""
+        budget = self.budget
+        if len(data) >= self.buffer_limit or budget.used + len(data) - len(direction.pending) > budget.limit:
+            self.anomalies.count("handshake.overflow")
+            direction.reader = READ_NONE
+            self._hold(direction, b"")
+        else:
+            self._hold(direction, bytes(data))
+
+    def _hold(self, direction: DirectionReader, data: bytes) -> None:
+        """Every byte kept between two segments is charged to the shared budget."""
+        self.budget.used += len(data) - len(direction.pending)
+        direction.pending = data
+
+    def _http(self, inspection: FlowInspection, direction: DirectionReader, data: bytes, out: list) -> None:
+        stream = direction.http
+        for request in stream.feed(data):  # type: ignore[union-attr]
+            for host in {request.host, request.target_host} - {None}:
+                out.append(("http.host", host, True))
+            if request.path is not None and request.host is not None:
+                out.append(("http.url", (request.host, request.port or inspection.server_port, request.path), True))
+        status = stream.status  # type: ignore[union-attr]
+        if status == http.NEED_MORE:
+            return
+        direction.http = None
+        if status == http.TUNNEL:  # a TLS session follows the CONNECT request
+            direction.reader = READ_PENDING
+            direction.reassembler.depth = max(self._depth(direction), direction.reassembler.position + self.buffer_limit)
+            tunnelled = data[stream.tunnel_offset :]  # type: ignore[union-attr]
+            if tunnelled:
+                self._handshake(inspection, direction, tunnelled, out)
+            return
+        if status == http.MALFORMED:
+            self.anomalies.count("handshake.overflow" if stream.overflowed else "http.malformed")  # type: ignore[union-attr]
+        direction.reader = READ_NONE
+        direction.reassembler.depth = max(self._depth(direction), 1)
+
+    def _depth(self, direction: DirectionReader) -> int:
+        """How far a direction must still be read for its patterns and YARA buffer."""
+        return max(self.pattern_depth if direction.patterns is not None else 0, self.yara_depth if direction.yara is not None else 0)
+
+    def _dns(self, direction: DirectionReader, data: bytes, out: list) -> None:
+        if direction.from_client:
+            names, consumed = dns.dns_tcp_query_names(data)
+            for name in names:
+                out.append(("dns.query", name, True))
+        else:
+            answers, consumed = dns.dns_tcp_answers(data)
+            for name in answers.names:
+                out.append(("dns.answer", name, False))
+            for address in answers.addresses:
+                out.append(("dns.answer", address, False))
+        rest = data[consumed:]
+        if rest:
+            self._keep(direction, rest)
+        else:
+            self._hold(direction, b"")
+
+
+def _choose(inspection: FlowInspection, data: bytes) -> int:
+    """The handshake reader of a client stream, from its first bytes: READ_PENDING while they are
+    fewer than a record header or a method (an evasion sends handshakes a byte per segment)."""
+    if data[0] == 0x16 and (len(data) < 2 or data[1] == 3):
+        return READ_TLS_CLIENT if len(data) >= 2 else READ_PENDING
+    if data[:4] in HTTP_METHOD_PREFIXES:
+        return READ_HTTP
+    if len(data) < 4 and any(prefix.startswith(data) for prefix in HTTP_METHOD_PREFIXES):
+        return READ_PENDING
+    return READ_DNS if inspection.dns_port else READ_NONE

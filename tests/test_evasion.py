@@ -1,0 +1,284 @@
+"""Evasion tests in the suricata-verify spirit: crafted traffic that spreads what a marker must see
+over pieces (TCP segments at every split offset, one-byte segments, reordered, duplicated and
+overlapping segments, IPv4 and IPv6 fragments, QUIC Initials over two packets, mixed case, a flow
+picked up mid-stream), each with its expected events, and the same traffic with names no marker
+knows as controls (no event).
+
+The many split-offset cases share one capture (one flow each, told apart by client port) run in
+this process; a sample goes through `probe replay` to show the CLI gives the same events.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from scapy.all import DNS, DNSQR, IP, TCP, UDP, Ether, IPv6, IPv6ExtHdrFragment, Raw, fragment, fragment6, wrpcap
+
+from bundle_support import write_bundle
+from probe.config import Config
+from probe.decode import tls
+from probe.decode.quic import VERSION_1, VERSION_2
+from probe.replay import replay
+from test_quic import client_hello as quic_client_hello, crypto_frame, protect
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from mixed_capture import client_hello  # noqa: E402
+
+PROBE = str(Path(sys.executable).with_name("probe"))
+CLIENT, SERVER = "192.0.2.10", "198.51.100.20"
+CLIENT6, SERVER6 = "2001:db8::10", "2001:db8::20"
+ETHER = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
+MARKED, UNMARKED = "evil.example", "benign.example"
+HELLO = client_hello(MARKED, random.Random(11), post_quantum=False)
+SUITES = bytes.fromhex("130113021303c02bc02fc02cc030cca9cca8c013c014009c009d002f0035")
+CONTROL_HELLO = client_hello(UNMARKED, random.Random(11), post_quantum=False).replace(SUITES, SUITES[:-2] + b"\x00\x3c", 1)
+"""Another name and another cipher suite: neither the name nor the JA3 or JA4 markers hit."""
+PQ_HELLO = client_hello(MARKED, random.Random(12), post_quantum=True)
+
+
+def _tcp(src: str, dst: str, sport: int, dport: int, flags: str, seq: int, ack: int, payload: bytes = b"") -> Ether:
+    packet = Ether(**ETHER) / IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack)
+    return packet / Raw(payload) if payload else packet
+
+
+def connection(port: int, segments: list[tuple[int, bytes]], syn: bool = True, client_isn: int = 1000) -> list:
+    """A TCP connection whose client sends `segments` (stream offset, bytes) in the given order,
+    the server acknowledging; FINs at the end. `syn=False`: picked up after its handshake."""
+    server_isn = 90000
+    packets = []
+    if syn:
+        packets += [_tcp(CLIENT, SERVER, port, 443, "S", client_isn - 1, 0), _tcp(SERVER, CLIENT, 443, port, "SA", server_isn - 1, client_isn), _tcp(CLIENT, SERVER, port, 443, "A", client_isn, server_isn)]
+    end = client_isn
+    for offset, data in segments:
+        packets.append(_tcp(CLIENT, SERVER, port, 443, "PA", (client_isn + offset) % (1 << 32), server_isn, data))
+        end = max(end, client_isn + offset + len(data))
+    packets += [_tcp(CLIENT, SERVER, port, 443, "FA", end % (1 << 32), server_isn), _tcp(SERVER, CLIENT, 443, port, "FA", server_isn, (end + 1) % (1 << 32))]
+    return packets
+
+
+def stamp(packets: list, start: float = 1_700_000_000.0) -> list:
+    for number, packet in enumerate(packets):
+        packet.time = start + number / 1000
+    return packets
+
+
+def marker_bundle(path: Path) -> Path:
+    fingerprints = tls.read_client_hello(HELLO)
+    return write_bundle(path, [
+        {"id": "name", "type": "domain", "value": MARKED},
+        {"id": "ja3", "type": "ja3", "value": fingerprints.ja3},
+        {"id": "ja4", "type": "ja4", "value": fingerprints.ja4},
+    ])
+
+
+def events_of(tmp_path: Path, packets: list, bundle: Path | None = None) -> list[dict]:
+    capture = tmp_path / "evasion.pcap"
+    wrpcap(str(capture), stamp(packets))
+    events = io.StringIO()
+    replay(Config(), [str(capture)], [str(bundle or marker_bundle(tmp_path / "markers.json"))], events)
+    return [json.loads(line) for line in events.getvalue().splitlines()]
+
+
+def detections(events: list[dict]) -> dict[int, set[tuple[str, str]]]:
+    found: dict[int, set[tuple[str, str]]] = {}
+    for event in events:
+        found.setdefault(event["src_port"], set()).add((event["marker"]["id"], event["matched_on"]))
+    return found
+
+
+FULL_HELLO = {("name", "tls.sni"), ("ja3", "tls.ja3"), ("ja4", "tls.ja4")}
+
+
+def test_a_client_hello_split_into_two_segments_at_every_offset(tmp_path: Path) -> None:
+    packets = []
+    for offset in range(1, len(HELLO)):
+        packets += connection(10000 + offset, [(0, HELLO[:offset]), (offset, HELLO[offset:])])
+    for offset in range(1, len(CONTROL_HELLO), 7):
+        packets += connection(40000 + offset, [(0, CONTROL_HELLO[:offset]), (offset, CONTROL_HELLO[offset:])])
+    found = detections(events_of(tmp_path, packets))
+    assert found == {10000 + offset: FULL_HELLO for offset in range(1, len(HELLO))}
+
+
+def test_one_byte_segments_reordered_duplicated_and_wrapping_sequence_numbers(tmp_path: Path) -> None:
+    rng = random.Random(5)
+    one_byte = [(offset, HELLO[offset : offset + 1]) for offset in range(len(HELLO))]
+    shuffled = [(offset, PQ_HELLO[offset : offset + 300]) for offset in range(0, len(PQ_HELLO), 300)]
+    rng.shuffle(shuffled)
+    duplicated = shuffled + shuffled[:3]
+    rng.shuffle(duplicated)
+    packets = connection(20001, one_byte) + connection(20002, shuffled) + connection(20003, duplicated)
+    packets += connection(20004, [(0, PQ_HELLO[:700]), (700, PQ_HELLO[700:])], client_isn=(1 << 32) - 350)  # the sequence wraps inside the hello
+    packets += connection(20005, list(reversed(one_byte)))
+    found = detections(events_of(tmp_path, packets))
+    assert found[20001] == FULL_HELLO and found[20005] == FULL_HELLO
+    assert {port: {hit for hit in hits if hit[0] == "name"} for port, hits in found.items()} == {port: {("name", "tls.sni")} for port in range(20001, 20006)}
+
+
+def test_an_overlapping_retransmission_with_different_content_keeps_the_first_copy(tmp_path: Path) -> None:
+    """First copy wins (flows/reassembly.py): a later overlapping segment cannot rewrite bytes
+    already received, whichever of the two carries the marked name."""
+    position = HELLO.index(MARKED.encode())
+    forged = HELLO[: position] + UNMARKED[: len(MARKED)].encode().ljust(len(MARKED), b"x") + HELLO[position + len(MARKED) :]
+    cut = position + len(MARKED)
+    marked_first = [(0, HELLO[:cut]), (0, forged[:cut]), (cut, HELLO[cut:])]
+    forged_first = [(0, forged[:cut]), (0, HELLO[:cut]), (cut, HELLO[cut:])]
+    capture = tmp_path / "overlap.pcap"
+    wrpcap(str(capture), stamp(connection(21001, marked_first) + connection(21002, forged_first)))
+    events = io.StringIO()
+    result = replay(Config(), [str(capture)], [str(marker_bundle(tmp_path / "markers.json"))], events)
+    found = detections([json.loads(line) for line in events.getvalue().splitlines()])
+    assert found == {21001: FULL_HELLO, 21002: FULL_HELLO - {("name", "tls.sni")}}
+    assert result.pipeline.anomalies["tcp.overlap_conflict"] == 2
+
+
+def test_a_client_hello_picked_up_mid_stream(tmp_path: Path) -> None:
+    packets = connection(22001, [(0, HELLO)], syn=False) + connection(22002, [(0, CONTROL_HELLO)], syn=False)
+    found = detections(events_of(tmp_path, packets))
+    assert found == {22001: FULL_HELLO}
+
+
+def _dns_query(name: str, sport: int, version: int) -> Ether:
+    padding = Raw(b"\x00" * 0)  # the name itself spans the fragment boundary
+    question = UDP(sport=sport, dport=53) / DNS(id=sport, rd=1, qd=DNSQR(qname=name)) / padding
+    if version == 4:
+        return Ether(**ETHER) / IP(src=CLIENT, dst=SERVER, id=sport) / question
+    return Ether(**ETHER) / IPv6(src=CLIENT6, dst=SERVER6) / IPv6ExtHdrFragment(id=sport) / question
+
+
+def test_a_marked_name_split_across_ipv4_and_ipv6_fragments(tmp_path: Path) -> None:
+    long_marked = ".".join(["a" * 40] * 3) + "." + MARKED
+    long_unmarked = ".".join(["a" * 40] * 3) + "." + UNMARKED
+    bundle = write_bundle(tmp_path / "markers.json", [{"id": "name", "type": "domain", "value": MARKED, "match": "subdomains"}])
+    packets = []
+    for sport, name in ((23001, long_marked), (23002, long_unmarked)):
+        packets += fragment(_dns_query(name, sport, 4)[IP], fragsize=48)
+        packets += fragment6(_dns_query(name, sport + 10, 6)[IPv6], 120)
+    packets = [Ether(**ETHER) / packet if not packet.haslayer(Ether) else packet for packet in packets]
+    packets.reverse()  # the last fragment first
+    found = detections(events_of(tmp_path, packets, bundle))
+    assert found == {23001: {("name", "dns.query")}, 23011: {("name", "dns.query")}}
+
+
+def test_mixed_case_names_match(tmp_path: Path) -> None:
+    mixed = "EvIl.ExAmPlE"
+    hello = client_hello(mixed, random.Random(13), post_quantum=False)
+    request = f"GET /x HTTP/1.1\r\nhOsT: WWW.{mixed}\r\n\r\n".encode()
+    dns_query = Ether(**ETHER) / IP(src=CLIENT, dst=SERVER) / UDP(sport=24003, dport=53) / DNS(id=1, rd=1, qd=DNSQR(qname=mixed))
+    bundle = write_bundle(tmp_path / "markers.json", [{"id": "name", "type": "domain", "value": MARKED, "match": "subdomains"}])
+    found = detections(events_of(tmp_path, connection(24001, [(0, hello)]) + connection(24002, [(0, request)]) + [dns_query], bundle))
+    assert found == {24001: {("name", "tls.sni")}, 24002: {("name", "http.host")}, 24003: {("name", "dns.query")}}
+
+
+def test_the_cli_gives_the_same_events_as_the_library(tmp_path: Path) -> None:
+    packets = stamp(connection(25001, [(offset, HELLO[offset : offset + 5]) for offset in range(0, len(HELLO), 5)][::-1]) + connection(25002, [(0, CONTROL_HELLO)]))
+    capture = tmp_path / "sample.pcap"
+    wrpcap(str(capture), packets)
+    bundle = marker_bundle(tmp_path / "markers.json")
+    result = subprocess.run([PROBE, "replay", str(capture), "--markers", str(bundle), "--events", str(tmp_path / "events.jsonl")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    cli = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert detections(cli) == {25001: FULL_HELLO}
+    assert cli == events_of(tmp_path / "library", packets, bundle) if (tmp_path / "library").mkdir() is None else False
+
+
+@pytest.mark.parametrize(("kind", "anomaly"), [("truncated", "handshake.incomplete"), ("lying", "tls.malformed")])
+def test_broken_hellos_are_counted_and_skipped(tmp_path: Path, kind: str, anomaly: str) -> None:
+    """A hello cut short (the flow ends first) or declaring a length no hello has: counted by kind,
+    the flow's other markers and the next flow unaffected."""
+    broken = HELLO[:60] if kind == "truncated" else HELLO[:5] + b"\x01\xff\xff\xff" + HELLO[9:]
+    capture = tmp_path / "broken.pcap"
+    wrpcap(str(capture), stamp(connection(26001, [(0, broken)]) + connection(26002, [(0, HELLO)])))
+    events = io.StringIO()
+    result = replay(Config(), [str(capture)], [str(marker_bundle(tmp_path / "markers.json"))], events)
+    assert detections([json.loads(line) for line in events.getvalue().splitlines()]) == {26002: FULL_HELLO}
+    assert result.pipeline.anomalies == {anomaly: 1}
+    assert result.pipeline.inspector.budget.used == 0  # every byte held was given back
+
+
+def _quic_datagrams(name: bytes, version: int) -> list[bytes]:
+    """A ClientHello too big for one Initial, in two Initial packets sent in two datagrams."""
+    hello = quic_client_hello(name, size=1800)
+    return [protect(crypto_frame(0, hello[:1000]), version=version, packet_number=0, pad_to=1200), protect(crypto_frame(1000, hello[1000:]), version=version, packet_number=1, pad_to=1200)]
+
+
+def _udp(sport: int, dport: int, payload: bytes) -> Ether:
+    return Ether(**ETHER) / IP(src=CLIENT, dst=SERVER) / UDP(sport=sport, dport=dport) / Raw(payload)
+
+
+def test_a_quic_initial_split_over_two_packets_in_either_order(tmp_path: Path) -> None:
+    bundle = write_bundle(tmp_path / "markers.json", [{"id": "name", "type": "domain", "value": MARKED}])
+    packets = []
+    for sport, version, name, reverse in ((27001, VERSION_1, MARKED, False), (27002, VERSION_2, MARKED, True), (27003, VERSION_1, UNMARKED, False)):
+        datagrams = _quic_datagrams(name.encode(), version)
+        packets += [_udp(sport, 443, datagram) for datagram in (datagrams[::-1] if reverse else datagrams)]
+    assert detections(events_of(tmp_path, packets, bundle)) == {27001: {("name", "quic.sni")}, 27002: {("name", "quic.sni")}}
+
+
+def test_quic_packets_with_bad_tags_or_unknown_versions_are_counted(tmp_path: Path) -> None:
+    good = _quic_datagrams(MARKED.encode(), VERSION_1)
+    forged = bytearray(good[0])
+    forged[-1] ^= 1  # the AEAD tag no longer authenticates
+    unknown = bytearray(good[0])
+    unknown[1:5] = (0x0A1A2A3A).to_bytes(4, "big")
+    packets = [_udp(28001, 443, bytes(forged)), *(_udp(28001, 443, datagram) for datagram in good), _udp(28002, 443, bytes(unknown))]
+    capture = tmp_path / "quic.pcap"
+    wrpcap(str(capture), stamp(packets))
+    events = io.StringIO()
+    bundle = write_bundle(tmp_path / "markers.json", [{"id": "name", "type": "domain", "value": MARKED}])
+    result = replay(Config(), [str(capture)], [str(bundle)], events)
+    assert detections([json.loads(line) for line in events.getvalue().splitlines()]) == {28001: {("name", "quic.sni")}}  # a forged datagram does not end the reading
+    assert result.pipeline.anomalies == {"quic.bad_tag": 1}  # an unknown version's packet is not an Initial: not read at all
+
+
+PATTERN = b"beacon-7f3a9c"
+
+
+def _payload_bundle(path: Path) -> Path:
+    rule = 'rule staged { strings: $a = "MZ-stage2-loader" condition: $a at 0 }'
+    return write_bundle(path, [
+        {"id": "literal", "type": "bytes", "value": PATTERN.decode(), "name": "beacon literal"},
+        {"id": "hex", "type": "bytes", "value": "de ad be ef 00 01", "encoding": "hex", "name": "magic"},
+        {"id": "regex", "type": "bytes", "value": "cmd=[a-z]{4}&id=[0-9]{6}", "encoding": "regex", "name": "command"},
+        {"id": "rule", "type": "yara", "value": rule, "name": "stage 2 loader"},
+    ])
+
+
+def test_byte_patterns_and_yara_match_across_segments_in_both_directions(tmp_path: Path) -> None:
+    request = b"POST /up HTTP/1.1\r\nHost: x.example\r\nContent-Length: 60\r\n\r\n" + b"a" * 20 + PATTERN + b"cmd=exec&id=123456" + b"b" * 9
+    packets = []
+    for cut in range(1, len(request)):
+        packets += connection(30000 + cut, [(cut, request[cut:]), (0, request[:cut])])
+    answer = b"MZ-stage2-loader" + b"\xde\xad\xbe\xef\x00\x01" + bytes(200)
+    server_isn = 90000
+    flow = connection(31001, [(0, b"GET / HTTP/1.1\r\nHost: x.example\r\n\r\n")])
+    flow[4:4] = [_tcp(SERVER, CLIENT, 443, 31001, "PA", server_isn + 8, 1000, answer[8:]), _tcp(SERVER, CLIENT, 443, 31001, "PA", server_isn, 1000, answer[:8])]
+    control = connection(31002, [(0, request.replace(PATTERN, b"beacon-000000").replace(b"exec", b"EXEC"))])
+    found = detections(events_of(tmp_path, packets + flow + control, _payload_bundle(tmp_path / "markers.json")))
+    expected_request = {("literal", "payload"), ("regex", "payload")}
+    assert found == {**{30000 + cut: expected_request for cut in range(1, len(request))}, 31001: {("rule", "yara"), ("hex", "payload")}}
+
+
+def test_payload_events_say_the_direction_never_the_bytes(tmp_path: Path) -> None:
+    request = b"GET /?q=" + PATTERN + b" HTTP/1.1\r\nHost: x.example\r\n\r\n"
+    events = events_of(tmp_path, connection(32001, [(0, request)]), _payload_bundle(tmp_path / "markers.json"))
+    (event,) = events
+    assert (event["matched_on"], event["direction"], event["marker"]["name"]) == ("payload", "to_server", "beacon literal")
+    assert PATTERN.decode() not in json.dumps(event) and "value" not in event["marker"]
+
+
+def test_a_yara_rule_that_times_out_is_counted_and_skipped(tmp_path: Path) -> None:
+    slow = "rule slow { condition: for all i in (0..filesize) : (for all j in (0..filesize) : (uint8(i) != uint8(j) or i == j or true)) }"
+    bundle = write_bundle(tmp_path / "markers.json", [{"id": "slow", "type": "yara", "value": slow, "name": "slow"}, {"id": "name", "type": "domain", "value": MARKED}])
+    capture = tmp_path / "slow.pcap"
+    wrpcap(str(capture), stamp(connection(33001, [(0, HELLO + bytes(4096))])))
+    events = io.StringIO()
+    result = replay(Config(), [str(capture)], [str(bundle)], events)
+    assert detections([json.loads(line) for line in events.getvalue().splitlines()]) == {33001: {("name", "tls.sni")}}
+    assert result.pipeline.anomalies == {"yara.timeout": 1}
+    assert result.pipeline.inspector.budget.used == 0
