@@ -106,7 +106,7 @@ def captures() -> list[Path]:
 def bundle(captures, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("markers") / "planted.json"
     truths = [truth_of(capture) for capture in captures]
-    merged = {key: sorted({value for truth in truths for value in truth[key]}) for key in ("dns_qnames", "tls_sni", "http_hosts", "inner_ipv4", "inner_ipv6")}
+    merged = {key: sorted({value for truth in truths for value in truth[key]}) for key in ("dns_qnames", "tls_sni", "quic_sni", "ja3", "quic_ja3", "http_hosts", "inner_ipv4", "inner_ipv6")}
     planted_bundle(merged, path)
     return path
 
