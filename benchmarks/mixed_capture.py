@@ -62,7 +62,7 @@ def client_hello(name: str, rng: random.Random, post_quantum: bool) -> bytes:
             extension(0x0000, server_name),
             extension(0x000A, struct.pack("!H", 2 * len(groups)) + struct.pack(f"!{len(groups)}H", *groups)),
             extension(0x000B, b"\x01\x00"),
-            extension(0x000D, bytes.fromhex("000a040305030603080408050806")),
+            extension(0x000D, bytes.fromhex("000c040305030603080408050806")),
             extension(0x0010, b"\x00\x0c\x02h2\x08http/1.1"),
             extension(0x002B, b"\x04\x03\x04\x03\x03"),
             extension(0x0033, struct.pack("!H", len(key_share)) + key_share),

@@ -61,7 +61,9 @@ def replay_command(captures: tuple[str, ...], marker_paths: tuple[str, ...], eve
     """Replay captures against markers and write one event per (flow, marker).
 
     CAPTURE is a pcap or pcapng file, optionally gzip-compressed, or '-' for standard input;
-    several may be given. A summary goes to stderr. Markers are matched as valid at each packet's
+    several may be given. TCP streams are reassembled per direction and read by content on any
+    port (TLS, QUIC Initials, HTTP, DNS, byte patterns, YARA). A summary goes to stderr, with bad
+    or evasive input counted by kind (anomalies). Markers are matched as valid at each packet's
     capture time. With [markers] require_signature = true in --config, only bundles signed by a
     key of the trust store load. With [[sinks]] in --config, events and bundle activations are
     notified through them (spooled first; what a sink has not acknowledged after [notify]

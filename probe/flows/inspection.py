@@ -172,7 +172,7 @@ class Inspector:
             direction.patterns.reset()
         if direction.http is not None:
             direction.http.gap()
-        elif direction.reader in (READ_TLS_CLIENT, READ_TLS_SERVER, READ_DNS) and direction.pending:
+        elif direction.reader in (READ_PENDING, READ_TLS_CLIENT, READ_TLS_SERVER, READ_DNS) and direction.pending:
             self._hold(direction, b"")
             direction.reader = READ_NONE
 
