@@ -523,9 +523,8 @@ class Pipeline:
             flow.inspect = INSPECT_STREAM
         return flow
 
-    def _match_names(self, flow: Flow, names, matched_on: str, to_server: bool, timestamp: int, encapsulation: list[dict], match_name=None) -> None:
-        """`match_name`: the index's lookup for where the names were seen (default: DNS)."""
-        match_name = match_name or self.index.match_name
+    def _match_names(self, flow: Flow, names: list[str], matched_on: str, to_server: bool, timestamp: int, encapsulation: list[dict]) -> None:
+        match_name = self.index.match_name
         for name in names:
             for marker in match_name(name):
                 self._hit(flow, marker, matched_on, to_server, timestamp, encapsulation)
