@@ -32,6 +32,9 @@ from probe.store.records import BundleRecord, bundle_records
 from probe.store.ring import RingStore
 
 QUIC_ANOMALIES = {quic.BAD_TAG: "quic.bad_tag", quic.UNKNOWN_VERSION: "quic.unknown_version", quic.MALFORMED: "quic.malformed"}
+FEW_FLOWS = 8
+"""Flows drained one by one: fewer than this, their packets are gathered group by group rather
+than by a pass over the whole batch."""
 CLOCK_FRAMES = 63
 """The expiry clock is the median time of this many latest frames."""
 MIN_VECTOR_RUN = 32
@@ -254,7 +257,7 @@ class Pipeline:
                 table.remove(flow)
             for evicted in table.reserve(1):
                 self._end_flow(evicted)
-            flow = self._new_flow(key, src_is_a, packet.timestamp, flags, packet.sport, packet.dport, packet.encapsulation, self.index.has_address_markers)
+            flow = self._new_flow(key, src_is_a, packet.timestamp, flags, packet.sport, packet.dport, packet.tcp_seq, packet.encapsulation, self.index.has_address_markers)
         from_client = src_is_a == flow.client_is_a
         table.account(flow, packet.wirelen, packet.timestamp)
         if packet.payload or (flags & TCP_SYN and flow.inspect == INSPECT_STREAM):
@@ -278,9 +281,13 @@ class Pipeline:
             return
         inspection = flow.inspection
         if inspection is None:
-            if not (payload and from_client and (sport in DNS_PORTS or dport in DNS_PORTS or starts_like_handshake(payload))):
+            if flow.inspect != INSPECT_STREAM and not (payload and from_client and (sport in DNS_PORTS or dport in DNS_PORTS or starts_like_handshake(payload))):
                 return
+            # Readers are made at the flow's first byte (or, for one picked up mid-stream, at a
+            # segment that starts like a handshake): a flow that never carries one costs none.
             inspection = flow.inspection = self.inspector.start(flow.server_port(), sport in DNS_PORTS or dport in DNS_PORTS)
+            if flow.stream_start >= 0:
+                self.inspector.syn(inspection, True, flow.stream_start - 1)
             flow.inspect = INSPECT_STREAM
         if not payload:
             self.inspector.syn(inspection, from_client, seq)  # type: ignore[arg-type]
@@ -429,7 +436,7 @@ class Pipeline:
             may_hit = (index.address_candidates(keys[:, 0:16]) | index.address_candidates(keys[:, 18:34])).tolist()
         else:
             may_hit = [False] * len(opening)
-        firsts = fast.columns(groups.first[opening], ("src_is_a", "timestamps", "flags", "sports", "dports", "vlans"))
+        firsts = fast.columns(groups.first[opening], ("src_is_a", "timestamps", "flags", "sports", "dports", "seqs", "vlans"))
         keys = groups.keys
         table = self.flows
         for evicted in table.reserve(len(opening), keep=active):
@@ -437,21 +444,19 @@ class Pipeline:
             for group in opening.tolist():  # an evicted closed flow is no longer there to reopen
                 if flows_by_group[group] is evicted:
                     flows_by_group[group] = None  # type: ignore[call-overload]
-        for group, check_addresses, src_is_a, timestamp, flags, sport, dport, vlan in zip(opening.tolist(), may_hit, *firsts):
+        for group, check_addresses, src_is_a, timestamp, flags, sport, dport, seq, vlan in zip(opening.tolist(), may_hit, *firsts):
             flow = flows_by_group[group]
             if flow is not None:
                 if not table.idle_for(flow, timestamp):
                     continue  # late packets of a closed flow (a new connection takes the exact route)
                 table.remove(flow)
-            flows_by_group[group] = self._new_flow(keys[group], src_is_a, timestamp, flags, sport, dport, vlan_encapsulation(vlan), check_addresses)
+            flows_by_group[group] = self._new_flow(keys[group], src_is_a, timestamp, flags, sport, dport, seq, vlan_encapsulation(vlan), check_addresses)
 
     def _inspect_fast(self, data: bytes, fast: FastFrames, groups: FlowGroups, flows_by_group: list[Flow], streaming: list[int]) -> None:
         """Per-packet inspection of the classifier's packets that may carry something a marker
         knows, in capture order per flow. A flow whose stream is being read takes all its packets
         of the batch along (those of the directions still read)."""
-        inspected: set[int] = set()
-        for group in streaming:
-            self._drain_stream(data, fast, groups, group, flows_by_group[group], -1, inspected)
+        drained = self._drain_streams(data, fast, groups, flows_by_group, streaming, -1)
         compiled = self.compiled
         questions, responses, handshakes, initials = fast.candidates(self.name_filter, compiled.fingerprints or compiled.certificates, self._reads_answers, self._reads_initials)
         if len(questions):
@@ -463,12 +468,12 @@ class Pipeline:
         inspect = self._inspect
         for packet, group, start, length, src_is_a, proto, sport, dport, seq, flags, timestamp, vlan in zip(candidates.tolist(), groups.inverse[candidates].tolist(), *fast.columns(candidates, INSPECTED_COLUMNS)):
             flow = flows_by_group[group]
-            if flow.inspect == INSPECT_DONE or (inspected and packet in inspected):
+            if flow.inspect == INSPECT_DONE or (drained and packet in drained):
                 continue
             was_streaming = flow.inspect == INSPECT_STREAM
             inspect(flow, proto, src_is_a == flow.client_is_a, sport, dport, seq, flags, data[start : start + length], timestamp, vlan_encapsulation(vlan))
             if flow.inspect == INSPECT_STREAM and not was_streaming:
-                self._drain_stream(data, fast, groups, group, flow, packet, inspected)
+                drained |= self._drain_streams(data, fast, groups, flows_by_group, [group], packet)
 
     def _dns_fast(self, data: bytes, fast: FastFrames, groups: FlowGroups, flows_by_group: list[Flow], packets: np.ndarray) -> None:
         """DNS queries over UDP, the most numerous candidates: decode and match first, and look up
@@ -484,27 +489,84 @@ class Pipeline:
                     for marker in markers:
                         self._hit(flow, marker, "dns.query", bool(fast.src_is_a[packet]) == flow.client_is_a, timestamp, encapsulation)
 
-    def _drain_stream(self, data: bytes, fast: FastFrames, groups: FlowGroups, group: int, flow: Flow, after: int, inspected: set[int]) -> None:
-        """Every packet of the batch after `after` of a flow being read, but those of a direction
-        no longer read (the bulk of a download once its headers are seen)."""
-        packets = groups.packets_of(group)
-        packets = packets[packets > after]
-        inspection = flow.inspection
-        if inspection.__class__ is FlowInspection:
-            reads_a = inspection.may_read(flow.client_is_a)  # type: ignore[union-attr]
-            reads_b = inspection.may_read(not flow.client_is_a)  # type: ignore[union-attr]
-            if not (reads_a and reads_b):
-                from_a = fast.src_is_a[packets]
-                packets = packets[(from_a & reads_a) | (~from_a & reads_b) | (fast.flags[packets] & TCP_SYN != 0)]
+    def _drain_streams(self, data: bytes, fast: FastFrames, groups: FlowGroups, flows_by_group: list[Flow], streaming: list[int], after: int) -> set[int]:
+        """Every packet after `after` of the flows being read, in capture order, but those of a
+        direction no longer read (the bulk of a download once its headers are seen) and empty
+        segments other than SYNs; selected for all the flows at once. Returns the packets
+        selected."""
+        if not streaming:
+            return set()
+        count = len(flows_by_group)
+        reads_a = np.zeros(count, dtype=bool)
+        reads_b = np.zeros(count, dtype=bool)
+        client_a = np.zeros(count, dtype=bool)
+        compiled = self.compiled
+        both_sides = compiled.payload or compiled.certificates
+        for group in streaming:
+            flow = flows_by_group[group]
+            client_a[group] = flow.client_is_a
+            inspection = flow.inspection
+            if inspection.__class__ is FlowInspection:
+                reads_client = inspection.may_read(True)  # type: ignore[union-attr]
+                reads_server = inspection.may_read(False)  # type: ignore[union-attr]
+            elif inspection is None:  # read from its first byte, readers not made yet
+                reads_client, reads_server = True, both_sides or flow.server_port() in DNS_PORTS
+            else:  # a QUIC client's Initials
+                reads_client, reads_server = True, False
+            reads_a[group] = reads_client if flow.client_is_a else reads_server
+            reads_b[group] = reads_server if flow.client_is_a else reads_client
+        if len(streaming) <= FEW_FLOWS:
+            packets = np.concatenate([groups.packets_of(group) for group in streaming])
+            packets.sort()
+        else:
+            packets = np.flatnonzero(reads_a[groups.inverse] | reads_b[groups.inverse])
+        if after >= 0:
+            packets = packets[packets > after]
+        packet_groups = groups.inverse[packets]
+        from_a = fast.src_is_a[packets]
+        # A client's SYN gave its stream's start when the flow was created; a server's starts the
+        # server's side, when that side is read.
+        server_syn = ((fast.flags[packets] & TCP_SYN) != 0) & (from_a != client_a[packet_groups])
+        packets = packets[np.where(from_a, reads_a[packet_groups], reads_b[packet_groups]) & ((fast.payload_lengths[packets] > 0) | server_syn)]
+        ruled_out = self._hellos_ruled_out(fast, packets)
         inspect = self._inspect
-        for packet, start, length, src_is_a, proto, sport, dport, seq, flags, timestamp, vlan in zip(packets.tolist(), *fast.columns(packets, INSPECTED_COLUMNS)):
+        for packet, group, start, length, src_is_a, proto, sport, dport, seq, flags, timestamp, vlan in zip(packets.tolist(), groups.inverse[packets].tolist(), *fast.columns(packets, INSPECTED_COLUMNS)):
+            flow = flows_by_group[group]
             if flow.inspect != INSPECT_STREAM:
-                return
-            inspected.add(packet)
-            if length or flags & TCP_SYN:
-                inspect(flow, proto, src_is_a == flow.client_is_a, sport, dport, seq, flags, data[start : start + length], timestamp, vlan_encapsulation(vlan))
+                continue
+            if ruled_out and packet in ruled_out and self._first_bytes(flow, seq):
+                self._bypass(flow, timestamp, vlan_encapsulation(vlan))
+                continue
+            inspect(flow, proto, src_is_a == flow.client_is_a, sport, dport, seq, flags, data[start : start + length], timestamp, vlan_encapsulation(vlan))
+        return set(packets.tolist())
 
-    def _new_flow(self, key: bytes, src_is_a: bool, timestamp: int, flags: int, sport: int, dport: int, encapsulation: list[dict], check_addresses: bool) -> Flow:
+    def _hellos_ruled_out(self, fast: FastFrames, packets: np.ndarray) -> set[int]:
+        """Of `packets`, the ClientHellos whose server name (whole in the segment) the vector name
+        filter rules out, when names are all the markers read in streams: such a hello, a client's
+        first bytes, settles its flow without being parsed (the rest of a TLS stream is
+        encrypted)."""
+        compiled = self.compiled
+        if compiled.fingerprints or compiled.certificates or compiled.payload or not len(packets):
+            return set()
+        return set(packets[fast.hellos_ruled_out(self.name_filter, packets)].tolist())
+
+    def _first_bytes(self, flow: Flow, seq: int) -> bool:
+        """Whether a client segment at `seq` holds the first bytes of the client's stream."""
+        if flow.inspection is None:
+            return flow.stream_start < 0 or (seq - flow.stream_start) & 0xFFFFFFFF == 0
+        return self.inspector.first_bytes(flow.inspection, seq)  # type: ignore[arg-type]
+
+    def _bypass(self, flow: Flow, timestamp: int, encapsulation: list[dict]) -> None:
+        """Every decision about the flow's bytes is made: release its readers; its later packets
+        are only counted."""
+        if flow.inspection is not None:
+            self.inspector.finish(flow.inspection, self._observed)  # type: ignore[arg-type]
+        flow.inspection = None
+        flow.inspect = INSPECT_DONE
+        if self._observed:
+            self._record_observed(flow, timestamp, encapsulation)
+
+    def _new_flow(self, key: bytes, src_is_a: bool, timestamp: int, flags: int, sport: int, dport: int, seq: int, encapsulation: list[dict], check_addresses: bool) -> Flow:
         """Create a flow, decide which side is the client, test its addresses when they may hit a
         marker, and start reading a TCP flow seen from its SYN when markers read streams."""
         if flags & TCP_SYN:
@@ -519,8 +581,9 @@ class Pipeline:
                 for marker in index.match_address(address):
                     self._hit(flow, marker, "ip.src" if is_client else "ip.dst", not is_client, timestamp, encapsulation)
         if flags & TCP_SYN and key[36] == PROTO_TCP and self._reads_streams:
-            flow.inspection = self.inspector.start(flow.server_port(), sport in DNS_PORTS or dport in DNS_PORTS)
             flow.inspect = INSPECT_STREAM
+            if not flags & TCP_ACK:
+                flow.stream_start = (seq + 1) & 0xFFFFFFFF  # the client's stream starts after its SYN
         return flow
 
     def _match_names(self, flow: Flow, names: list[str], matched_on: str, to_server: bool, timestamp: int, encapsulation: list[dict]) -> None:

@@ -609,7 +609,7 @@ def _check_dns(data: bytes) -> None:
 
 
 def _check_tls(data: bytes) -> None:
-    result = tls_mod._parse(data)
+    result = tls_mod._parse(data, "t", True)
     assert result.status in (tls_mod.NOT_TLS, tls_mod.NEED_MORE, tls_mod.DONE, tls_mod.MALFORMED)
     if result.status == tls_mod.NEED_MORE:
         assert result.end > len(data)

@@ -539,7 +539,7 @@ def test_fuzz_never_raises():
     flights = [records(FLIGHT), records(FLIGHT, [50, 700]), records(server_hello(extensions=[ext(43, b"\x03\x04")]))]
     for _ in range(4000):
         data = _mutate(rng, rng.choice(hellos))
-        result = tls._parse(data, "t")
+        result = tls._parse(data, "t", True)
         assert result.status in (tls.NOT_TLS, tls.NEED_MORE, tls.DONE, tls.MALFORMED)
         assert (result.ja3 is not None) == (result.status == tls.DONE) == (result.ja4 is not None)
         if result.status == tls.NEED_MORE:

@@ -33,8 +33,8 @@ def truth_of(capture: Path) -> dict:
     return json.loads((capture.parent / "truth" / f"{capture.name}.json").read_text())
 
 
-DECOY_CERTIFICATE = Marker("decoy-certificate", "x509_sha256", "0" * 64, "decoy", 1)
-"""A marker nothing hits whose type has every TCP flow's handshakes read, both sides."""
+DECOYS = [Marker("decoy-certificate", "x509_sha256", "0" * 64, "decoy", 1), Marker("decoy-ja3", "ja3", "0" * 32, "decoy", 1)]
+"""Markers nothing hits whose types have every handshake read, both sides, fingerprints too."""
 
 
 class RecordingPipeline(Pipeline):
@@ -42,7 +42,7 @@ class RecordingPipeline(Pipeline):
     test can compare what was decoded with tshark's dissection."""
 
     def __init__(self, markers: list[Marker] | None = None, writer: EventWriter | None = None) -> None:
-        super().__init__(Config(), library_of(markers or [DECOY_CERTIFICATE]), writer or EventWriter(_Discard()))
+        super().__init__(Config(), library_of(markers or DECOYS), writer or EventWriter(_Discard()))
         self.name_filter = _EveryName()
         self.names: dict[str, set] = {place: set() for place in ("dns.query", "dns.answer", "tls.sni", "quic.sni", "http.host", "http.url", "tls.ja3", "tls.ja4", "tls.cert_sha256")}
         self.addresses: set[str] = set()

@@ -130,6 +130,18 @@ class FastFrames:
         quic = np.flatnonzero(~tcp & ~dns & (self.first_words >> 30 == 3) & (lengths >= QUIC_MIN_INITIAL)) if initials else np.empty(0, dtype=np.int64)
         return questions, responses, np.union1d(hellos, others), quic
 
+    def hellos_ruled_out(self, names: NameFilter, packets: np.ndarray) -> np.ndarray:
+        """Of `packets`, which are ClientHellos whose server name lies whole in their segment and
+        `names` rules out: nothing of them can hit a name marker."""
+        words = self.first_words[packets]
+        hello = (self.protos[packets] == PROTO_TCP) & (words >> 24 == 0x16) & ((words >> 16) & 0xFF == 3) & (self.sixth_bytes[packets] == 1)
+        found = np.zeros(len(packets), dtype=bool)
+        hellos = np.flatnonzero(hello)
+        if len(hellos):
+            found[hellos] = ~names.may_hit(*client_hello_server_names(self.buffer, self.payload_offsets[packets[hellos]], self.payload_lengths[packets[hellos]]))
+        return found
+
+
 def _bytes_at(buffer: np.ndarray, positions: np.ndarray, limits: np.ndarray, width: int) -> np.ndarray:
     """`width` bytes from each position, never read past each row's limit (repeats its last byte)."""
     return buffer[np.minimum(positions[:, None] + np.arange(width), limits[:, None] - 1)]

@@ -95,6 +95,13 @@ _EXT_SIGNATURE_ALGORITHMS = 13
 _EXT_ALPN = 16
 _EXT_SUPPORTED_VERSIONS = 43
 _READ_EXTENSIONS = frozenset((_EXT_SERVER_NAME, _EXT_SUPPORTED_GROUPS, _EXT_EC_POINT_FORMATS, _EXT_SIGNATURE_ALGORITHMS, _EXT_ALPN, _EXT_SUPPORTED_VERSIONS))
+_FINGERPRINTS: dict[tuple, tuple[str, str]] = {}
+"""JA3 and JA4 by the hello's lists: most clients on a network are a few TLS stacks sending the
+same lists, and hashing them is four times the cost of reading the hello. It holds lists of
+protocol numbers only (no name, address or other byte of a hello), and forgets them all when full."""
+MAX_REMEMBERED_SHAPES = 4096
+_NAME_ONLY = frozenset((_EXT_SERVER_NAME,))
+"""The one extension read when the fingerprints are not asked for."""
 _NAME_TYPE_HOST = 0
 
 # RFC 8701: 0x0A0A, 0x1A1A, ..., 0xFAFA, in cipher suites, extensions, groups, versions, signatures.
@@ -113,7 +120,8 @@ class ClientHello(NamedTuple):
     progress (a lower bound: more records may follow); DONE -> offset just after the record that
     completed the ClientHello, where the client's next record starts (it may exceed len(stream) if
     that record carries more than the hello and the rest has not arrived); NOT_TLS / MALFORMED -> 0.
-    `ja3` (32 hex digits) and `ja4` are set exactly when status is DONE.
+    `ja3` (32 hex digits) and `ja4` are set exactly when status is DONE (and fingerprints were
+    asked for).
     """
 
     status: int
@@ -144,13 +152,15 @@ _CERTS_NOT_TLS = ServerCertificates(NOT_TLS, (), 0)
 _CERTS_MALFORMED = ServerCertificates(MALFORMED, (), 0)
 
 
-def read_client_hello(stream: bytes | bytearray | memoryview, transport: str = "t") -> ClientHello:
+def read_client_hello(stream: bytes | bytearray | memoryview, transport: str = "t", fingerprints: bool = True) -> ClientHello:
     """SNI, JA3 and JA4 of the ClientHello at the start of `stream` (the client's bytes, in order).
 
     `transport` is JA4's first character, "t" for TLS over TCP. (QUIC carries hellos without TLS
-    records: they go through fingerprint_client_hello.)"""
+    records: they go through fingerprint_client_hello.) `fingerprints` False leaves JA3 and JA4
+    out: computing them costs four times the rest, and without fingerprint markers nobody reads
+    them."""
     try:
-        return _parse(stream, transport)
+        return _parse(stream, transport, fingerprints)
     except Exception:  # pragma: no cover - defensive: _parse is written not to raise
         return _RESULT_MALFORMED
 
@@ -178,7 +188,7 @@ def read_server_certificates(stream: bytes | bytearray | memoryview) -> ServerCe
         return _CERTS_MALFORMED
 
 
-def _parse(buf, transport: str = "t") -> ClientHello:
+def _parse(buf, transport: str, fingerprints: bool) -> ClientHello:
     n = len(buf)
     # Record header of the first record: content type, legacy version (major 3), length.
     if n >= 1 and buf[0] != _CONTENT_HANDSHAKE:
@@ -205,8 +215,8 @@ def _parse(buf, transport: str = "t") -> ClientHello:
         if hs_end <= rec_end:
             if n < hs_end:
                 return ClientHello(NEED_MORE, None, hs_end)
-            return _hello_result(buf, _RECORD_HEADER + _HS_HEADER, hs_end, rec_end, transport)
-    return _reassemble(buf, n, transport)
+            return _hello_result(buf, _RECORD_HEADER + _HS_HEADER, hs_end, rec_end, transport, fingerprints)
+    return _reassemble(buf, n, transport, fingerprints)
 
 
 def _message(buf, transport: str) -> ClientHello:
@@ -221,10 +231,10 @@ def _message(buf, transport: str) -> ClientHello:
     end = _HS_HEADER + hs_len
     if n < end:
         return ClientHello(NEED_MORE, None, end)
-    return _hello_result(buf, _HS_HEADER, end, end, transport)
+    return _hello_result(buf, _HS_HEADER, end, end, transport, True)
 
 
-def _reassemble(buf, n: int, transport: str) -> ClientHello:
+def _reassemble(buf, n: int, transport: str, fingerprints: bool) -> ClientHello:
     """Gather the hello from consecutive handshake records (fragmented, RFC 8446 5.1)."""
     msg = bytearray()
     want = -1  # total handshake message length (header included), once known
@@ -256,7 +266,7 @@ def _reassemble(buf, n: int, transport: str) -> ClientHello:
                 return _RESULT_MALFORMED
             want = _HS_HEADER + hs_len
         if want >= 0 and len(msg) >= want:
-            return _hello_result(msg, _HS_HEADER, want, rec_end, transport)
+            return _hello_result(msg, _HS_HEADER, want, rec_end, transport, fingerprints)
         if rec_end > n:
             # The current record is incomplete; progress needs either its end or, when the hello
             # ends inside it, the hello's end.
@@ -266,7 +276,7 @@ def _reassemble(buf, n: int, transport: str) -> ClientHello:
     return _RESULT_MALFORMED
 
 
-def _hello_result(buf, pos: int, end: int, record_end: int, transport: str) -> ClientHello:
+def _hello_result(buf, pos: int, end: int, record_end: int, transport: str, fingerprints: bool) -> ClientHello:
     """Walk a complete ClientHello body buf[pos:end]: its server name and the lists the two
     fingerprints are made of.
 
@@ -296,7 +306,8 @@ def _hello_result(buf, pos: int, end: int, record_end: int, transport: str) -> C
     pos += 1 + comp_len
     if pos > end:
         return _RESULT_MALFORMED
-    ciphers = [suite for suite in unpack_from(f">{cs_len >> 1}H", buf, cs_start) if suite not in _GREASE]
+    ciphers = [suite for suite in unpack_from(f">{cs_len >> 1}H", buf, cs_start) if suite not in _GREASE] if fingerprints else []
+    read_extensions = _READ_EXTENSIONS if fingerprints else _NAME_ONLY
 
     extensions: list[int] = []  # types in the order sent, GREASE left out
     name = None
@@ -323,11 +334,11 @@ def _hello_result(buf, pos: int, end: int, record_end: int, transport: str) -> C
             pos = body + ((buf[pos + 2] << 8) | buf[pos + 3])
             if pos > ext_end:
                 return _RESULT_MALFORMED
-            if ext_type in _GREASE:
+            if ext_type not in read_extensions:
+                if fingerprints and ext_type not in _GREASE:
+                    extensions.append(ext_type)
                 continue
             extensions.append(ext_type)
-            if ext_type not in _READ_EXTENSIONS:
-                continue
             if ext_type in seen:
                 if ext_type == _EXT_SERVER_NAME:
                     # RFC 8446 4.2: one extension of a type at most. Two SNIs would let a client
@@ -355,24 +366,28 @@ def _hello_result(buf, pos: int, end: int, record_end: int, transport: str) -> C
             elif ext_type == _EXT_ALPN:
                 alpn = _first_alpn(buf, body, pos)
 
-    ja3_text = ",".join(
-        (
-            str(legacy_version),
-            "-".join(map(str, ciphers)),
-            "-".join(map(str, extensions)),
-            "-".join(map(str, groups)),
-            "-".join(map(str, point_formats)),
-        )
-    )
-    ja3 = hashlib.md5(ja3_text.encode(), usedforsecurity=False).hexdigest()
+    if not fingerprints:
+        return ClientHello(DONE, name, record_end)
+    shape = (transport, legacy_version, tuple(ciphers), tuple(extensions), tuple(groups), point_formats, tuple(signatures), tuple(versions), alpn, seen_sni)
+    known = _FINGERPRINTS.get(shape)
+    if known is None:
+        if len(_FINGERPRINTS) >= MAX_REMEMBERED_SHAPES:
+            _FINGERPRINTS.clear()
+        known = _FINGERPRINTS[shape] = _fingerprints(*shape)
+    ja3, ja4 = known
+    return ClientHello(DONE, name, record_end, ja3, ja4)
 
+
+def _fingerprints(transport: str, legacy_version: int, ciphers: tuple[int, ...], extensions: tuple[int, ...], groups: tuple[int, ...], point_formats: bytes, signatures: tuple[int, ...], versions: tuple[int, ...], alpn: bytes | None, seen_sni: bool) -> tuple[str, str]:
+    """JA3 (MD5 of the public definition's string) and JA4 (FoxIO) of a hello's lists."""
+    ja3_text = ",".join((str(legacy_version), "-".join(map(str, ciphers)), "-".join(map(str, extensions)), "-".join(map(str, groups)), "-".join(map(str, point_formats))))
+    ja3 = hashlib.md5(ja3_text.encode(), usedforsecurity=False).hexdigest()
     version = _JA4_VERSIONS.get(max(versions) if versions else legacy_version, "00")
     head = f"{transport}{version}{'d' if seen_sni else 'i'}{min(len(ciphers), 99):02d}{min(len(extensions), 99):02d}{_alpn_code(alpn)}"
     listed = _hex_list(sorted([ext for ext in extensions if ext != _EXT_SERVER_NAME and ext != _EXT_ALPN]))
     if signatures:
         listed += "_" + _hex_list(signatures)
-    ja4 = f"{head}_{_hash12(_hex_list(sorted(ciphers)))}_{_hash12(listed)}"
-    return ClientHello(DONE, name, record_end, ja3, ja4)
+    return ja3, f"{head}_{_hash12(_hex_list(sorted(ciphers)))}_{_hash12(listed)}"
 
 
 def _u16_vector(buf, pos: int, end: int, length_bytes: int) -> tuple[int, ...]:

@@ -31,8 +31,9 @@ HTTP_DEPTH = (1 << 31) - 1
 """Depth of a client stream whose HTTP requests are followed: the flow's whole life, up to the
 reassembler's largest depth (2 GiB of requests)."""
 
-READ_NONE, READ_PENDING, READ_TLS_CLIENT, READ_TLS_SERVER, READ_HTTP, READ_DNS = range(6)
-"""Handshake readers: none, not chosen yet (no byte seen), and one per protocol."""
+READ_NONE, READ_PENDING, READ_SERVER_PENDING, READ_TLS_CLIENT, READ_TLS_SERVER, READ_HTTP, READ_DNS = range(7)
+"""Handshake readers: none, not chosen yet (a client's or a server's first bytes not seen), and
+one per protocol."""
 
 
 class Anomalies(dict):
@@ -108,13 +109,13 @@ class Inspector:
         inspection = FlowInspection(self.compiled, server_port, dns_port)  # type: ignore[arg-type]
         inspection.client = self._direction(inspection, True, READ_PENDING)
         if inspection.compiled.payload or dns_port:
-            inspection.server = self._direction(inspection, False, READ_DNS if dns_port else READ_NONE)
+            inspection.server = self._direction(inspection, False, READ_DNS if dns_port else READ_SERVER_PENDING)
         return inspection
 
     def _direction(self, inspection: FlowInspection, from_client: bool, reader: int) -> DirectionReader:
         compiled = inspection.compiled
         direction = DirectionReader(StreamReassembler(self.buffer_limit, self.budget), reader, from_client)
-        depth = self.buffer_limit if reader != READ_NONE else 0
+        depth = self.buffer_limit if reader not in (READ_NONE, READ_SERVER_PENDING) else 0
         if compiled.patterns is not None:
             direction.patterns = compiled.patterns.open()
             depth = max(depth, self.pattern_depth)
@@ -129,6 +130,15 @@ class Inspector:
         direction = inspection.client if from_client else inspection.server
         if direction is not None:
             direction.reassembler.add(seq, b"", True)
+
+    def first_bytes(self, inspection: FlowInspection, seq: int) -> bool:
+        """Whether a client segment at `seq` would be the first bytes of the client's stream,
+        nothing else read or waiting: what lets a hello settled by the batch screen end the
+        reading without being parsed."""
+        client = inspection.client
+        if client is None or client.pending or client.reader != READ_PENDING:
+            return False
+        return client.reassembler.starts_at(seq)
 
     def segment(self, inspection: FlowInspection, from_client: bool, seq: int, payload: bytes, out: list) -> bool:
         """Read one TCP segment; observations are appended to `out`. False once the flow has
@@ -172,7 +182,7 @@ class Inspector:
             direction.patterns.reset()
         if direction.http is not None:
             direction.http.gap()
-        elif direction.reader in (READ_PENDING, READ_TLS_CLIENT, READ_TLS_SERVER, READ_DNS) and direction.pending:
+        elif direction.reader != READ_NONE and direction.pending:
             self._hold(direction, b"")
             direction.reader = READ_NONE
 
@@ -228,6 +238,12 @@ class Inspector:
     def _handshake(self, inspection: FlowInspection, direction: DirectionReader, data: bytes, out: list) -> None:
         """The handshake reader of a direction: the first bytes choose it, then it reads until its
         message is complete, keeping only an incomplete remainder."""
+        if direction.reader == READ_SERVER_PENDING:  # a TLS server's flight ends its cleartext
+            if data[0] != 0x16:
+                direction.reader = READ_NONE
+                return
+            direction.reader = READ_TLS_SERVER
+            direction.reassembler.depth = max(direction.reassembler.depth, self.buffer_limit)
         if direction.reader == READ_PENDING:
             if direction.pending:
                 data = direction.pending + data
@@ -248,30 +264,42 @@ class Inspector:
         data = direction.pending + data if direction.pending else data
         reader = direction.reader
         if reader == READ_TLS_CLIENT:
-            hello = tls.read_client_hello(data)
+            hello = tls.read_client_hello(data, "t", inspection.compiled.fingerprints)
             if hello.status == tls.NEED_MORE:
                 self._keep(direction, data)
                 return
+            direction.reader = READ_NONE
             if hello.status == tls.DONE:
                 self._client_hello(inspection, hello, out)
+                self._encrypted(inspection, direction, out)
             else:
                 self.anomalies.count("tls.malformed")
-            direction.reader = READ_NONE
         elif reader == READ_TLS_SERVER:
             certificates = tls.read_server_certificates(data)
             if certificates.status == tls.NEED_MORE:
                 self._keep(direction, data)
                 return
-            if certificates.status == tls.DONE:
+            direction.reader = READ_NONE
+            if certificates.status == tls.MALFORMED:
+                self.anomalies.count("tls.malformed")
+            elif certificates.status != tls.NOT_TLS:
                 for digest in certificates.sha256:
                     out.append(("tls.cert_sha256", digest, False))
-            elif certificates.status == tls.MALFORMED:
-                self.anomalies.count("tls.malformed")
-            direction.reader = READ_NONE
+                self._encrypted(inspection, direction, out)
         elif reader == READ_DNS:
             self._dns(direction, data, out)
             return
         self._hold(direction, b"")
+
+    def _encrypted(self, inspection: FlowInspection, direction: DirectionReader, out: list) -> None:
+        """The handshake is read and what follows is encrypted: byte patterns and YARA have seen
+        the cleartext (the buffer is matched now) and stop, as Suricata's encryption bypass does,
+        rather than scan 64 KiB of ciphertext per direction."""
+        if direction.yara is not None:
+            self._match_yara(inspection, direction, out)
+        if direction.patterns is not None:
+            direction.patterns.close()
+            direction.patterns = None
 
     def _client_hello(self, inspection: FlowInspection, hello: tls.ClientHello, out: list) -> None:
         if hello.server_name:
@@ -284,7 +312,7 @@ class Inspector:
             return
         if inspection.server is None:
             inspection.server = self._direction(inspection, False, READ_TLS_SERVER)
-        elif inspection.server.reader == READ_NONE and not inspection.server.reassembler.delivered:
+        elif inspection.server.reader in (READ_NONE, READ_SERVER_PENDING) and not inspection.server.reassembler.delivered:
             inspection.server.reader = READ_TLS_SERVER
             inspection.server.reassembler.depth = max(inspection.server.reassembler.depth, self.buffer_limit)
 

@@ -119,6 +119,11 @@ class StreamReassembler:
             return payload
         return self._place(start, payload)
 
+    def starts_at(self, seq: int) -> bool:
+        """Whether a segment at `seq` would be the stream's first bytes (nothing delivered or
+        waiting, and the stream starts there or has no start yet)."""
+        return not self.delivered and not self.waiting and (self.origin < 0 or (seq - self.origin) & SEQUENCE_MASK == 0)
+
     def skip_gap(self) -> bytes:
         """Give up on the hole before the first waiting piece (the caller knows it will not be
         filled: FIN, idle, or data waiting far ahead) and return what is contiguous after it."""

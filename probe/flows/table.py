@@ -55,7 +55,7 @@ def canonical_key(src: bytes, sport: int, dst: bytes, dport: int, proto: int) ->
 class Flow:
     """One bidirectional flow. `client_is_a` says which key side opened it (events' `src`)."""
 
-    __slots__ = ("key", "slot", "client_is_a", "timeout_class", "inspect", "inspection", "hits", "fin_a", "fin_b", "final", "encapsulation", "opened")
+    __slots__ = ("key", "slot", "client_is_a", "timeout_class", "inspect", "inspection", "stream_start", "hits", "fin_a", "fin_b", "final", "encapsulation", "opened")
 
     def __init__(self, key: bytes, slot: int, client_is_a: bool, timeout_class: int, opened: int) -> None:
         self.key = key
@@ -68,6 +68,9 @@ class Flow:
         self.inspect = INSPECT_WATCH
         self.inspection: FlowInspection | QuicInitialReader | None = None
         """Its TCP stream readers, or a QUIC client's Initial reader, while reading."""
+        self.stream_start = -1
+        """Sequence number of the client's first byte when its SYN was seen, until the readers
+        are made."""
         self.hits: dict[tuple[str, str], Hit] | None = None
         """By (bundle, marker id)."""
         self.fin_a = False
