@@ -26,6 +26,7 @@ from probe.decode import http as http_mod
 from probe.decode.dns import DnsAnswers, DnsMessage, dns_query_names, dns_tcp_answers, dns_tcp_query_names, read_dns_message
 from probe.decode.http import HttpRequest, HttpRequestStream
 from probe.decode.packet import address_key
+from fuzz_support import mutate
 
 CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "captures"
 NO_CAPTURES = f"no shared capture corpus at {CAPTURES}"
@@ -275,24 +276,6 @@ def test_dns_tcp_messages_at_every_split():
         assert dns_tcp_answers(incomplete) == (([], []), 0)
 
 
-def _mutate(rng: random.Random, data: bytes) -> bytes:
-    buf = bytearray(data)
-    for _ in range(rng.randint(1, 4)):
-        operation = rng.randrange(5)
-        if operation == 0 and buf:
-            buf[rng.randrange(len(buf))] = rng.randrange(256)
-        elif operation == 1:
-            buf.insert(rng.randint(0, len(buf)), rng.randrange(256))
-        elif operation == 2 and buf:
-            del buf[rng.randrange(len(buf))]
-        elif operation == 3 and buf:
-            del buf[rng.randint(0, len(buf)) :]
-        elif operation == 4 and len(buf) > 2:
-            i = rng.randrange(len(buf) - 1)
-            buf[i : i + 2] = rng.choice([b"\xff\xff", b"\x00\x00", b"\xc0\x0c", b"\x80\x00", b"\r\n", b"\n\n", b"0\r", b"\x00\x05"])
-    return bytes(buf)
-
-
 def test_dns_fuzz_never_raises():
     rng = random.Random(5353)
     seeds = [
@@ -300,7 +283,7 @@ def test_dns_fuzz_never_raises():
         response([], [a_record(wire_name(b"p.local"), "169.254.1.1", 0x8001)] * 3, flags=0x8400),
     ]
     for i in range(30000):
-        data = _mutate(rng, rng.choice(seeds)) if i % 3 else rng.randbytes(rng.randrange(40)) + rng.choice(seeds)[12:]
+        data = mutate(rng, rng.choice(seeds)) if i % 3 else rng.randbytes(rng.randrange(40)) + rng.choice(seeds)[12:]
         result = dns_mod._read_message(data)  # past the public function's exception net
         assert result.questions == dns_query_names(data)
         assert len(result.cname_targets) + len(result.addresses) <= dns_mod.MAX_ANSWERS
@@ -678,7 +661,7 @@ def test_http_fuzz_never_raises():
         b"CONNECT a.example:443 HTTP/1.1\r\n\r\n\x16\x03\x01",
     ]
     for i in range(6000):
-        data = _mutate(rng, rng.choice(seeds)) if i % 4 else rng.randbytes(rng.randrange(80))
+        data = mutate(rng, rng.choice(seeds)) if i % 4 else rng.randbytes(rng.randrange(80))
         state = HttpRequestStream()
         cuts = sorted(rng.randrange(len(data) + 1) for _ in range(rng.randrange(4)))
         for start, stop in zip([0] + cuts, cuts + [len(data)]):

@@ -24,6 +24,7 @@ from probe.decode import tls as tls_mod
 from probe.decode.dns import dns_query_names, dns_tcp_query_names
 from probe.decode.http import HttpRequest, HttpRequestStream
 from probe.decode.tls import read_client_hello
+from fuzz_support import mutate
 
 CAPTURES = Path(__file__).parents[2] / "shared" / "captures"
 
@@ -582,24 +583,6 @@ def test_http_every_prefix_waits():
 # --------------------------------------------------------------------------------------------
 
 
-def _mutate(rng: random.Random, data: bytes) -> bytes:
-    buf = bytearray(data)
-    for _ in range(rng.randint(1, 4)):
-        op = rng.randrange(5)
-        if op == 0 and buf:
-            buf[rng.randrange(len(buf))] = rng.randrange(256)
-        elif op == 1:
-            buf.insert(rng.randint(0, len(buf)), rng.randrange(256))
-        elif op == 2 and buf:
-            del buf[rng.randrange(len(buf))]
-        elif op == 3 and buf:
-            del buf[rng.randint(0, len(buf)) :]
-        elif op == 4 and len(buf) > 2:
-            i = rng.randrange(len(buf) - 1)
-            buf[i : i + 2] = rng.choice([b"\xff\xff", b"\x00\x00", b"\xc0\x0c", b"\x80\x00", b"\r\n", b"\n\n"])
-    return bytes(buf)
-
-
 def _check_dns(data: bytes) -> None:
     names = dns_mod._query_names(data)
     assert isinstance(names, list) and all(isinstance(n, str) and n for n in names)
@@ -652,13 +635,13 @@ def test_fuzz_mutated_valid_messages():
     ]
     for seed in seeds:
         for _ in range(3000):
-            data = _mutate(rng, seed)
+            data = mutate(rng, seed)
             _check_dns(data)
             _check_tls(data)
             _check_http(data)
     # Public entry points with the same kind of input, all three accept bytes-likes.
     for _ in range(2000):
-        data = _mutate(rng, rng.choice(seeds))
+        data = mutate(rng, rng.choice(seeds))
         dns_query_names(memoryview(data))
         read_client_hello(bytearray(data))
         HttpRequestStream().feed(memoryview(data))

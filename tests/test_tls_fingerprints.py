@@ -30,6 +30,7 @@ from probe.decode.fragments import FragmentReassembler
 from probe.decode.frame import FrameDecoder
 from probe.decode.packet import PROTO_TCP, TCP_SYN
 from probe.decode.tls import fingerprint_client_hello, read_client_hello, read_server_certificates
+from fuzz_support import mutate
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "captures"
 PROJECT_CAPTURES = Path(__file__).resolve().parents[1] / "captures"
@@ -517,36 +518,20 @@ def test_server_too_many_records_is_malformed_and_fast():
 # --------------------------------------------------------------------------------------------
 
 
-def _mutate(rng: random.Random, data: bytes) -> bytes:
-    buf = bytearray(data)
-    for _ in range(rng.randint(1, 4)):
-        op = rng.randrange(4)
-        if op == 0 and buf:
-            buf[rng.randrange(len(buf))] = rng.randrange(256)
-        elif op == 1 and buf:
-            i = rng.randrange(len(buf))
-            buf[i : i + 2] = rng.choice([b"\xff\xff", b"\x00\x00", b"\x00\x01", b"\x0a\x0a"])
-        elif op == 2 and buf:
-            del buf[rng.randint(0, len(buf)) :]
-        else:
-            buf.insert(rng.randint(0, len(buf)), rng.randrange(256))
-    return bytes(buf)
-
-
 def test_fuzz_never_raises():
     rng = random.Random(2024)
     hellos = [records(spec_hello(grease=True)), records(spec_hello(), [30, 50]), records(hello_message([0x1301], None))]
     flights = [records(FLIGHT), records(FLIGHT, [50, 700]), records(server_hello(extensions=[ext(43, b"\x03\x04")]))]
     for _ in range(4000):
-        data = _mutate(rng, rng.choice(hellos))
+        data = mutate(rng, rng.choice(hellos))
         result = tls._parse(data, "t", True)
         assert result.status in (tls.NOT_TLS, tls.NEED_MORE, tls.DONE, tls.MALFORMED)
         assert (result.ja3 is not None) == (result.status == tls.DONE) == (result.ja4 is not None)
         if result.status == tls.NEED_MORE:
             assert result.end > len(data)
-        message = _mutate(rng, spec_hello())
+        message = mutate(rng, spec_hello())
         assert tls._message(message, "q").status in (tls.NOT_TLS, tls.NEED_MORE, tls.DONE, tls.MALFORMED)
-        data = _mutate(rng, rng.choice(flights))
+        data = mutate(rng, rng.choice(flights))
         certificates = tls._server_flight(data)
         assert certificates.status in (tls.NOT_TLS, tls.NEED_MORE, tls.DONE, tls.MALFORMED, tls.ENCRYPTED)
         if certificates.status == tls.NEED_MORE:
