@@ -293,7 +293,7 @@ class Pipeline:
             self.inspector.syn(inspection, from_client, seq)  # type: ignore[arg-type]
             return
         observed = self._observed
-        if not self.inspector.segment(inspection, from_client, seq, payload, observed):  # type: ignore[arg-type]
+        if not self.inspector.segment(inspection, from_client, seq, payload, bool(flags & TCP_SYN), observed):  # type: ignore[arg-type]
             flow.inspection = None
             flow.inspect = INSPECT_DONE  # bypassed: every decision about its bytes is made
         if observed:
@@ -493,7 +493,7 @@ class Pipeline:
         """Every packet after `after` of the flows being read, in capture order, but those of a
         direction no longer read (the bulk of a download once its headers are seen) and empty
         segments other than SYNs; selected for all the flows at once. Returns the packets
-        selected."""
+        read."""
         if not streaming:
             return set()
         count = len(flows_by_group)
@@ -524,21 +524,24 @@ class Pipeline:
             packets = packets[packets > after]
         packet_groups = groups.inverse[packets]
         from_a = fast.src_is_a[packets]
-        # A client's SYN gave its stream's start when the flow was created; a server's starts the
-        # server's side, when that side is read.
-        server_syn = ((fast.flags[packets] & TCP_SYN) != 0) & (from_a != client_a[packet_groups])
-        packets = packets[np.where(from_a, reads_a[packet_groups], reads_b[packet_groups]) & ((fast.payload_lengths[packets] > 0) | server_syn)]
+        # A flow's first packet, its client's SYN, gave its stream's start when the flow was made;
+        # every other SYN is read (a server's starts the server's side; a client's seen after the
+        # server's answer starts the client's).
+        syn = ((fast.flags[packets] & TCP_SYN) != 0) & (groups.first[packet_groups] != packets)
+        packets = packets[np.where(from_a, reads_a[packet_groups], reads_b[packet_groups]) & ((fast.payload_lengths[packets] > 0) | syn)]
         ruled_out = self._hellos_ruled_out(fast, packets)
         inspect = self._inspect
+        drained = set()
         for packet, group, start, length, src_is_a, proto, sport, dport, seq, flags, timestamp, vlan in zip(packets.tolist(), groups.inverse[packets].tolist(), *fast.columns(packets, INSPECTED_COLUMNS)):
             flow = flows_by_group[group]
             if flow.inspect != INSPECT_STREAM:
-                continue
+                continue  # its reading ended in this batch: the candidates' test decides on the rest
+            drained.add(packet)
             if ruled_out and packet in ruled_out and self._first_bytes(flow, seq):
                 self._bypass(flow, timestamp, vlan_encapsulation(vlan))
                 continue
             inspect(flow, proto, src_is_a == flow.client_is_a, sport, dport, seq, flags, data[start : start + length], timestamp, vlan_encapsulation(vlan))
-        return set(packets.tolist())
+        return drained
 
     def _hellos_ruled_out(self, fast: FastFrames, packets: np.ndarray) -> set[int]:
         """Of `packets`, the ClientHellos whose server name (whole in the segment) the vector name

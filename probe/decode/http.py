@@ -147,6 +147,11 @@ class HttpRequestStream:
         self._chunk_size_seen = False  # a hex digit of the current chunk size was read
         self._resync = False
 
+    @property
+    def buffered(self) -> int:
+        """Bytes held of an incomplete header block (the caller charges them to its budget)."""
+        return len(self._head)
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[HttpRequest]:
         """Read the next client bytes; return the requests whose header block they completed."""
         if self.status != NEED_MORE or not data:

@@ -98,8 +98,12 @@ _READ_EXTENSIONS = frozenset((_EXT_SERVER_NAME, _EXT_SUPPORTED_GROUPS, _EXT_EC_P
 _FINGERPRINTS: dict[tuple, tuple[str, str]] = {}
 """JA3 and JA4 by the hello's lists: most clients on a network are a few TLS stacks sending the
 same lists, and hashing them is four times the cost of reading the hello. It holds lists of
-protocol numbers only (no name, address or other byte of a hello), and forgets them all when full."""
+protocol numbers and JA4's two ALPN characters only (no name, address or other byte of a hello),
+and forgets them all when full."""
 MAX_REMEMBERED_SHAPES = 4096
+MAX_REMEMBERED_VALUES = 128
+"""A hello with longer lists (none a real stack sends) is fingerprinted but not remembered: the
+cache stays under a few megabytes."""
 _NAME_ONLY = frozenset((_EXT_SERVER_NAME,))
 """The one extension read when the fingerprints are not asked for."""
 _NAME_TYPE_HOST = 0
@@ -368,22 +372,24 @@ def _hello_result(buf, pos: int, end: int, record_end: int, transport: str, fing
 
     if not fingerprints:
         return ClientHello(DONE, name, record_end)
-    shape = (transport, legacy_version, tuple(ciphers), tuple(extensions), tuple(groups), point_formats, tuple(signatures), tuple(versions), alpn, seen_sni)
+    shape = (transport, legacy_version, tuple(ciphers), tuple(extensions), tuple(groups), tuple(point_formats), tuple(signatures), tuple(versions), _alpn_code(alpn), seen_sni)
     known = _FINGERPRINTS.get(shape)
     if known is None:
-        if len(_FINGERPRINTS) >= MAX_REMEMBERED_SHAPES:
-            _FINGERPRINTS.clear()
-        known = _FINGERPRINTS[shape] = _fingerprints(*shape)
+        known = _fingerprints(*shape)
+        if len(ciphers) + len(extensions) + len(groups) + len(point_formats) + len(signatures) + len(versions) <= MAX_REMEMBERED_VALUES:
+            if len(_FINGERPRINTS) >= MAX_REMEMBERED_SHAPES:
+                _FINGERPRINTS.clear()
+            _FINGERPRINTS[shape] = known
     ja3, ja4 = known
     return ClientHello(DONE, name, record_end, ja3, ja4)
 
 
-def _fingerprints(transport: str, legacy_version: int, ciphers: tuple[int, ...], extensions: tuple[int, ...], groups: tuple[int, ...], point_formats: bytes, signatures: tuple[int, ...], versions: tuple[int, ...], alpn: bytes | None, seen_sni: bool) -> tuple[str, str]:
+def _fingerprints(transport: str, legacy_version: int, ciphers: tuple[int, ...], extensions: tuple[int, ...], groups: tuple[int, ...], point_formats: tuple[int, ...], signatures: tuple[int, ...], versions: tuple[int, ...], alpn_code: str, seen_sni: bool) -> tuple[str, str]:
     """JA3 (MD5 of the public definition's string) and JA4 (FoxIO) of a hello's lists."""
     ja3_text = ",".join((str(legacy_version), "-".join(map(str, ciphers)), "-".join(map(str, extensions)), "-".join(map(str, groups)), "-".join(map(str, point_formats))))
     ja3 = hashlib.md5(ja3_text.encode(), usedforsecurity=False).hexdigest()
     version = _JA4_VERSIONS.get(max(versions) if versions else legacy_version, "00")
-    head = f"{transport}{version}{'d' if seen_sni else 'i'}{min(len(ciphers), 99):02d}{min(len(extensions), 99):02d}{_alpn_code(alpn)}"
+    head = f"{transport}{version}{'d' if seen_sni else 'i'}{min(len(ciphers), 99):02d}{min(len(extensions), 99):02d}{alpn_code}"
     listed = _hex_list(sorted([ext for ext in extensions if ext != _EXT_SERVER_NAME and ext != _EXT_ALPN]))
     if signatures:
         listed += "_" + _hex_list(signatures)

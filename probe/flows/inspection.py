@@ -27,9 +27,12 @@ from probe.decode.batch import HTTP_METHOD_PREFIXES
 from probe.flows.reassembly import ReassemblyBudget, StreamReassembler
 from probe.match.compiled import CompiledMarkers
 
-HTTP_DEPTH = (1 << 31) - 1
-"""Depth of a client stream whose HTTP requests are followed: the flow's whole life, up to the
-reassembler's largest depth (2 GiB of requests)."""
+FOLLOWED_DEPTH = (1 << 31) - 1
+"""Depth of a stream read for the flow's whole life (HTTP requests, DNS over TCP), up to the
+reassembler's largest depth (2 GiB)."""
+
+PATIENT_PARSES = 16
+"""Parse attempts of one incomplete TLS message before they are spaced out."""
 
 READ_NONE, READ_PENDING, READ_SERVER_PENDING, READ_TLS_CLIENT, READ_TLS_SERVER, READ_HTTP, READ_DNS = range(7)
 """Handshake readers: none, not chosen yet (a client's or a server's first bytes not seen), and
@@ -47,7 +50,7 @@ class Anomalies(dict):
 class DirectionReader:
     """One direction of one inspected TCP flow."""
 
-    __slots__ = ("reassembler", "reader", "pending", "http", "patterns", "yara", "from_client")
+    __slots__ = ("reassembler", "reader", "pending", "wanted", "attempts", "http", "patterns", "yara", "from_client")
 
     def __init__(self, reassembler: StreamReassembler, reader: int, from_client: bool) -> None:
         self.reassembler = reassembler
@@ -55,6 +58,10 @@ class DirectionReader:
         self.from_client = from_client
         self.pending = b""
         """Bytes of an incomplete handshake message or DNS message, at most handshake_buffer_bytes."""
+        self.wanted = 0
+        """How many bytes `pending` must hold before the message can be parsed further: a hello in
+        many tiny records is not parsed again at each byte."""
+        self.attempts = 0
         self.http: http.HttpRequestStream | None = None
         self.patterns = None
         """PatternStream while the direction is within `pattern_depth`."""
@@ -69,7 +76,7 @@ class DirectionReader:
 class FlowInspection:
     """The readers of one TCP flow (`Flow.inspection`), both directions; built by `Inspector`."""
 
-    __slots__ = ("client", "server", "server_port", "dns_port", "compiled")
+    __slots__ = ("client", "server", "server_port", "dns_port", "compiled", "server_start", "server_ended")
 
     def __init__(self, compiled: CompiledMarkers, server_port: int, dns_port: bool) -> None:
         self.compiled = compiled
@@ -78,6 +85,10 @@ class FlowInspection:
         self.server: DirectionReader | None = None
         self.server_port = server_port
         self.dns_port = dns_port
+        self.server_start = -1
+        """The server's SYN sequence number, for a server side made after it (certificates)."""
+        self.server_ended = False
+        """The server's side was read and released: it is never made again mid-stream."""
 
     def may_read(self, from_client: bool) -> bool:
         """Whether this direction's next packets may be read: the server's side is added when the
@@ -115,7 +126,7 @@ class Inspector:
     def _direction(self, inspection: FlowInspection, from_client: bool, reader: int) -> DirectionReader:
         compiled = inspection.compiled
         direction = DirectionReader(StreamReassembler(self.buffer_limit, self.budget), reader, from_client)
-        depth = self.buffer_limit if reader not in (READ_NONE, READ_SERVER_PENDING) else 0
+        depth = FOLLOWED_DEPTH if reader == READ_DNS else self.buffer_limit if reader not in (READ_NONE, READ_SERVER_PENDING) else 0
         if compiled.patterns is not None:
             direction.patterns = compiled.patterns.open()
             depth = max(depth, self.pattern_depth)
@@ -130,6 +141,8 @@ class Inspector:
         direction = inspection.client if from_client else inspection.server
         if direction is not None:
             direction.reassembler.add(seq, b"", True)
+        elif not from_client:
+            inspection.server_start = seq
 
     def first_bytes(self, inspection: FlowInspection, seq: int) -> bool:
         """Whether a client segment at `seq` would be the first bytes of the client's stream,
@@ -140,19 +153,20 @@ class Inspector:
             return False
         return client.reassembler.starts_at(seq)
 
-    def segment(self, inspection: FlowInspection, from_client: bool, seq: int, payload: bytes, out: list) -> bool:
-        """Read one TCP segment; observations are appended to `out`. False once the flow has
-        nothing left to read (the caller bypasses it)."""
+    def segment(self, inspection: FlowInspection, from_client: bool, seq: int, payload: bytes, syn: bool, out: list) -> bool:
+        """Read one TCP segment (`syn`: it carries the SYN flag, its data follows the SYN's
+        sequence number); observations are appended to `out`. False once the flow has nothing
+        left to read (the caller bypasses it)."""
         direction = inspection.client if from_client else inspection.server
         if direction is None:
             return inspection.client is not None or inspection.server is not None
         reassembler = direction.reassembler
         conflicts, gaps = reassembler.conflicts, reassembler.gaps
-        data = reassembler.add(seq, payload)
+        data = reassembler.add(seq, payload, syn)
         if reassembler.conflicts != conflicts:
             self.anomalies.count("tcp.overlap_conflict", reassembler.conflicts - conflicts)
         if reassembler.gaps != gaps:
-            self._gap(direction)
+            self._gap(inspection, direction, out)
         if data:
             self._read(inspection, direction, data, out)
         if not direction.reading or reassembler.done:
@@ -169,18 +183,24 @@ class Inspector:
             reassembler = direction.reassembler
             while reassembler.waiting and not reassembler.done and direction.reading:
                 data = reassembler.skip_gap()
-                self._gap(direction)
+                self._gap(inspection, direction, out)
                 if data:
                     self._read(inspection, direction, data, out)
+            if direction.pending and direction.reader in (READ_TLS_CLIENT, READ_TLS_SERVER):  # waiting to parse again
+                direction.wanted = 0
+                self._handshake(inspection, direction, b"", out)
             self._finish_direction(inspection, direction, out)
 
-    def _gap(self, direction: DirectionReader) -> None:
+    def _gap(self, inspection: FlowInspection, direction: DirectionReader, out: list) -> None:
         """Bytes are missing: no pattern may match across them, and a handshake cut by them is
         lost (counted); HTTP resynchronises on the next request line."""
         self.anomalies.count("tcp.gap")
+        if direction.yara is not None:  # a rule must not match across the missing bytes
+            self._match_yara(inspection, direction, out)
         if direction.patterns is not None:
             direction.patterns.reset()
         if direction.http is not None:
+            self.budget.used -= direction.http.buffered  # the head cut by the gap is dropped
             direction.http.gap()
         elif direction.reader != READ_NONE and direction.pending:
             self._hold(direction, b"")
@@ -229,11 +249,12 @@ class Inspector:
         direction.reassembler.release()
         direction.reader = READ_NONE
         self._hold(direction, b"")
-        direction.http = None
+        self._end_http(direction)
         if inspection.client is direction:
             inspection.client = None
         elif inspection.server is direction:
             inspection.server = None
+            inspection.server_ended = True
 
     def _handshake(self, inspection: FlowInspection, direction: DirectionReader, data: bytes, out: list) -> None:
         """The handshake reader of a direction: the first bytes choose it, then it reads until its
@@ -255,7 +276,7 @@ class Inspector:
             direction.reader = reader
             if reader == READ_HTTP:
                 direction.http = http.HttpRequestStream(self.buffer_limit)
-                direction.reassembler.depth = HTTP_DEPTH
+                direction.reassembler.depth = FOLLOWED_DEPTH
             elif reader == READ_NONE:
                 return
         if direction.reader == READ_HTTP:
@@ -263,21 +284,24 @@ class Inspector:
             return
         data = direction.pending + data if direction.pending else data
         reader = direction.reader
+        if len(data) < direction.wanted:  # the message cannot be complete yet
+            self._keep(direction, data)
+            return
         if reader == READ_TLS_CLIENT:
             hello = tls.read_client_hello(data, "t", inspection.compiled.fingerprints)
             if hello.status == tls.NEED_MORE:
-                self._keep(direction, data)
+                self._wait(direction, data, hello.end)
                 return
             direction.reader = READ_NONE
             if hello.status == tls.DONE:
                 self._client_hello(inspection, hello, out)
                 self._encrypted(inspection, direction, out)
-            else:
+            elif hello.status == tls.MALFORMED:
                 self.anomalies.count("tls.malformed")
         elif reader == READ_TLS_SERVER:
             certificates = tls.read_server_certificates(data)
             if certificates.status == tls.NEED_MORE:
-                self._keep(direction, data)
+                self._wait(direction, data, certificates.end)
                 return
             direction.reader = READ_NONE
             if certificates.status == tls.MALFORMED:
@@ -308,13 +332,23 @@ class Inspector:
             out.append(("tls.ja3", hello.ja3, False))
         if hello.ja4:
             out.append(("tls.ja4", hello.ja4.lower(), False))
-        if not inspection.compiled.certificates:
+        if not inspection.compiled.certificates or inspection.server_ended:
             return
         if inspection.server is None:
-            inspection.server = self._direction(inspection, False, READ_TLS_SERVER)
+            server = inspection.server = self._direction(inspection, False, READ_TLS_SERVER)
+            if inspection.server_start >= 0:
+                server.reassembler.add(inspection.server_start, b"", True)
         elif inspection.server.reader in (READ_NONE, READ_SERVER_PENDING) and not inspection.server.reassembler.delivered:
             inspection.server.reader = READ_TLS_SERVER
             inspection.server.reassembler.depth = max(inspection.server.reassembler.depth, self.buffer_limit)
+
+    def _wait(self, direction: DirectionReader, data: bytes, needed: int) -> None:
+        """Keep an incomplete TLS message until `needed` bytes are there. After PATIENT_PARSES
+        attempts (a message sent in thousands of tiny records), each attempt waits for half as much
+        again, so that parsing stays O(n log n); the flow's end parses what is left."""
+        direction.attempts += 1
+        direction.wanted = needed if direction.attempts < PATIENT_PARSES else max(needed, len(data) + len(data) // 2)
+        self._keep(direction, data)
 
     def _keep(self, direction: DirectionReader, data: bytes) -> None:
         """Keep an incomplete message until more bytes come, within the per-flow bound and the
@@ -334,15 +368,19 @@ class Inspector:
 
     def _http(self, inspection: FlowInspection, direction: DirectionReader, data: bytes, out: list) -> None:
         stream = direction.http
-        for request in stream.feed(data):  # type: ignore[union-attr]
+        held = stream.buffered  # type: ignore[union-attr]
+        requests = stream.feed(data)  # type: ignore[union-attr]
+        budget = self.budget
+        budget.used += stream.buffered - held  # type: ignore[union-attr]
+        for request in requests:
             for host in {request.host, request.target_host} - {None}:
                 out.append(("http.host", host, True))
             if request.path is not None and request.host is not None:
                 out.append(("http.url", (request.host, request.port or inspection.server_port, request.path), True))
         status = stream.status  # type: ignore[union-attr]
-        if status == http.NEED_MORE:
+        if status == http.NEED_MORE and budget.used <= budget.limit:
             return
-        direction.http = None
+        self._end_http(direction)
         if status == http.TUNNEL:  # a TLS session follows the CONNECT request
             direction.reader = READ_PENDING
             direction.reassembler.depth = max(self._depth(direction), direction.reassembler.position + self.buffer_limit)
@@ -350,10 +388,18 @@ class Inspector:
             if tunnelled:
                 self._handshake(inspection, direction, tunnelled, out)
             return
-        if status == http.MALFORMED:
-            self.anomalies.count("handshake.overflow" if stream.overflowed else "http.malformed")  # type: ignore[union-attr]
+        if status == http.NEED_MORE or stream.overflowed:  # type: ignore[union-attr]
+            self.anomalies.count("handshake.overflow")
+        elif status == http.MALFORMED:
+            self.anomalies.count("http.malformed")
         direction.reader = READ_NONE
         direction.reassembler.depth = max(self._depth(direction), 1)
+
+    def _end_http(self, direction: DirectionReader) -> None:
+        """Stop reading requests; the header bytes the stream held go back to the budget."""
+        if direction.http is not None:
+            self.budget.used -= direction.http.buffered
+            direction.http = None
 
     def _depth(self, direction: DirectionReader) -> int:
         """How far a direction must still be read for its patterns and YARA buffer."""

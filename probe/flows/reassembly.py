@@ -20,7 +20,7 @@ copy) for that purpose when the shared budget stays at most half used with it; o
 bytes are forgotten.
 
 Bounds: per direction at most MAX_WAITING_SEGMENTS pieces (touching pieces are joined when the
-bound is reached) wait ahead of a hole, never beyond
+bound is reached), spanning at most MAX_AHEAD bytes, wait ahead of a hole, never beyond
 `depth`; every byte held by every reassembler (waiting pieces and the last delivery) is charged to
 one `ReassemblyBudget`. When an out-of-order segment cannot be held, the hole before the earliest
 byte known is taken as lost (a capture drop that will not be repaired): the reassembler skips to
@@ -43,6 +43,9 @@ HALF_SEQUENCE_SPACE = SEQUENCE_SPACE >> 1
 MAX_WAITING_SEGMENTS = 32
 """Pieces one direction may hold ahead of a hole: a few windows' worth of ordinary reordering,
 while a flood of tiny out-of-order segments costs a bounded list."""
+MAX_AHEAD = 1 << 16
+"""How far past a hole one direction may hold bytes, whatever its depth: a stream followed for its
+whole life (HTTP requests) must not hold megabytes behind a hole that will never be filled."""
 
 
 class ReassemblyBudget:
@@ -228,18 +231,29 @@ class StreamReassembler:
         """Whether this direction or the process holds more than it may (pieces just queued are
         charged first, then given back if they cannot stay)."""
         budget = self.budget
-        return len(self.waiting) > MAX_WAITING_SEGMENTS or budget.used > budget.limit
+        waiting = self.waiting
+        if len(waiting) > MAX_WAITING_SEGMENTS or budget.used > budget.limit:
+            return True
+        return bool(waiting) and waiting[-1][0] + len(waiting[-1][1]) - self.position > MAX_AHEAD
 
     def _coalesce(self) -> None:
         """Join touching pieces into one, so that a stream sent in tiny segments in reverse order
         (each touching the piece after it) holds one piece, not one per segment. Only once the
-        piece bound is reached (the joins copy), and before the new segment's pieces are queued."""
+        piece bound is reached, and before the new segment's pieces are queued; each run of
+        touching pieces is joined in one copy."""
         joined: list[tuple[int, bytes]] = []
+        run: list[bytes] = []
+        run_start = run_end = 0
         for start, piece in self.waiting:
-            if joined and joined[-1][0] + len(joined[-1][1]) == start:
-                joined[-1] = (joined[-1][0], joined[-1][1] + piece)
+            if run and start == run_end:
+                run.append(piece)
             else:
-                joined.append((start, piece))
+                if run:
+                    joined.append((run_start, run[0] if len(run) == 1 else b"".join(run)))
+                run, run_start = [piece], start
+            run_end = start + len(piece)
+        if run:
+            joined.append((run_start, run[0] if len(run) == 1 else b"".join(run)))
         self.waiting[:] = joined
 
     def _skip(self, chunks: list[bytes]) -> None:
