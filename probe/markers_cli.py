@@ -271,8 +271,10 @@ def stats_command(files: tuple[str, ...]) -> None:
 
 
 def _pattern_engine(patterns: PatternMatcher | None) -> str:
-    if patterns is None or patterns.engine == "hyperscan":
+    if patterns is None:
         return "Hyperscan streaming mode over the first [flows] pattern_depth bytes of each TCP direction"
+    if patterns.engine == "hyperscan":
+        return f"Hyperscan streaming mode over the first [flows] pattern_depth bytes of each TCP direction, {patterns.state_bytes} bytes of state per direction"
     return "Hyperscan unavailable: pure-Python fallback (slower; a regular expression matches within 4 KiB windows)"
 
 

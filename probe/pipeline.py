@@ -281,6 +281,8 @@ class Pipeline:
             return
         inspection = flow.inspection
         if inspection is None:
+            if not payload and from_client and flow.stream_start == (seq + 1) & 0xFFFFFFFF:
+                return  # the SYN the flow was made from: its stream's start is known
             if flow.inspect != INSPECT_STREAM and not (payload and from_client and (sport in DNS_PORTS or dport in DNS_PORTS or starts_like_handshake(payload))):
                 return
             # Readers are made at the flow's first byte (or, for one picked up mid-stream, at a
@@ -337,17 +339,26 @@ class Pipeline:
 
     def _quic(self, flow: Flow, payload: bytes, timestamp: int, encapsulation: list[dict]) -> None:
         """A QUIC client's Initial packets, decrypted with the keys anyone can derive from them,
-        until the ClientHello is whole; nothing else of the connection is decrypted."""
+        until the ClientHello is whole; nothing else of the connection is decrypted. The CRYPTO
+        bytes a reader holds are charged to the reassembly budget."""
+        budget = self.inspector.budget
         reader = flow.inspection
         if reader is None:
+            if budget.used > budget.limit:
+                self.anomalies.count("quic.budget")
+                return
             reader = flow.inspection = quic.QuicInitialReader()
             flow.inspect = INSPECT_STREAM
+        held, rejected = reader.buffered_bytes, reader.rejected  # type: ignore[union-attr]
         status = reader.feed(payload)  # type: ignore[union-attr]
+        budget.used += reader.buffered_bytes - held  # type: ignore[union-attr]
+        if reader.rejected != rejected:  # type: ignore[union-attr]
+            self.anomalies.count("quic.bad_tag")
         if status == quic.NEED_MORE:
             return
         flow.inspection = None
-        # A datagram that does not authenticate may be forged by anyone who sees the flow: the
-        # next Initial starts a new reader rather than let it end the reading.
+        # A first datagram that does not authenticate may be forged by anyone who sees the flow:
+        # the next Initial starts a new reader rather than let it end the reading.
         flow.inspect = INSPECT_WATCH if status == quic.BAD_TAG else INSPECT_DONE
         if status == quic.DONE:
             hello = tls.fingerprint_client_hello(reader.client_hello, "q")  # type: ignore[union-attr]
@@ -524,10 +535,7 @@ class Pipeline:
             packets = packets[packets > after]
         packet_groups = groups.inverse[packets]
         from_a = fast.src_is_a[packets]
-        # A flow's first packet, its client's SYN, gave its stream's start when the flow was made;
-        # every other SYN is read (a server's starts the server's side; a client's seen after the
-        # server's answer starts the client's).
-        syn = ((fast.flags[packets] & TCP_SYN) != 0) & (groups.first[packet_groups] != packets)
+        syn = (fast.flags[packets] & TCP_SYN) != 0
         packets = packets[np.where(from_a, reads_a[packet_groups], reads_b[packet_groups]) & ((fast.payload_lengths[packets] > 0) | syn)]
         ruled_out = self._hellos_ruled_out(fast, packets)
         inspect = self._inspect
@@ -655,6 +663,8 @@ class Pipeline:
             self.inspector.finish(inspection, self._observed)  # type: ignore[arg-type]
             if self._observed:
                 self._record_observed(flow, self.flows.counters(flow)[3], flow.encapsulation)
+        elif inspection is not None:  # a QUIC reader left waiting: its bytes go back
+            self.inspector.budget.used -= inspection.buffered_bytes  # type: ignore[union-attr]
         if flow.hits:
             counters = flow.final or self.flows.counters(flow)
             finals = [self._revise(flow, hit, counters, True) for hit in flow.hits.values()]

@@ -226,14 +226,17 @@ def test_quic_packets_with_bad_tags_or_unknown_versions_are_counted(tmp_path: Pa
     forged[-1] ^= 1  # the AEAD tag no longer authenticates
     unknown = bytearray(good[0])
     unknown[1:5] = (0x0A1A2A3A).to_bytes(4, "big")
-    packets = [_udp(28001, 443, bytes(forged)), *(_udp(28001, 443, datagram) for datagram in good), _udp(28002, 443, bytes(unknown))]
+    forged_second = bytearray(good[1])
+    forged_second[-1] ^= 1
+    packets = [_udp(28001, 443, bytes(forged)), _udp(28001, 443, good[0]), _udp(28001, 443, bytes(forged_second)), _udp(28001, 443, good[1]), _udp(28002, 443, bytes(unknown))]
     capture = tmp_path / "quic.pcap"
     wrpcap(str(capture), stamp(packets))
     events = io.StringIO()
     bundle = write_bundle(tmp_path / "markers.json", [{"id": "name", "type": "domain", "value": MARKED}])
     result = replay(Config(), [str(capture)], [str(bundle)], events)
-    assert detections([json.loads(line) for line in events.getvalue().splitlines()]) == {28001: {("name", "quic.sni")}}  # a forged datagram does not end the reading
-    assert result.pipeline.anomalies == {"quic.bad_tag": 1}  # an unknown version's packet is not an Initial: not read at all
+    assert detections([json.loads(line) for line in events.getvalue().splitlines()]) == {28001: {("name", "quic.sni")}}  # forged datagrams do not end the reading
+    assert result.pipeline.anomalies == {"quic.bad_tag": 2}  # an unknown version's packet is not an Initial: not read at all
+    assert result.pipeline.inspector.budget.used == 0
 
 
 PATTERN = b"beacon-7f3a9c"
@@ -282,3 +285,58 @@ def test_a_yara_rule_that_times_out_is_counted_and_skipped(tmp_path: Path) -> No
     assert detections([json.loads(line) for line in events.getvalue().splitlines()]) == {33001: {("name", "tls.sni")}}
     assert result.pipeline.anomalies == {"yara.timeout": 1}
     assert result.pipeline.inspector.budget.used == 0
+
+
+def _random_sessions(rng: random.Random, count: int) -> list:
+    """Sessions reusing ports, segments of both sides shuffled or cut short, some ended by FIN or
+    RST, some silent past their idle timeout: what makes per-batch shortcuts go wrong."""
+    payloads = [HELLO, CONTROL_HELLO, PQ_HELLO, b"GET /x HTTP/1.1\r\nHost: evil.example\r\n\r\n" * 3, b"MZ-stage2-loader" + rng.randbytes(9000) + PATTERN]
+    packets, now = [], 1_700_000_000.0
+    for _ in range(count):
+        port = 40000 + rng.randrange(40)
+        isn, server_isn = rng.randrange(1 << 32), rng.randrange(1 << 32)
+        session = [_tcp(CLIENT, SERVER, port, 443, "S", isn, 0), _tcp(SERVER, CLIENT, 443, port, "SA", server_isn, (isn + 1) % (1 << 32))]
+        sent, answer = rng.choice(payloads), rng.choice(payloads)
+        pieces = [(True, offset, sent[offset : offset + 1400]) for offset in range(0, len(sent), 1400)] + [(False, offset, answer[offset : offset + 700]) for offset in range(0, len(answer), 700)]
+        if rng.random() < 0.5:
+            rng.shuffle(pieces)
+        if rng.random() < 0.3:
+            pieces = pieces[:-1]
+        for from_client, offset, data in pieces:
+            session.append(_tcp(CLIENT, SERVER, port, 443, "PA", (isn + 1 + offset) % (1 << 32), server_isn, data) if from_client else _tcp(SERVER, CLIENT, 443, port, "PA", (server_isn + 1 + offset) % (1 << 32), isn, data))
+        if rng.random() < 0.4:
+            session.append(_tcp(CLIENT, SERVER, port, 443, "R" if rng.random() < 0.5 else "FA", (isn + 1 + len(sent)) % (1 << 32), server_isn))
+        for packet in session:
+            packet.time = now
+            now += 400.0 if rng.random() < 0.01 else 0.001
+        packets += session
+    return packets
+
+
+def test_results_do_not_depend_on_the_route_or_on_batch_cuts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every reader at once, over one capture: the vector route in whole batches, in batches of a
+    packet or two, and every frame through the per-frame decoder give the same events, and every
+    byte held is given back."""
+    import probe.capture.reader
+    import probe.pipeline
+
+    capture = tmp_path / "sessions.pcap"
+    wrpcap(str(capture), _random_sessions(random.Random(7), 150))
+    bundle = write_bundle(tmp_path / "markers.json", [
+        {"id": "name", "type": "domain", "value": MARKED},
+        {"id": "ja3", "type": "ja3", "value": tls.read_client_hello(HELLO).ja3},
+        {"id": "certificate", "type": "x509_sha256", "value": "0" * 64},
+        {"id": "url", "type": "url", "value": "evil.example/x"},
+        {"id": "literal", "type": "bytes", "value": PATTERN.decode(), "name": "beacon literal"},
+        {"id": "rule", "type": "yara", "value": 'rule staged { strings: $a = "MZ-stage2-loader" condition: $a }', "name": "stage 2 loader"},
+    ])
+    found = {}
+    for route, chunk, vector_run in (("vector", probe.capture.reader.CHUNK_SIZE, 1), ("tiny batches", 300, 1), ("per frame", probe.capture.reader.CHUNK_SIZE, 10**9)):
+        monkeypatch.setattr(probe.capture.reader, "CHUNK_SIZE", chunk)
+        monkeypatch.setattr(probe.pipeline, "MIN_VECTOR_RUN", vector_run)
+        events = io.StringIO()
+        result = replay(Config(), [str(capture)], [str(bundle)], events)
+        found[route] = sorted(events.getvalue().splitlines())
+        assert result.pipeline.inspector.budget.used == 0, route
+    assert len({event["marker"]["id"] for event in map(json.loads, found["vector"])}) >= 5
+    assert found["vector"] == found["tiny batches"] == found["per frame"]

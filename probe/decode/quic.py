@@ -244,13 +244,15 @@ class QuicInitialReader:
 
     `feed` returns NEED_MORE until the reader is finished; then it returns the final status, the
     same on every later call, without looking at the datagram: DONE (`client_hello` is set), or
-    NOT_QUIC, UNKNOWN_VERSION, BAD_TAG or MALFORMED. A finished reader has released its keys and
+    NOT_QUIC, UNKNOWN_VERSION, BAD_TAG (the first datagram; a later one that does not authenticate
+    is skipped and counted in `rejected`) or MALFORMED. A finished reader has released its keys and
     buffers and should not be fed again: drop it.
     """
 
     __slots__ = (
         "client_hello",
         "status",
+        "rejected",
         "_started",
         "_datagrams",
         "_initial_packets",
@@ -262,6 +264,8 @@ class QuicInitialReader:
     def __init__(self) -> None:
         self.client_hello: bytes | None = None
         self.status = NEED_MORE
+        self.rejected = 0
+        """Datagrams that did not authenticate after one that did: skipped, the reading goes on."""
         self._started = False
         self._datagrams = 0
         self._initial_packets = 0
@@ -283,6 +287,11 @@ class QuicInitialReader:
             status = self._feed(bytes(datagram))
         except Exception:  # a lying length or varint (_Malformed), or anything unforeseen
             status = MALFORMED
+        if status == BAD_TAG and self._largest_packet_number >= 0:
+            # Anyone who sees the flow can send a datagram that does not authenticate; the server
+            # drops it, and so does the reader (MAX_DATAGRAMS still bounds the reading).
+            self.rejected += 1
+            return NEED_MORE
         if status != NEED_MORE:
             self.status = status
             self._fragments = []

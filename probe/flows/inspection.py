@@ -161,10 +161,12 @@ class Inspector:
         if direction is None:
             return inspection.client is not None or inspection.server is not None
         reassembler = direction.reassembler
-        conflicts, gaps = reassembler.conflicts, reassembler.gaps
+        conflicts, gaps, refused = reassembler.conflicts, reassembler.gaps, reassembler.refused
         data = reassembler.add(seq, payload, syn)
         if reassembler.conflicts != conflicts:
             self.anomalies.count("tcp.overlap_conflict", reassembler.conflicts - conflicts)
+        if reassembler.refused != refused:
+            self.anomalies.count("tcp.segment_refused", reassembler.refused - refused)
         if reassembler.gaps != gaps:
             self._gap(inspection, direction, out)
         if data:
@@ -232,11 +234,13 @@ class Inspector:
         self.budget.used -= len(buffer)  # type: ignore[arg-type]
         matcher = inspection.compiled.yara
         if buffer and matcher is not None:
-            timeouts = matcher.timeouts
+            timeouts, errors = matcher.timeouts, matcher.errors
             for position in matcher.match(bytes(buffer)):
                 out.append(("yara", inspection.compiled.index.yara_markers[position], direction.from_client))
             if matcher.timeouts != timeouts:
                 self.anomalies.count("yara.timeout")
+            if matcher.errors != errors:
+                self.anomalies.count("yara.error")
 
     def _finish_direction(self, inspection: FlowInspection, direction: DirectionReader, out: list) -> None:
         if direction.pending and direction.reader != READ_NONE:
