@@ -94,8 +94,9 @@ class FlowsSection:
     yara_depth: int = 4_096
     """First bytes of each TCP direction buffered and matched against `yara` markers."""
     reassembly_max_bytes: int = 64 * 1024**2
-    """Out-of-order TCP segments held for all flows together; beyond, a segment is refused
-    (counted) and its stream goes on after a gap."""
+    """Bytes held for all flows together while their streams are read (out-of-order segments,
+    handshake, HTTP header and YARA buffers, QUIC CRYPTO data); beyond, a segment is refused or a
+    message given up (counted) and the stream goes on after a gap."""
 
 
 @dataclass(frozen=True)
