@@ -39,7 +39,7 @@ CLOCK_FRAMES = 63
 """The expiry clock is the median time of this many latest frames."""
 MIN_VECTOR_RUN = 32
 """Fewer consecutive classified frames than this cost less frame by frame than in vector setup."""
-INSPECTED_COLUMNS = ("payload_offsets", "payload_lengths", "src_is_a", "protos", "sports", "dports", "seqs", "flags", "timestamps", "vlans")
+INSPECTED_COLUMNS = ("payload_offsets", "payload_lengths", "src_is_a", "protos", "sports", "dports", "seqs", "acks", "flags", "timestamps", "vlans")
 
 
 def vlan_encapsulation(vlan: int) -> list[dict]:
@@ -261,13 +261,13 @@ class Pipeline:
         from_client = src_is_a == flow.client_is_a
         table.account(flow, packet.wirelen, packet.timestamp)
         if packet.payload or (flags & TCP_SYN and flow.inspect == INSPECT_STREAM):
-            self._inspect(flow, proto, from_client, packet.sport, packet.dport, packet.tcp_seq, flags, packet.payload, packet.timestamp, packet.encapsulation)
+            self._inspect(flow, proto, from_client, packet.sport, packet.dport, packet.tcp_seq, packet.tcp_ack, flags, packet.payload, packet.timestamp, packet.encapsulation)
         if flags & (TCP_FIN | TCP_RST) and proto == PROTO_TCP:
             fin = bool(flags & TCP_FIN)
             if self._tcp_end(flow, fin and src_is_a, fin and not src_is_a, bool(flags & TCP_RST)):
                 flow.final = table.counters(flow)
 
-    def _inspect(self, flow: Flow, proto: int, from_client: bool, sport: int, dport: int, seq: int, flags: int, payload: bytes, timestamp: int, encapsulation: list[dict]) -> None:
+    def _inspect(self, flow: Flow, proto: int, from_client: bool, sport: int, dport: int, seq: int, ack: int, flags: int, payload: bytes, timestamp: int, encapsulation: list[dict]) -> None:
         """Read a packet's payload for what markers may know: DNS messages in either direction,
         QUIC client Initials, and TCP streams (handshakes recognised by content whatever the port,
         byte patterns, YARA)."""
@@ -280,9 +280,14 @@ class Pipeline:
         if proto != PROTO_TCP or flow.inspect == INSPECT_DONE:
             return
         inspection = flow.inspection
+        server_syn = not payload and not from_client and flags & TCP_SYN
+        if server_syn and flags & TCP_ACK:
+            self._client_start(flow, ack)
         if inspection is None:
             if not payload and from_client and flow.stream_start == (seq + 1) & 0xFFFFFFFF:
                 return  # the SYN the flow was made from: its stream's start is known
+            if server_syn and not (self.compiled.payload or self.compiled.certificates or sport in DNS_PORTS or dport in DNS_PORTS):
+                return  # the server's side is not read: nothing to make yet
             if flow.inspect != INSPECT_STREAM and not (payload and from_client and (sport in DNS_PORTS or dport in DNS_PORTS or starts_like_handshake(payload))):
                 return
             # Readers are made at the flow's first byte (or, for one picked up mid-stream, at a
@@ -300,6 +305,15 @@ class Pipeline:
             flow.inspect = INSPECT_DONE  # bypassed: every decision about its bytes is made
         if observed:
             self._record_observed(flow, timestamp, encapsulation)
+
+    def _client_start(self, flow: Flow, ack: int) -> None:
+        """The client's stream starts where the server's SYN-ACK says: a decoy SYN with another
+        sequence number, before or after the real one, does not move it."""
+        inspection = flow.inspection
+        if inspection is None:
+            flow.stream_start = ack
+        elif inspection.__class__ is FlowInspection:
+            self.inspector.client_start(inspection, ack)  # type: ignore[arg-type]
 
     def _record_observed(self, flow: Flow, timestamp: int, encapsulation: list[dict]) -> None:
         """Look up what the readers saw and record the hits; the values are dropped here."""
@@ -477,12 +491,12 @@ class Pipeline:
             return
         candidates.sort()
         inspect = self._inspect
-        for packet, group, start, length, src_is_a, proto, sport, dport, seq, flags, timestamp, vlan in zip(candidates.tolist(), groups.inverse[candidates].tolist(), *fast.columns(candidates, INSPECTED_COLUMNS)):
+        for packet, group, start, length, src_is_a, proto, sport, dport, seq, ack, flags, timestamp, vlan in zip(candidates.tolist(), groups.inverse[candidates].tolist(), *fast.columns(candidates, INSPECTED_COLUMNS)):
             flow = flows_by_group[group]
             if flow.inspect == INSPECT_DONE or (drained and packet in drained):
                 continue
             was_streaming = flow.inspect == INSPECT_STREAM
-            inspect(flow, proto, src_is_a == flow.client_is_a, sport, dport, seq, flags, data[start : start + length], timestamp, vlan_encapsulation(vlan))
+            inspect(flow, proto, src_is_a == flow.client_is_a, sport, dport, seq, ack, flags, data[start : start + length], timestamp, vlan_encapsulation(vlan))
             if flow.inspect == INSPECT_STREAM and not was_streaming:
                 drained |= self._drain_streams(data, fast, groups, flows_by_group, [group], packet)
 
@@ -535,20 +549,27 @@ class Pipeline:
             packets = packets[packets > after]
         packet_groups = groups.inverse[packets]
         from_a = fast.src_is_a[packets]
-        syn = (fast.flags[packets] & TCP_SYN) != 0
-        packets = packets[np.where(from_a, reads_a[packet_groups], reads_b[packet_groups]) & ((fast.payload_lengths[packets] > 0) | syn)]
+        flags = fast.flags[packets]
+        syn = (flags & TCP_SYN) != 0
+        read = np.where(from_a, reads_a[packet_groups], reads_b[packet_groups])
+        # A server's SYN-ACK tells where its client's stream starts, whether its side is read or not.
+        syn_ack = syn & ((flags & TCP_ACK) != 0) & (from_a != client_a[packet_groups])
+        packets = packets[(read & ((fast.payload_lengths[packets] > 0) | syn)) | syn_ack]
         ruled_out = self._hellos_ruled_out(fast, packets)
         inspect = self._inspect
         drained = set()
-        for packet, group, start, length, src_is_a, proto, sport, dport, seq, flags, timestamp, vlan in zip(packets.tolist(), groups.inverse[packets].tolist(), *fast.columns(packets, INSPECTED_COLUMNS)):
+        for packet, group, start, length, src_is_a, proto, sport, dport, seq, ack, flags, timestamp, vlan in zip(packets.tolist(), groups.inverse[packets].tolist(), *fast.columns(packets, INSPECTED_COLUMNS)):
             flow = flows_by_group[group]
             if flow.inspect != INSPECT_STREAM:
                 continue  # its reading ended in this batch: the candidates' test decides on the rest
             drained.add(packet)
+            if not length and flags & TCP_SYN and src_is_a != flow.client_is_a and not (reads_a[group] if src_is_a else reads_b[group]):
+                self._client_start(flow, ack)  # a SYN-ACK of a side not read
+                continue
             if ruled_out and packet in ruled_out and self._first_bytes(flow, seq):
                 self._bypass(flow, timestamp, vlan_encapsulation(vlan))
                 continue
-            inspect(flow, proto, src_is_a == flow.client_is_a, sport, dport, seq, flags, data[start : start + length], timestamp, vlan_encapsulation(vlan))
+            inspect(flow, proto, src_is_a == flow.client_is_a, sport, dport, seq, ack, flags, data[start : start + length], timestamp, vlan_encapsulation(vlan))
         return drained
 
     def _hellos_ruled_out(self, fast: FastFrames, packets: np.ndarray) -> set[int]:

@@ -340,3 +340,24 @@ def test_results_do_not_depend_on_the_route_or_on_batch_cuts(tmp_path: Path, mon
         assert result.pipeline.inspector.budget.used == 0, route
     assert len({event["marker"]["id"] for event in map(json.loads, found["vector"])}) >= 5
     assert found["vector"] == found["tiny batches"] == found["per frame"]
+
+
+def test_a_decoy_syn_does_not_move_the_stream_start(tmp_path: Path) -> None:
+    """A SYN with another initial sequence number, before or after the real one: the server's
+    SYN-ACK says which one it acknowledged, and the stream starts there; data on a SYN is read."""
+    packets = []
+    for port, decoy_first in ((29001, True), (29002, False)):
+        isn, decoy, server_isn = 1000, 1000 + (1 << 31), 90000
+        syns = [_tcp(CLIENT, SERVER, port, 443, "S", decoy - 1, 0), _tcp(CLIENT, SERVER, port, 443, "S", isn - 1, 0)]
+        packets += (syns if decoy_first else syns[::-1]) + [
+            _tcp(SERVER, CLIENT, 443, port, "SA", server_isn - 1, isn),
+            _tcp(CLIENT, SERVER, port, 443, "PA", isn, server_isn, HELLO),
+            _tcp(CLIENT, SERVER, port, 443, "FA", isn + len(HELLO), server_isn),
+        ]
+    packets += [  # TCP Fast Open: the hello rides on the SYN, which the SYN-ACK acknowledges with it
+        _tcp(CLIENT, SERVER, 29003, 443, "S", 999, 0, HELLO),
+        _tcp(SERVER, CLIENT, 443, 29003, "SA", 89999, 1000 + len(HELLO)),
+        _tcp(CLIENT, SERVER, 29003, 443, "FA", 1000 + len(HELLO), 90000),
+    ]
+    for bundle in (write_bundle(tmp_path / "names.json", [{"id": "name", "type": "domain", "value": MARKED}]), marker_bundle(tmp_path / "markers.json")):
+        assert {port for port, hits in detections(events_of(tmp_path, packets, bundle)).items() if ("name", "tls.sni") in hits} == {29001, 29002, 29003}

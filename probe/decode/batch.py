@@ -57,7 +57,7 @@ class FastFrames:
     """The classified frames of one batch, as parallel arrays, plus the frames left to the
     per-frame decoder (`others`, indices into the batch)."""
 
-    ARRAYS = ("frames", "timestamps", "wirelens", "protos", "sports", "dports", "vlans", "flags", "seqs", "payload_offsets", "payload_lengths", "first_words", "sixth_bytes", "src_is_a", "lanes")
+    ARRAYS = ("frames", "timestamps", "wirelens", "protos", "sports", "dports", "vlans", "flags", "seqs", "acks", "payload_offsets", "payload_lengths", "first_words", "sixth_bytes", "src_is_a", "lanes")
 
     def __init__(self, others: np.ndarray) -> None:
         self.others = others
@@ -253,6 +253,7 @@ def classify_batch(batch: FrameBatch) -> FastFrames:
     is_tcp = frames.protos == PROTO_TCP
     frames.flags = np.where(is_tcp, buffer[l4 + 13], 0).astype(np.int64)
     frames.seqs = np.where(is_tcp, _u32(buffer, l4 + 4), 0)
+    frames.acks = np.where(is_tcp, _u32(buffer, l4 + 8), 0)
     frames.payload_offsets = l4 + header_length[fast_index]
     frames.payload_lengths = ip_end - frames.payload_offsets
     classified = frames.payload_lengths >= MIN_CLASSIFIED_PAYLOAD

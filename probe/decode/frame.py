@@ -47,7 +47,7 @@ MAX_NESTED_REASSEMBLIES = 3
 _u16 = struct.Struct("!H").unpack_from
 _u32 = struct.Struct("!I").unpack_from
 _ipv4_header = struct.Struct("!BxHHHxB2x4s4s").unpack_from
-_tcp_header = struct.Struct("!HHI4xBB").unpack_from
+_tcp_header = struct.Struct("!HHIIBB").unpack_from
 _ports = struct.Struct("!HH").unpack_from
 
 IPV6_EXTENSION_HEADERS = frozenset((0, 43, 60, 135, 139, 140, 253, 254))
@@ -304,7 +304,7 @@ class FrameDecoder:
             self._need(position + 4, end)
             packet.sport, packet.dport = _ports(data, position)
             self._need(position + 14, end)
-            packet.sport, packet.dport, packet.tcp_seq, offset, packet.tcp_flags = _tcp_header(data, position)
+            packet.sport, packet.dport, packet.tcp_seq, packet.tcp_ack, offset, packet.tcp_flags = _tcp_header(data, position)
             header_length = (offset >> 4) * 4
             if header_length < 20:
                 raise Malformed("tcp_bad_header")

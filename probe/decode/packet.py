@@ -41,6 +41,7 @@ class Packet:
         "dport",
         "tcp_flags",
         "tcp_seq",
+        "tcp_ack",
         "payload",
         "encapsulation",
         "truncated",
@@ -56,6 +57,7 @@ class Packet:
         self.dport = 0
         self.tcp_flags = 0
         self.tcp_seq = 0
+        self.tcp_ack = 0
         self.payload = b""
         self.encapsulation: list[dict] = []
         self.truncated = False

@@ -136,6 +136,12 @@ class Inspector:
         direction.reassembler.depth = depth
         return direction
 
+    def client_start(self, inspection: FlowInspection, seq: int) -> None:
+        """The server acknowledged the client's SYN: the client's stream starts at `seq`, unless
+        bytes were already read (then the earlier start stands)."""
+        if inspection.client is not None:
+            inspection.client.reassembler.restart(seq)
+
     def syn(self, inspection: FlowInspection, from_client: bool, seq: int) -> None:
         """The stream of this direction starts after the SYN's sequence number."""
         direction = inspection.client if from_client else inspection.server

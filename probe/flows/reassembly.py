@@ -122,6 +122,12 @@ class StreamReassembler:
             return payload
         return self._place(start, payload)
 
+    def restart(self, seq: int) -> None:
+        """Move the stream's start to `seq` (the first byte's number) while nothing was received:
+        a SYN-ACK acknowledges the real SYN, whatever decoy came first."""
+        if not self.delivered and not self.waiting and not self.gaps:
+            self.origin = seq & SEQUENCE_MASK
+
     def starts_at(self, seq: int) -> bool:
         """Whether a segment at `seq` would be the stream's first bytes (nothing delivered or
         waiting, and the stream starts there or has no start yet)."""
