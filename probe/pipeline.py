@@ -12,6 +12,8 @@ event records, and packets are accounted in capture order whichever route they t
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
 from probe.capture.frames import FrameBatch
@@ -21,7 +23,7 @@ from probe.decode.batch import DNS_PORTS, HTTP_METHOD_PREFIXES, MIN_CLASSIFIED_P
 from probe.decode.fragments import FragmentReassembler
 from probe.decode.frame import FrameDecoder
 from probe.decode.packet import PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Packet
-from probe.flows.inspection import Anomalies, FlowInspection, Inspector
+from probe.flows.inspection import FlowInspection, Inspector
 from probe.flows.table import CLASS_CLOSED, INSPECT_DONE, INSPECT_STREAM, INSPECT_WATCH, NANOSECONDS, NO_ENCAPSULATION, Flow, FlowTable, canonical_key
 from probe.bundles.library import LoadReport, MarkerLibrary
 from probe.match.compiled import CompiledMarkers
@@ -58,7 +60,7 @@ class Pipeline:
         `notifier` every revision of the events it notified at their first hit."""
         self.config = config
         self.library = library
-        self.anomalies = Anomalies()
+        self.anomalies: Counter[str] = Counter()
         self.inspector = Inspector(config.flows, self.anomalies)
         self._observed: list[tuple[str, object, bool]] = []
         self._use_markers(library.active)
@@ -271,8 +273,9 @@ class Pipeline:
         """Read a packet's payload for what markers may know: DNS messages in either direction,
         QUIC client Initials, and TCP streams (handshakes recognised by content whatever the port,
         byte patterns, YARA)."""
+        dns_port = sport in DNS_PORTS or dport in DNS_PORTS
         if proto == PROTO_UDP:
-            if sport in DNS_PORTS or dport in DNS_PORTS:
+            if dns_port:
                 self._dns_message(flow, payload, from_client, timestamp, encapsulation)
             elif from_client and (flow.inspection is not None or (self._reads_initials and quic.looks_like_initial(payload))):
                 self._quic(flow, payload, timestamp, encapsulation)
@@ -286,13 +289,13 @@ class Pipeline:
         if inspection is None:
             if not payload and from_client and flow.stream_start == (seq + 1) & 0xFFFFFFFF:
                 return  # the SYN the flow was made from: its stream's start is known
-            if server_syn and not (self.compiled.payload or self.compiled.certificates or sport in DNS_PORTS or dport in DNS_PORTS):
+            if server_syn and not (self.compiled.payload or self.compiled.certificates or dns_port):
                 return  # the server's side is not read: nothing to make yet
-            if flow.inspect != INSPECT_STREAM and not (payload and from_client and (sport in DNS_PORTS or dport in DNS_PORTS or starts_like_handshake(payload))):
+            if flow.inspect != INSPECT_STREAM and not (payload and from_client and (dns_port or starts_like_handshake(payload))):
                 return
             # Readers are made at the flow's first byte (or, for one picked up mid-stream, at a
             # segment that starts like a handshake): a flow that never carries one costs none.
-            inspection = flow.inspection = self.inspector.start(flow.server_port(), sport in DNS_PORTS or dport in DNS_PORTS)
+            inspection = flow.inspection = self.inspector.start(flow.server_port(), dns_port)
             if flow.stream_start >= 0:
                 self.inspector.syn(inspection, True, flow.stream_start - 1)
             flow.inspect = INSPECT_STREAM
@@ -359,7 +362,7 @@ class Pipeline:
         reader = flow.inspection
         if reader is None:
             if budget.used > budget.limit:
-                self.anomalies.count("quic.budget")
+                self.anomalies["quic.budget"] += 1
                 return
             reader = flow.inspection = quic.QuicInitialReader()
             flow.inspect = INSPECT_STREAM
@@ -367,7 +370,7 @@ class Pipeline:
         status = reader.feed(payload)  # type: ignore[union-attr]
         budget.used += reader.buffered_bytes - held  # type: ignore[union-attr]
         if reader.rejected != rejected:  # type: ignore[union-attr]
-            self.anomalies.count("quic.bad_tag")
+            self.anomalies["quic.bad_tag"] += 1
         if status == quic.NEED_MORE:
             return
         flow.inspection = None
@@ -384,9 +387,9 @@ class Pipeline:
                 observed.append(("tls.ja4", hello.ja4.lower(), False))  # bundles hold JA4s in lower case
                 self._record_observed(flow, timestamp, encapsulation)
             else:
-                self.anomalies.count("quic.malformed")
+                self.anomalies["quic.malformed"] += 1
         elif status != quic.NOT_QUIC:
-            self.anomalies.count(QUIC_ANOMALIES[status])
+            self.anomalies[QUIC_ANOMALIES[status]] += 1
 
     def _fast_packets(self, batch: FrameBatch, fast: FastFrames) -> None:
         """Account the classifier's packets per flow, then inspect the few that need it."""

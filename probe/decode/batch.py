@@ -116,7 +116,7 @@ class FastFrames:
         lengths = self.payload_lengths
         tcp = self.protos == PROTO_TCP
         dns = (np.isin(self.sports, _DNS_PORT_ARRAY) | np.isin(self.dports, _DNS_PORT_ARRAY)) & (lengths > 0)
-        client_hello = tcp & (self.first_words >> 24 == 0x16) & ((self.first_words >> 16) & 0xFF == 3) & (self.sixth_bytes == 1)
+        client_hello = self._hello_starts(slice(None))
         request = np.isin(self.first_words, HTTP_METHOD_WORDS)
         tiny = lengths < MIN_CLASSIFIED_PAYLOAD
         udp_dns = dns & ~tcp
@@ -125,7 +125,7 @@ class FastFrames:
         questions = questions[names.may_hit(*dns_question_names(self.buffer, self.payload_offsets[questions], lengths[questions]))]
         hellos = np.flatnonzero(client_hello)
         if not every_hello:
-            hellos = hellos[names.may_hit(*client_hello_server_names(self.buffer, self.payload_offsets[hellos], lengths[hellos]))]
+            hellos = hellos[self._hello_names_may_hit(names, hellos)]
         others = np.flatnonzero(tcp & (lengths > 0) & ~client_hello & (dns | request | tiny))
         quic = np.flatnonzero(~tcp & ~dns & (self.first_words >> 30 == 3) & (lengths >= QUIC_MIN_INITIAL)) if initials else np.empty(0, dtype=np.int64)
         return questions, responses, np.union1d(hellos, others), quic
@@ -133,13 +133,22 @@ class FastFrames:
     def hellos_ruled_out(self, names: NameFilter, packets: np.ndarray) -> np.ndarray:
         """Of `packets`, which are ClientHellos whose server name lies whole in their segment and
         `names` rules out: nothing of them can hit a name marker."""
-        words = self.first_words[packets]
-        hello = (self.protos[packets] == PROTO_TCP) & (words >> 24 == 0x16) & ((words >> 16) & 0xFF == 3) & (self.sixth_bytes[packets] == 1)
         found = np.zeros(len(packets), dtype=bool)
-        hellos = np.flatnonzero(hello)
+        hellos = np.flatnonzero(self._hello_starts(packets))
         if len(hellos):
-            found[hellos] = ~names.may_hit(*client_hello_server_names(self.buffer, self.payload_offsets[packets[hellos]], self.payload_lengths[packets[hellos]]))
+            found[hellos] = ~self._hello_names_may_hit(names, packets[hellos])
         return found
+
+    def _hello_starts(self, packets: np.ndarray | slice) -> np.ndarray:
+        """Whether each packet's payload starts a TLS ClientHello: a handshake record of major
+        version 3 whose first message is of type 1."""
+        words = self.first_words[packets]
+        return (self.protos[packets] == PROTO_TCP) & (words >> 24 == 0x16) & ((words >> 16) & 0xFF == 3) & (self.sixth_bytes[packets] == 1)
+
+    def _hello_names_may_hit(self, names: NameFilter, hellos: np.ndarray) -> np.ndarray:
+        """Of ClientHellos, which may name a marked domain (those whose name the vector reader
+        cannot judge included)."""
+        return names.may_hit(*client_hello_server_names(self.buffer, self.payload_offsets[hellos], self.payload_lengths[hellos]))
 
 
 def _bytes_at(buffer: np.ndarray, positions: np.ndarray, limits: np.ndarray, width: int) -> np.ndarray:

@@ -21,6 +21,8 @@ for the pipeline to look up in the marker index; the bytes themselves are droppe
 
 from __future__ import annotations
 
+from collections import Counter
+
 from probe.config import FlowsSection
 from probe.decode import dns, http, tls
 from probe.decode.batch import HTTP_METHOD_PREFIXES
@@ -37,14 +39,6 @@ PATIENT_PARSES = 16
 READ_NONE, READ_PENDING, READ_SERVER_PENDING, READ_TLS_CLIENT, READ_TLS_SERVER, READ_HTTP, READ_DNS = range(7)
 """Handshake readers: none, not chosen yet (a client's or a server's first bytes not seen), and
 one per protocol."""
-
-
-class Anomalies(dict):
-    """Bad input by kind (`tls.malformed`, `quic.bad_tag`, `tcp.overlap_conflict`...): counted,
-    skipped, never fatal; reported in the summary and the live status."""
-
-    def count(self, kind: str, number: int = 1) -> None:  # type: ignore[override]
-        self[kind] = self.get(kind, 0) + number
 
 
 class DirectionReader:
@@ -101,7 +95,9 @@ class FlowInspection:
 class Inspector:
     """Reads inspected flows' streams for one marker set version and one configuration."""
 
-    def __init__(self, limits: FlowsSection, anomalies: Anomalies) -> None:
+    def __init__(self, limits: FlowsSection, anomalies: Counter[str]) -> None:
+        """`anomalies`: bad input by kind (`tls.malformed`, `tcp.overlap_conflict`...), counted
+        and skipped, never fatal; the summary and the live status report them."""
         self.budget = ReassemblyBudget(limits.reassembly_max_bytes)
         self.buffer_limit = limits.handshake_buffer_bytes
         self.pattern_depth = limits.pattern_depth
@@ -167,13 +163,13 @@ class Inspector:
         if direction is None:
             return inspection.client is not None or inspection.server is not None
         reassembler = direction.reassembler
-        conflicts, gaps, refused = reassembler.conflicts, reassembler.gaps, reassembler.refused
+        conflicts, refused = reassembler.conflicts, reassembler.refused
         data = reassembler.add(seq, payload, syn)
         if reassembler.conflicts != conflicts:
-            self.anomalies.count("tcp.overlap_conflict", reassembler.conflicts - conflicts)
+            self.anomalies["tcp.overlap_conflict"] += reassembler.conflicts - conflicts
         if reassembler.refused != refused:
-            self.anomalies.count("tcp.segment_refused", reassembler.refused - refused)
-        if reassembler.gaps != gaps:
+            self.anomalies["tcp.segment_refused"] += reassembler.refused - refused
+        if reassembler.gap_before:
             self._gap(inspection, direction, out)
         if data:
             self._read(inspection, direction, data, out)
@@ -202,7 +198,7 @@ class Inspector:
     def _gap(self, inspection: FlowInspection, direction: DirectionReader, out: list) -> None:
         """Bytes are missing: no pattern may match across them, and a handshake cut by them is
         lost (counted); HTTP resynchronises on the next request line."""
-        self.anomalies.count("tcp.gap")
+        self.anomalies["tcp.gap"] += 1
         if direction.yara is not None:  # a rule must not match across the missing bytes
             self._match_yara(inspection, direction, out)
         if direction.patterns is not None:
@@ -225,7 +221,7 @@ class Inspector:
             added = data[: self.yara_depth - len(direction.yara)]
             budget = self.budget
             if budget.used + len(added) > budget.limit:  # the process holds all it may: match what is here
-                self.anomalies.count("yara.budget")
+                self.anomalies["yara.budget"] += 1
                 self._match_yara(inspection, direction, out)
             else:
                 direction.yara += added
@@ -244,18 +240,14 @@ class Inspector:
             for position in matcher.match(bytes(buffer)):
                 out.append(("yara", inspection.compiled.index.yara_markers[position], direction.from_client))
             if matcher.timeouts != timeouts:
-                self.anomalies.count("yara.timeout")
+                self.anomalies["yara.timeout"] += 1
             if matcher.errors != errors:
-                self.anomalies.count("yara.error")
+                self.anomalies["yara.error"] += 1
 
     def _finish_direction(self, inspection: FlowInspection, direction: DirectionReader, out: list) -> None:
         if direction.pending and direction.reader != READ_NONE:
-            self.anomalies.count("handshake.incomplete")
-        if direction.yara is not None:
-            self._match_yara(inspection, direction, out)
-        if direction.patterns is not None:
-            direction.patterns.close()
-            direction.patterns = None
+            self.anomalies["handshake.incomplete"] += 1
+        self._stop_payload(inspection, direction, out)
         direction.reassembler.release()
         direction.reader = READ_NONE
         self._hold(direction, b"")
@@ -305,9 +297,9 @@ class Inspector:
             direction.reader = READ_NONE
             if hello.status == tls.DONE:
                 self._client_hello(inspection, hello, out)
-                self._encrypted(inspection, direction, out)
+                self._stop_payload(inspection, direction, out)  # the rest is encrypted: no ciphertext is scanned
             elif hello.status == tls.MALFORMED:
-                self.anomalies.count("tls.malformed")
+                self.anomalies["tls.malformed"] += 1
         elif reader == READ_TLS_SERVER:
             certificates = tls.read_server_certificates(data)
             if certificates.status == tls.NEED_MORE:
@@ -315,20 +307,19 @@ class Inspector:
                 return
             direction.reader = READ_NONE
             if certificates.status == tls.MALFORMED:
-                self.anomalies.count("tls.malformed")
+                self.anomalies["tls.malformed"] += 1
             elif certificates.status != tls.NOT_TLS:
                 for digest in certificates.sha256:
                     out.append(("tls.cert_sha256", digest, False))
-                self._encrypted(inspection, direction, out)
+                self._stop_payload(inspection, direction, out)  # the rest is encrypted: no ciphertext is scanned
         elif reader == READ_DNS:
             self._dns(direction, data, out)
             return
         self._hold(direction, b"")
 
-    def _encrypted(self, inspection: FlowInspection, direction: DirectionReader, out: list) -> None:
-        """The handshake is read and what follows is encrypted: byte patterns and YARA have seen
-        the cleartext (the buffer is matched now) and stop, as Suricata's encryption bypass does,
-        rather than scan 64 KiB of ciphertext per direction."""
+    def _stop_payload(self, inspection: FlowInspection, direction: DirectionReader, out: list) -> None:
+        """Byte patterns and YARA have seen all they will of this direction: the YARA buffer is
+        matched now and the pattern stream closed."""
         if direction.yara is not None:
             self._match_yara(inspection, direction, out)
         if direction.patterns is not None:
@@ -365,7 +356,7 @@ class Inspector:
         process's budget; beyond either, the message is given up (counted)."""
         budget = self.budget
         if len(data) >= self.buffer_limit or budget.used + len(data) - len(direction.pending) > budget.limit:
-            self.anomalies.count("handshake.overflow")
+            self.anomalies["handshake.overflow"] += 1
             direction.reader = READ_NONE
             self._hold(direction, b"")
         else:
@@ -399,9 +390,9 @@ class Inspector:
                 self._handshake(inspection, direction, tunnelled, out)
             return
         if status == http.NEED_MORE or stream.overflowed:  # type: ignore[union-attr]
-            self.anomalies.count("handshake.overflow")
+            self.anomalies["handshake.overflow"] += 1
         elif status == http.MALFORMED:
-            self.anomalies.count("http.malformed")
+            self.anomalies["http.malformed"] += 1
         direction.reader = READ_NONE
         direction.reassembler.depth = max(self._depth(direction), 1)
 
