@@ -674,9 +674,14 @@ class Truth:
                     self.regexes.append((re.compile(value.encode()), marker["id"]))
                 else:
                     self.literals.append((bytes.fromhex(value) if marker["encoding"] == "hex" else value.encode(), marker["id"]))
-        import yara
+        import yara_x
 
-        self.yara = yara.compile(sources={marker["id"]: marker["value"] for marker in new if marker["type"] == "yara"})
+        compiler = yara_x.Compiler()
+        for marker in new:
+            if marker["type"] == "yara":
+                compiler.new_namespace(marker["id"])
+                compiler.add_source(marker["value"])
+        self.yara = yara_x.Scanner(compiler.build())
 
     def name_hits(self, name: str) -> list[str]:
         labels = name.split(".")
@@ -722,7 +727,7 @@ class Truth:
                 scanned = stream[:PATTERN_DEPTH]
                 new.update(marker for literal, marker in self.literals if literal in scanned)
                 new.update(marker for pattern, marker in self.regexes if pattern.search(scanned))
-                new.update(match.namespace for match in self.yara.match(data=stream[:YARA_DEPTH]))
+                new.update(match.namespace for match in self.yara.scan(stream[:YARA_DEPTH]).matching_rules)
         return old, new
 
 

@@ -276,7 +276,8 @@ def test_payload_events_say_the_direction_never_the_bytes(tmp_path: Path) -> Non
 
 
 def test_a_yara_rule_that_times_out_is_counted_and_skipped(tmp_path: Path) -> None:
-    slow = "rule slow { condition: for all i in (0..filesize) : (for all j in (0..filesize) : (uint8(i) != uint8(j) or i == j or true)) }"
+    # True for any buffer, but only after about filesize³ steps: the timeout decides.
+    slow = 'import "math"\nrule slow { condition: for all i in (0..filesize) : (for all j in (0..filesize) : (math.entropy(i, j) >= 0)) }'
     bundle = write_bundle(tmp_path / "markers.json", [{"id": "slow", "type": "yara", "value": slow, "name": "slow"}, {"id": "name", "type": "domain", "value": MARKED}])
     capture = tmp_path / "slow.pcap"
     wrpcap(str(capture), stamp(connection(33001, [(0, HELLO + bytes(4096))])))

@@ -165,14 +165,16 @@ def normalise_pattern(value: str, encoding: str) -> str:
 
 def compile_yara(text: str) -> None:
     """Refuse a rule that does not compile now rather than when matching would need it."""
-    import yara  # only bundles with YARA markers pay for loading libyara
+    import yara_x  # only bundles with YARA markers pay for loading YARA-X
+
+    from probe.match.yara_rules import compile_error
 
     if not text.strip():
         raise ValueError("empty YARA rule text")
     try:
-        yara.compile(source=text)
-    except yara.Error as error:
-        raise ValueError(f"YARA rule does not compile: {error}") from None
+        yara_x.compile(text)
+    except yara_x.CompileError as error:
+        raise ValueError(f"YARA rule does not compile: {compile_error(error)}") from None
 
 
 def detect_type(value: str) -> tuple[str, str]:

@@ -95,11 +95,13 @@ _EXT_SIGNATURE_ALGORITHMS = 13
 _EXT_ALPN = 16
 _EXT_SUPPORTED_VERSIONS = 43
 _READ_EXTENSIONS = frozenset((_EXT_SERVER_NAME, _EXT_SUPPORTED_GROUPS, _EXT_EC_POINT_FORMATS, _EXT_SIGNATURE_ALGORITHMS, _EXT_ALPN, _EXT_SUPPORTED_VERSIONS))
-_FINGERPRINTS: dict[tuple, tuple[str, str]] = {}
-"""JA3 and JA4 by the hello's lists: most clients on a network are a few TLS stacks sending the
-same lists, and hashing them is four times the cost of reading the hello. It holds lists of
-protocol numbers and JA4's two ALPN characters only (no name, address or other byte of a hello),
-and forgets them all when full."""
+_JA3_BY_LISTS: dict[tuple, str] = {}
+_JA4_BY_LISTS: dict[tuple, str] = {}
+"""JA3 and JA4 by the hello lists each is made of: most clients on a network are a few TLS stacks
+sending the same lists, and hashing them costs more than reading the hello. Two caches, because a
+client that shuffles its extensions per connection (Chrome) has a new JA3 each time but one JA4
+(its extensions sorted). They hold lists of protocol numbers and JA4's two ALPN characters only
+(no name, address or other byte of a hello), and each forgets everything when full."""
 MAX_REMEMBERED_SHAPES = 4096
 MAX_REMEMBERED_VALUES = 128
 """A hello with longer lists (none a real stack sends) is fingerprinted but not remembered: the
@@ -372,28 +374,43 @@ def _hello_result(buf, pos: int, end: int, record_end: int, transport: str, fing
 
     if not fingerprints:
         return ClientHello(DONE, name, record_end)
-    shape = (transport, legacy_version, tuple(ciphers), tuple(extensions), tuple(groups), tuple(point_formats), tuple(signatures), tuple(versions), _alpn_code(alpn), seen_sni)
-    known = _FINGERPRINTS.get(shape)
-    if known is None:
-        known = _fingerprints(*shape)
-        if len(ciphers) + len(extensions) + len(groups) + len(point_formats) + len(signatures) + len(versions) <= MAX_REMEMBERED_VALUES:
-            if len(_FINGERPRINTS) >= MAX_REMEMBERED_SHAPES:
-                _FINGERPRINTS.clear()
-            _FINGERPRINTS[shape] = known
-    ja3, ja4 = known
+    remember = len(ciphers) + len(extensions) + len(groups) + len(point_formats) + len(signatures) + len(versions) <= MAX_REMEMBERED_VALUES
+    ja3_lists = (legacy_version, tuple(ciphers), tuple(extensions), tuple(groups), point_formats)
+    ja3 = _JA3_BY_LISTS.get(ja3_lists)
+    if ja3 is None:
+        ja3 = _ja3(*ja3_lists)
+        if remember:
+            _remember(_JA3_BY_LISTS, ja3_lists, ja3)
+    ja4_lists = (transport, _JA4_VERSIONS.get(max(versions) if versions else legacy_version, "00"), seen_sni, ja3_lists[1], tuple(sorted(extensions)), tuple(signatures), _alpn_code(alpn))
+    ja4 = _JA4_BY_LISTS.get(ja4_lists)
+    if ja4 is None:
+        ja4 = _ja4(*ja4_lists)
+        if remember:
+            _remember(_JA4_BY_LISTS, ja4_lists, ja4)
     return ClientHello(DONE, name, record_end, ja3, ja4)
 
 
-def _fingerprints(transport: str, legacy_version: int, ciphers: tuple[int, ...], extensions: tuple[int, ...], groups: tuple[int, ...], point_formats: tuple[int, ...], signatures: tuple[int, ...], versions: tuple[int, ...], alpn_code: str, seen_sni: bool) -> tuple[str, str]:
-    """JA3 (MD5 of the public definition's string) and JA4 (FoxIO) of a hello's lists."""
-    ja3_text = ",".join((str(legacy_version), "-".join(map(str, ciphers)), "-".join(map(str, extensions)), "-".join(map(str, groups)), "-".join(map(str, point_formats))))
-    ja3 = hashlib.md5(ja3_text.encode(), usedforsecurity=False).hexdigest()
-    version = _JA4_VERSIONS.get(max(versions) if versions else legacy_version, "00")
-    head = f"{transport}{version}{'d' if seen_sni else 'i'}{min(len(ciphers), 99):02d}{min(len(extensions), 99):02d}{alpn_code}"
-    listed = _hex_list(sorted([ext for ext in extensions if ext != _EXT_SERVER_NAME and ext != _EXT_ALPN]))
+def _remember(cache: dict[tuple, str], lists: tuple, fingerprint: str) -> None:
+    if len(cache) >= MAX_REMEMBERED_SHAPES:
+        cache.clear()
+    cache[lists] = fingerprint
+
+
+def _ja3(legacy_version: int, ciphers: tuple[int, ...], extensions: tuple[int, ...], groups: tuple[int, ...], point_formats: bytes) -> str:
+    """MD5 of the public JA3 definition's string."""
+    text = ",".join((str(legacy_version), "-".join(map(str, ciphers)), "-".join(map(str, extensions)), "-".join(map(str, groups)), "-".join(map(str, point_formats))))
+    return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
+
+
+def _ja4(transport: str, version: str, seen_sni: bool, ciphers: tuple[int, ...], sorted_extensions: tuple[int, ...], signatures: tuple[int, ...], alpn_code: str) -> str:
+    """FoxIO's JA4: counts, version and ALPN characters, then the truncated hashes of the sorted
+    ciphers and of the sorted extensions (server name and ALPN left out) with the signature
+    algorithms in the order sent."""
+    head = f"{transport}{version}{'d' if seen_sni else 'i'}{min(len(ciphers), 99):02d}{min(len(sorted_extensions), 99):02d}{alpn_code}"
+    listed = _hex_list([extension for extension in sorted_extensions if extension != _EXT_SERVER_NAME and extension != _EXT_ALPN])
     if signatures:
         listed += "_" + _hex_list(signatures)
-    return ja3, f"{head}_{_hash12(_hex_list(sorted(ciphers)))}_{_hash12(listed)}"
+    return f"{head}_{_hash12(_hex_list(sorted(ciphers)))}_{_hash12(listed)}"
 
 
 def _u16_vector(buf, pos: int, end: int, length_bytes: int) -> tuple[int, ...]:
