@@ -34,7 +34,7 @@ implementations replace by "99".
 from __future__ import annotations
 
 import hashlib
-from struct import pack, unpack_from
+from struct import Struct, pack, unpack_from
 from typing import NamedTuple
 
 __all__ = [
@@ -102,13 +102,21 @@ sending the same lists, and hashing them costs more than reading the hello. Two 
 client that shuffles its extensions per connection (Chrome) has a new JA3 each time but one JA4
 (its extensions sorted). They hold lists of protocol numbers and JA4's two ALPN characters only
 (no name, address or other byte of a hello), and each forgets everything when full."""
+_UINT16S_BY_BYTES: dict[bytes, tuple[int, ...]] = {}
+_DECIMALS_BY_LIST: dict[tuple[int, ...] | bytes, bytes] = {}
+"""The same for the parts of that work a new JA3 repeats: the values of a list of cipher suites,
+groups, signature algorithms or versions by its bytes (GREASE left out), and JA3's text of a list.
+A stack sends these lists the same each time but for its GREASE values (16 possible), so both hit
+when the JA3 cache misses. Protocol numbers only, as above."""
 MAX_REMEMBERED_SHAPES = 4096
 MAX_REMEMBERED_VALUES = 128
 """A hello with longer lists (none a real stack sends) is fingerprinted but not remembered: the
-cache stays under a few megabytes."""
+caches stay under a few megabytes."""
 _NAME_ONLY = frozenset((_EXT_SERVER_NAME,))
 """The one extension read when the fingerprints are not asked for."""
 _NAME_TYPE_HOST = 0
+_EXTENSION_HEADER = Struct(">HH").unpack_from
+"""An extension's type and body length, read with one call instead of four byte look-ups."""
 
 # RFC 8701: 0x0A0A, 0x1A1A, ..., 0xFAFA, in cipher suites, extensions, groups, versions, signatures.
 _GREASE = frozenset(range(0x0A0A, 0x10000, 0x1010))
@@ -312,17 +320,19 @@ def _hello_result(buf, pos: int, end: int, record_end: int, transport: str, fing
     pos += 1 + comp_len
     if pos > end:
         return _RESULT_MALFORMED
-    ciphers = [suite for suite in unpack_from(f">{cs_len >> 1}H", buf, cs_start) if suite not in _GREASE] if fingerprints else []
+    ciphers = _u16_vector(buf, cs_start - 2, cs_start + cs_len, 2) if fingerprints else ()
     read_extensions = _READ_EXTENSIONS if fingerprints else _NAME_ONLY
 
     extensions: list[int] = []  # types in the order sent, GREASE left out
     name = None
     seen_sni = False
-    groups: list[int] = []
-    point_formats = b""
-    signatures: list[int] = []
-    versions: list[int] = []
-    alpn = None
+    # None until the extension is read: a repeated one is ignored, the fingerprints describe the
+    # first one, as a server reads it.
+    groups: tuple[int, ...] | None = None
+    point_formats: bytes | None = None
+    signatures: tuple[int, ...] | None = None
+    versions: tuple[int, ...] | None = None
+    alpn: bytes | None = None
     # No extensions at all (SSL 3.0 / early TLS 1.0 clients) is a valid hello without SNI.
     if pos < end:
         if pos + 2 > end:
@@ -331,13 +341,12 @@ def _hello_result(buf, pos: int, end: int, record_end: int, transport: str, fing
         if ext_end > end:
             return _RESULT_MALFORMED
         pos += 2
-        seen = set()
         while pos < ext_end:
             if pos + 4 > ext_end:
                 return _RESULT_MALFORMED
-            ext_type = (buf[pos] << 8) | buf[pos + 1]
+            ext_type, body_len = _EXTENSION_HEADER(buf, pos)
             body = pos + 4
-            pos = body + ((buf[pos + 2] << 8) | buf[pos + 3])
+            pos = body + body_len
             if pos > ext_end:
                 return _RESULT_MALFORMED
             if ext_type not in read_extensions:
@@ -345,14 +354,11 @@ def _hello_result(buf, pos: int, end: int, record_end: int, transport: str, fing
                     extensions.append(ext_type)
                 continue
             extensions.append(ext_type)
-            if ext_type in seen:
-                if ext_type == _EXT_SERVER_NAME:
+            if ext_type == _EXT_SERVER_NAME:
+                if seen_sni:
                     # RFC 8446 4.2: one extension of a type at most. Two SNIs would let a client
                     # show one name to the probe and another to the server.
                     return _RESULT_MALFORMED
-                continue  # the fingerprints describe the first one, as a server reads it
-            seen.add(ext_type)
-            if ext_type == _EXT_SERVER_NAME:
                 seen_sni = True
                 if body == pos:
                     # Empty server_name: what a server echoes, tolerated from a client as "no name".
@@ -361,45 +367,75 @@ def _hello_result(buf, pos: int, end: int, record_end: int, transport: str, fing
                 if name is _BAD:
                     return _RESULT_MALFORMED
             elif ext_type == _EXT_SUPPORTED_GROUPS:
-                groups = [group for group in _u16_vector(buf, body, pos, 2) if group not in _GREASE]
+                if groups is None:
+                    groups = _u16_vector(buf, body, pos, 2)
             elif ext_type == _EXT_EC_POINT_FORMATS:
-                if body < pos:
-                    point_formats = bytes(buf[body + 1 : min(body + 1 + buf[body], pos)])
+                if point_formats is None:
+                    point_formats = _u8_vector(buf, body, pos)
             elif ext_type == _EXT_SIGNATURE_ALGORITHMS:
-                signatures = [scheme for scheme in _u16_vector(buf, body, pos, 2) if scheme not in _GREASE]
+                if signatures is None:
+                    signatures = _u16_vector(buf, body, pos, 2)
             elif ext_type == _EXT_SUPPORTED_VERSIONS:
-                versions = [version for version in _u16_vector(buf, body, pos, 1) if version not in _GREASE]
+                if versions is None:
+                    versions = _u16_vector(buf, body, pos, 1)
             elif ext_type == _EXT_ALPN:
-                alpn = _first_alpn(buf, body, pos)
+                if alpn is None:
+                    alpn = _first_alpn(buf, body, pos)
 
     if not fingerprints:
         return ClientHello(DONE, name, record_end)
-    remember = len(ciphers) + len(extensions) + len(groups) + len(point_formats) + len(signatures) + len(versions) <= MAX_REMEMBERED_VALUES
-    ja3_lists = (legacy_version, tuple(ciphers), tuple(extensions), tuple(groups), point_formats)
+    if groups is None:
+        groups = ()
+    if point_formats is None:
+        point_formats = b""
+    if signatures is None:
+        signatures = ()
+    if versions is None:
+        versions = ()
+    ja3_lists = (legacy_version, ciphers, tuple(extensions), groups, point_formats)
+    ja4_lists = (transport, _JA4_VERSIONS.get(max(versions) if versions else legacy_version, "00"), seen_sni, ciphers, tuple(sorted(extensions)), signatures, _alpn_code(alpn))
     ja3 = _JA3_BY_LISTS.get(ja3_lists)
-    if ja3 is None:
-        ja3 = _ja3(*ja3_lists)
-        if remember:
-            _remember(_JA3_BY_LISTS, ja3_lists, ja3)
-    ja4_lists = (transport, _JA4_VERSIONS.get(max(versions) if versions else legacy_version, "00"), seen_sni, ja3_lists[1], tuple(sorted(extensions)), tuple(signatures), _alpn_code(alpn))
     ja4 = _JA4_BY_LISTS.get(ja4_lists)
-    if ja4 is None:
-        ja4 = _ja4(*ja4_lists)
-        if remember:
-            _remember(_JA4_BY_LISTS, ja4_lists, ja4)
+    if ja3 is None or ja4 is None:
+        remember = len(ciphers) + len(extensions) + len(groups) + len(point_formats) + len(signatures) + len(versions) <= MAX_REMEMBERED_VALUES
+        if ja3 is None:
+            ja3 = _ja3(*ja3_lists)
+            if remember:
+                _remember(_JA3_BY_LISTS, ja3_lists, ja3)
+        if ja4 is None:
+            ja4 = _ja4(*ja4_lists)
+            if remember:
+                _remember(_JA4_BY_LISTS, ja4_lists, ja4)
     return ClientHello(DONE, name, record_end, ja3, ja4)
 
 
-def _remember(cache: dict[tuple, str], lists: tuple, fingerprint: str) -> None:
+def _remember(cache: dict, key, value) -> None:
     if len(cache) >= MAX_REMEMBERED_SHAPES:
         cache.clear()
-    cache[lists] = fingerprint
+    cache[key] = value
 
 
 def _ja3(legacy_version: int, ciphers: tuple[int, ...], extensions: tuple[int, ...], groups: tuple[int, ...], point_formats: bytes) -> str:
     """MD5 of the public JA3 definition's string."""
-    text = ",".join((str(legacy_version), "-".join(map(str, ciphers)), "-".join(map(str, extensions)), "-".join(map(str, groups)), "-".join(map(str, point_formats))))
-    return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
+    text = b"%d,%b,%b,%b,%b" % (legacy_version, _remembered_decimals(ciphers), _decimals(extensions), _remembered_decimals(groups), _remembered_decimals(point_formats))
+    return hashlib.md5(text, usedforsecurity=False).hexdigest()
+
+
+def _remembered_decimals(values: tuple[int, ...] | bytes) -> bytes:
+    """_decimals of a list a stack sends the same each time: all but its extensions, which Chrome
+    shuffles, so that a new JA3 costs the formatting of its extensions only."""
+    text = _DECIMALS_BY_LIST.get(values)
+    if text is None:
+        text = _decimals(values)
+        if len(values) <= MAX_REMEMBERED_VALUES:
+            _remember(_DECIMALS_BY_LIST, values, text)
+    return text
+
+
+def _decimals(values: tuple[int, ...] | bytes) -> bytes:
+    """JA3's list form, b"4865-4866-...", written by one %-format (half the cost of a str() per
+    value and a join)."""
+    return (b"-%d" * len(values))[1:] % tuple(values)
 
 
 def _ja4(transport: str, version: str, seen_sni: bool, ciphers: tuple[int, ...], sorted_extensions: tuple[int, ...], signatures: tuple[int, ...], alpn_code: str) -> str:
@@ -414,25 +450,39 @@ def _ja4(transport: str, version: str, seen_sni: bool, ciphers: tuple[int, ...],
 
 
 def _u16_vector(buf, pos: int, end: int, length_bytes: int) -> tuple[int, ...]:
-    """The uint16 values of a vector with a 1- or 2-byte length in the extension body buf[pos:end],
-    as far as both its length and the body go."""
+    """The uint16 values, GREASE left out, of a vector with a 1- or 2-byte length in buf[pos:end]
+    (the cipher suites, or an extension body), as far as both its length and buf[pos:end] go."""
     start = pos + length_bytes
     if start > end:
         return ()
-    size = buf[pos] if length_bytes == 1 else (buf[pos] << 8) | buf[pos + 1]
-    stop = min(start + size, end)
-    return unpack_from(f">{(stop - start) >> 1}H", buf, start)
+    stop = start + (buf[pos] if length_bytes == 1 else (buf[pos] << 8) | buf[pos + 1])
+    raw = bytes(buf[start : stop if stop < end else end])  # min() costs a quarter of this function
+    values = _UINT16S_BY_BYTES.get(raw)
+    if values is None:
+        values = tuple([value for value in unpack_from(f">{len(raw) >> 1}H", raw) if value not in _GREASE])
+        if len(raw) <= 2 * MAX_REMEMBERED_VALUES:
+            _remember(_UINT16S_BY_BYTES, raw, values)
+    return values
 
 
-def _first_alpn(buf, pos: int, end: int) -> bytes | None:
-    """First protocol name of an ALPN extension body buf[pos:end] (RFC 7301 3.1); None if there is
-    none whole within the list and the body."""
+def _u8_vector(buf, pos: int, end: int) -> bytes:
+    """The bytes of a vector with a 1-byte length in the extension body buf[pos:end], as far as both
+    its length and the body go."""
+    if pos >= end:
+        return b""
+    stop = pos + 1 + buf[pos]
+    return bytes(buf[pos + 1 : stop if stop < end else end])
+
+
+def _first_alpn(buf, pos: int, end: int) -> bytes:
+    """First protocol name of an ALPN extension body buf[pos:end] (RFC 7301 3.1); empty if there
+    is none whole within the list and the body."""
     start = pos + 3
     if start > end:
-        return None
+        return b""
     stop = start + buf[pos + 2]
-    if stop > min(pos + 2 + ((buf[pos] << 8) | buf[pos + 1]), end):
-        return None
+    if stop > end or stop > pos + 2 + ((buf[pos] << 8) | buf[pos + 1]):
+        return b""
     return bytes(buf[start:stop])
 
 

@@ -173,7 +173,7 @@ class Inspector:
             self._gap(inspection, direction, out)
         if data:
             self._read(inspection, direction, data, out)
-        if not direction.reading or reassembler.done:
+        if reassembler.done or (direction.reader == READ_NONE and direction.patterns is None and direction.yara is None):
             self._finish_direction(inspection, direction, out)
         return inspection.client is not None or inspection.server is not None
 
