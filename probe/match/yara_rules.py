@@ -92,6 +92,8 @@ class YaraMatcher:
         except yara_x.ScanError:
             self.errors += 1
             return []
+        if not matches:
+            return []
         positions = self._positions
         return list(dict.fromkeys(positions[match.namespace] for match in matches))
 
