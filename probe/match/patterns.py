@@ -110,6 +110,8 @@ class PatternMatcher:
         """What one open stream keeps between two scans, at most (Hyperscan stream state or the
         python mode's history)."""
         self._database: Any = None
+        self._found: list[int] = []
+        """Markers matched by the scan under way; the stream that scanned empties it."""
         self._automaton: Any = None
         self._literal_reach = 0
         """Bytes of history a literal split across two scans can start in: the longest - 1."""
@@ -139,8 +141,12 @@ class PatternMatcher:
     def open(self) -> PatternStream:
         """A stream for one direction of one flow: O(1), no payload kept."""
         if self._database is not None:
-            return _HyperscanStream(self._database)
+            return _HyperscanStream(self._database, self._found, self._collect)
         return _PythonStream(self)
+
+    def _collect(self, pattern: int, start: int, end: int, flags: int, context: object) -> None:
+        """Hyperscan's match callback, shared by the matcher's streams."""
+        self._found.append(pattern)
 
     def _compile_hyperscan(self, chosen: list[tuple[int, Marker]]) -> None:
         expressions = []
@@ -205,20 +211,19 @@ class PatternMatcher:
 class _HyperscanStream:
     """A Hyperscan stream. The binding holds borrowed references to the database and the match
     callback, so this object keeps both alive; and its `Stream.__enter__` returns a reference it
-    does not own, which `Database.stream` makes up for: streams are opened only by the pair."""
+    does not own, which `Database.stream` makes up for: streams are opened only by the pair.
+
+    The streams of one matcher share one callback and one list of matches: a scan reports its
+    matches before it returns, one scan at a time (one pipeline thread), so each scan empties the
+    list, and a stream costs no closure of its own (most are opened for one or two scans)."""
 
     __slots__ = ("_database", "_found", "_on_match", "_reported", "_stream")
 
-    def __init__(self, database: Any) -> None:
-        found: list[int] = []
-
-        def on_match(pattern: int, start: int, end: int, flags: int, context: object) -> None:
-            found.append(pattern)
-
+    def __init__(self, database: Any, found: list[int], on_match: Any) -> None:
         self._database = database
         self._found = found
         self._on_match = on_match
-        self._reported: set[int] = set()
+        self._reported: set[int] | None = None
         self._stream = database.stream(match_event_handler=on_match).__enter__()
 
     def scan(self, data: bytes) -> list[int]:
@@ -227,22 +232,30 @@ class _HyperscanStream:
         if not found:
             return []
         reported = self._reported
-        new = [position for position in found if position not in reported]
+        if reported is None:
+            reported = self._reported = set()
+        new = [position for position in dict.fromkeys(found) if position not in reported]
         reported.update(new)
         found.clear()
         return new
 
     def reset(self) -> None:
         """Closing reports the matches anchored at the end, which a gap is not: dropped."""
-        self._stream.close()
-        self._found.clear()
+        self._close()
         self._stream = self._database.stream(match_event_handler=self._on_match).__enter__()
 
     def close(self) -> None:
         if self._stream is not None:
-            self._stream.close()
+            self._close()
             self._stream = None
-            self._found.clear()
+
+    def _close(self) -> None:
+        """Close the Hyperscan stream and drop what closing reports, and only that: a stream
+        closed by the garbage collector may close in the middle of another stream's scan."""
+        found = self._found
+        held = len(found)
+        self._stream.close()
+        del found[held:]
 
     def __del__(self) -> None:
         """The binding never frees a stream it did not close: a stream dropped unclosed would leak
