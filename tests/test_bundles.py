@@ -327,7 +327,7 @@ def test_validate_lists_every_problem_with_its_marker(tmp_path: Path) -> None:
     result = run_probe("markers", "validate", bundle)
     assert result.returncode == 1
     invalid = [line for line in result.stderr.splitlines() if line.startswith("probe: invalid:")]
-    expected = ["marker 'a': '300.1.1.1' is not an IP address", "marker 'a': id used twice", "marker 'b': unknown type 'bogus'", "marker 'c': invalid regular expression", "marker 'd': YARA rule does not compile", "marker 'g': valid_from is after valid_until", "marker 'h': 'reference' must be a string"]
+    expected = ["marker 'a': '300.1.1.1' is not an IP address", "marker 'a': id used twice", "marker 'b': unknown type 'bogus'", "marker 'c': invalid regular expression", "marker 'd': YARA rule: does not compile", "marker 'g': valid_from is after valid_until", "marker 'h': 'reference' must be a string"]
     for needle in expected:
         assert sum(needle in line for line in invalid) == 1, (needle, result.stderr)
     assert len(invalid) == len(expected), result.stderr

@@ -13,6 +13,7 @@ import pytest
 
 from probe.match.markers import Marker
 from probe.match.patterns import REGEX_WINDOW, PatternMatcher, hyperscan
+from probe.bundles.values import compile_yara
 from probe.match.yara_rules import YaraMatcher
 
 ENGINES = [
@@ -237,8 +238,10 @@ def test_yara_include_is_refused() -> None:
     markers = [rule(0, "rule fine { condition: true }"), rule(1, 'include "/etc/passwd"\nrule reader { condition: true }')]
     with pytest.raises(ValueError, match="YARA marker y1: include directives are refused"):
         YaraMatcher.build(markers, 1)
-    with pytest.raises(ValueError, match="YARA marker y0 does not compile: .*unknown identifier `filename`"):
+    with pytest.raises(ValueError, match="YARA marker y0: does not compile: .*unknown identifier `filename`"):
         YaraMatcher.build([rule(0, "rule external { condition: filename matches /x/ }")], 1)
+    with pytest.raises(ValueError, match="YARA rule: include directives are refused"):  # already when the bundle is read
+        compile_yara('include "/etc/passwd"\nrule reader { condition: true }')
 
 
 def test_yara_console_output_is_discarded(capfd: pytest.CaptureFixture[str]) -> None:

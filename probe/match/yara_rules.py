@@ -34,12 +34,24 @@ buffer (YARA-X checks its clock once a second), then the buffer counts as a time
 nothing."""
 
 
-def compile_error(error: Exception) -> str:
-    """YARA-X's message on one line: its first line names the error, the caret line under the
-    source excerpt says what is wrong there."""
-    lines = str(error).splitlines()
-    detail = next((line.split("^", 1)[1].strip(" ^") for line in lines[1:] if "^" in line), "")
-    return f"{lines[0]} ({detail})" if detail else lines[0]
+def add_rule(compiler: Any, text: str) -> None:
+    """Add one marker's rule text to a compiler made by `new_compiler`. Raises ValueError saying
+    on one line why it does not compile (YARA-X's first line, and what its caret line points
+    at)."""
+    try:
+        compiler.add_source(text)
+    except yara_x.CompileError as error:
+        if "includes are disabled" in str(error):
+            raise ValueError("include directives are refused (a rule may not read the probe's files)") from None
+        lines = str(error).splitlines()
+        detail = next((line.split("^", 1)[1].strip(" ^") for line in lines[1:] if "^" in line), "")
+        raise ValueError(f"does not compile: {lines[0]} ({detail})" if detail else f"does not compile: {lines[0]}") from None
+
+
+def new_compiler() -> Any:
+    compiler = yara_x.Compiler()
+    compiler.enable_includes(False)
+    return compiler
 
 
 class YaraMatcher:
@@ -63,8 +75,7 @@ class YaraMatcher:
         """Compile the `yara` markers among `markers` (other types are left out); `match` reports
         positions in `markers`. Raises ValueError naming a marker whose text does not compile
         here (an include, an external variable), for its bundle to be refused."""
-        compiler = yara_x.Compiler()
-        compiler.enable_includes(False)
+        compiler = new_compiler()
         positions = {}
         for position, marker in enumerate(markers):
             if marker.type != "yara":
@@ -72,11 +83,9 @@ class YaraMatcher:
             namespace = f"m{position}"
             compiler.new_namespace(namespace)
             try:
-                compiler.add_source(marker.value)
-            except yara_x.CompileError as error:
-                if "includes are disabled" in str(error):
-                    raise ValueError(f"YARA marker {marker.id}: include directives are refused (a rule may not read the probe's files)") from None
-                raise ValueError(f"YARA marker {marker.id} does not compile: {compile_error(error)}") from None
+                add_rule(compiler, marker.value)
+            except ValueError as error:
+                raise ValueError(f"YARA marker {marker.id}: {error}") from None
             positions[namespace] = position
         return cls(compiler.build(), positions, timeout)
 
