@@ -560,23 +560,12 @@ class Pipeline:
         packets = packets[(read & ((fast.payload_lengths[packets] > 0) | syn)) | syn_ack]
         ruled_out = self._hellos_ruled_out(fast, packets)
         inspect = self._inspect
-        segment = self.inspector.segment
-        observed = self._observed
         drained = set()
         for packet, group, start, length, src_is_a, proto, sport, dport, seq, ack, flags, timestamp, vlan in zip(packets.tolist(), groups.inverse[packets].tolist(), *fast.columns(packets, INSPECTED_COLUMNS)):
             flow = flows_by_group[group]
             if flow.inspect != INSPECT_STREAM:
                 continue  # its reading ended in this batch: the candidates' test decides on the rest
             drained.add(packet)
-            inspection = flow.inspection
-            if length and not flags & TCP_SYN and inspection.__class__ is FlowInspection and not (ruled_out and packet in ruled_out):
-                # The bulk of the stream: a data segment of a flow whose readers are made.
-                if not segment(inspection, src_is_a == flow.client_is_a, seq, data[start : start + length], False, observed):  # type: ignore[arg-type]
-                    flow.inspection = None
-                    flow.inspect = INSPECT_DONE
-                if observed:
-                    self._record_observed(flow, timestamp, vlan_encapsulation(vlan))
-                continue
             if not length and flags & TCP_SYN and src_is_a != flow.client_is_a and not (reads_a[group] if src_is_a else reads_b[group]):
                 self._client_start(flow, ack)  # a SYN-ACK of a side not read
                 continue
