@@ -71,6 +71,7 @@ class Run:
 
     command: list[str]
     wall: float
+    cpu: float  # user + system seconds of the process alone: what other load on the host moves least
     maxrss_kib: int
     exit_code: int | None  # None when it was killed at the timeout
     stderr: str
@@ -135,7 +136,7 @@ def run_measured(command: list[str], timeout: float, stdout=subprocess.DEVNULL) 
         errors.seek(0)
         text = errors.read().decode("utf-8", "replace")
     timed_out = killed.is_set()
-    return Run(command, wall, usage.ru_maxrss, None if timed_out else process.returncode, text, timed_out)
+    return Run(command, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss, None if timed_out else process.returncode, text, timed_out)
 
 
 def measurement_floor() -> float:
@@ -506,6 +507,10 @@ def main() -> int:
     print(f"  {'ratio every type / old types (medians)':<52}{share_text(all_rate, probe_rate):>8}"
           + (f"   per pair: {', '.join(f'{ratio:.1%}' for ratio in pair_ratios)}" if pair_ratios else ""))
     print(f"  {'ratio every type / old types (packet loop)':<52}{share_text(every.loop_rate(), old.loop_rate()):>8}")
+    cpu_old = old.median([run.cpu for run in old.runs if run.ok])
+    cpu_every = every.median([run.cpu for run in every.runs if run.ok])
+    print(f"  {'ratio every type / old types (CPU seconds, medians)':<52}{share_text(cpu_old, cpu_every):>8}"
+          + (f"   {cpu_old:.2f} s and {cpu_every:.2f} s of CPU" if cpu_old and cpu_every else ""))
     if not args.skip_baselines:
         print(f"  {'tcpdump -O (whole process)':34}{rate_text(tcpdump_whole)}")
         print(f"  {'tcpdump -O (excluding compile)':34}{rate_text(tcpdump_net)}")
