@@ -267,6 +267,25 @@ def test_byte_patterns_and_yara_match_across_segments_in_both_directions(tmp_pat
     assert found == {**{30000 + cut: expected_request for cut in range(1, len(request))}, 31001: {("rule", "yara"), ("hex", "payload")}}
 
 
+def _record(content: int, body: bytes) -> bytes:
+    return bytes((content, 3, 3)) + len(body).to_bytes(2, "big") + body
+
+
+def test_byte_patterns_and_yara_stop_where_the_tls_cleartext_ends_inside_a_segment(tmp_path: Path) -> None:
+    """The encrypted records that follow a ClientHello or a TLS 1.3 ServerHello in the same segment
+    are neither scanned nor matched; the hello itself is."""
+    encrypted = _record(0x17, b"MZ-stage2-loader" + PATTERN)
+    in_hello = client_hello(PATTERN.decode() + ".example", random.Random(11), post_quantum=False)
+    server_hello = _record(0x16, b"\x02\x00\x00\x56\x03\x03" + bytes(32) + b"\x00\x13\x01\x00\x00\x2e\x00\x2b\x00\x02\x03\x04\x00\x33\x00\x24\x00\x1d\x00\x20" + bytes(32))
+    assert tls.read_server_certificates(server_hello).status == tls.ENCRYPTED
+    server_isn = 90000
+    packets = connection(34001, [(0, HELLO + encrypted)]) + connection(34002, [(0, in_hello + encrypted)])
+    after_server_hello = connection(34003, [(0, HELLO)])
+    after_server_hello[4:4] = [_tcp(SERVER, CLIENT, 443, 34003, "PA", server_isn, 1000 + len(HELLO), server_hello + _record(0x14, b"\x01") + encrypted)]
+    found = detections(events_of(tmp_path, packets + after_server_hello, _payload_bundle(tmp_path / "markers.json")))
+    assert found == {34002: {("literal", "payload")}}
+
+
 def test_payload_events_say_the_direction_never_the_bytes(tmp_path: Path) -> None:
     request = b"GET /?q=" + PATTERN + b" HTTP/1.1\r\nHost: x.example\r\n\r\n"
     events = events_of(tmp_path, connection(32001, [(0, request)]), _payload_bundle(tmp_path / "markers.json"))
@@ -276,8 +295,9 @@ def test_payload_events_say_the_direction_never_the_bytes(tmp_path: Path) -> Non
 
 
 def test_a_yara_rule_that_times_out_is_counted_and_skipped(tmp_path: Path) -> None:
-    # True for any buffer, but only after about filesize³ steps: the timeout decides.
-    slow = 'import "math"\nrule slow { condition: for all i in (0..filesize) : (for all j in (0..filesize) : (math.entropy(i, j) >= 0)) }'
+    # True for any buffer (here the hello: the zeros after it are not read, as if encrypted), but
+    # only after about filesize⁴ steps: the timeout decides.
+    slow = 'import "math"\nrule slow { condition: for all i in (0..filesize) : (for all j in (0..filesize) : (for all k in (0..filesize) : (math.entropy(i, j) >= 0))) }'
     bundle = write_bundle(tmp_path / "markers.json", [{"id": "slow", "type": "yara", "value": slow, "name": "slow"}, {"id": "name", "type": "domain", "value": MARKED}])
     capture = tmp_path / "slow.pcap"
     wrpcap(str(capture), stamp(connection(33001, [(0, HELLO + bytes(4096))])))

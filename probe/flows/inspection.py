@@ -211,6 +211,11 @@ class Inspector:
             direction.reader = READ_NONE
 
     def _read(self, inspection: FlowInspection, direction: DirectionReader, data: bytes, out: list) -> None:
+        """The handshake reader first: where it finds the end of a TLS handshake, the bytes after
+        it (encrypted) are neither scanned nor matched, and reading stops."""
+        cleartext_end = self._handshake(inspection, direction, data, out) if direction.reader != READ_NONE else -1
+        if cleartext_end >= 0:
+            data = data[:cleartext_end]
         if direction.patterns is not None:
             for position in direction.patterns.scan(data):
                 out.append(("payload", inspection.compiled.index.pattern_markers[position], direction.from_client))
@@ -228,8 +233,8 @@ class Inspector:
                 budget.used += len(added)
                 if len(direction.yara) >= self.yara_depth:
                     self._match_yara(inspection, direction, out)
-        if direction.reader != READ_NONE:
-            self._handshake(inspection, direction, data, out)
+        if cleartext_end >= 0:
+            self._stop_payload(inspection, direction, out)
 
     def _match_yara(self, inspection: FlowInspection, direction: DirectionReader, out: list) -> None:
         buffer, direction.yara = direction.yara, None
@@ -258,13 +263,16 @@ class Inspector:
             inspection.server = None
             inspection.server_ended = True
 
-    def _handshake(self, inspection: FlowInspection, direction: DirectionReader, data: bytes, out: list) -> None:
+    def _handshake(self, inspection: FlowInspection, direction: DirectionReader, data: bytes, out: list) -> int:
         """The handshake reader of a direction: the first bytes choose it, then it reads until its
-        message is complete, keeping only an incomplete remainder."""
+        message is complete, keeping only an incomplete remainder. Returns where in `data` the
+        direction's cleartext ends when these bytes complete a TLS handshake message that ends it
+        (the rest is encrypted), else -1."""
+        held = len(direction.pending)
         if direction.reader == READ_SERVER_PENDING:  # a TLS server's flight ends its cleartext
             if data[0] != 0x16:
                 direction.reader = READ_NONE
-                return
+                return -1
             direction.reader = READ_TLS_SERVER
             direction.reassembler.depth = max(direction.reassembler.depth, self.buffer_limit)
         if direction.reader == READ_PENDING:
@@ -274,48 +282,49 @@ class Inspector:
             reader = _choose(inspection, data)
             if reader == READ_PENDING:
                 self._hold(direction, data)
-                return
+                return -1
             direction.reader = reader
             if reader == READ_HTTP:
                 direction.http = http.HttpRequestStream(self.buffer_limit)
                 direction.reassembler.depth = FOLLOWED_DEPTH
             elif reader == READ_NONE:
-                return
+                return -1
         if direction.reader == READ_HTTP:
-            self._http(inspection, direction, data, out)
-            return
+            return self._http(inspection, direction, data, out)
         data = direction.pending + data if direction.pending else data
         reader = direction.reader
         if len(data) < direction.wanted:  # the message cannot be complete yet
             self._keep(direction, data)
-            return
+            return -1
+        cleartext_end = -1
         if reader == READ_TLS_CLIENT:
             hello = tls.read_client_hello(data, "t", inspection.compiled.fingerprints)
             if hello.status == tls.NEED_MORE:
                 self._wait(direction, data, hello.end)
-                return
+                return -1
             direction.reader = READ_NONE
             if hello.status == tls.DONE:
                 self._client_hello(inspection, hello, out)
-                self._stop_payload(inspection, direction, out)  # the rest is encrypted: no ciphertext is scanned
+                cleartext_end = max(hello.end - held, 0)
             elif hello.status == tls.MALFORMED:
                 self.anomalies["tls.malformed"] += 1
         elif reader == READ_TLS_SERVER:
             certificates = tls.read_server_certificates(data)
             if certificates.status == tls.NEED_MORE:
                 self._wait(direction, data, certificates.end)
-                return
+                return -1
             direction.reader = READ_NONE
             if certificates.status == tls.MALFORMED:
                 self.anomalies["tls.malformed"] += 1
             elif certificates.status != tls.NOT_TLS:
                 for digest in certificates.sha256:
                     out.append(("tls.cert_sha256", digest, False))
-                self._stop_payload(inspection, direction, out)  # the rest is encrypted: no ciphertext is scanned
+                cleartext_end = max(certificates.end - held, 0)
         elif reader == READ_DNS:
             self._dns(direction, data, out)
-            return
+            return -1
         self._hold(direction, b"")
+        return cleartext_end
 
     def _stop_payload(self, inspection: FlowInspection, direction: DirectionReader, out: list) -> None:
         """Byte patterns and YARA have seen all they will of this direction: the YARA buffer is
@@ -367,7 +376,9 @@ class Inspector:
         self.budget.used += len(data) - len(direction.pending)
         direction.pending = data
 
-    def _http(self, inspection: FlowInspection, direction: DirectionReader, data: bytes, out: list) -> None:
+    def _http(self, inspection: FlowInspection, direction: DirectionReader, data: bytes, out: list) -> int:
+        """Requests of a kept-alive connection; a CONNECT hands the rest to the TLS reader, whose
+        cleartext end (in `data`) is returned, else -1."""
         stream = direction.http
         held = stream.buffered  # type: ignore[union-attr]
         requests = stream.feed(data)  # type: ignore[union-attr]
@@ -380,21 +391,21 @@ class Inspector:
                 out.append(("http.url", (request.host, request.port or inspection.server_port, request.path), True))
         status = stream.status  # type: ignore[union-attr]
         if status == http.NEED_MORE and budget.used <= budget.limit:
-            return
+            return -1
         self._end_http(direction)
         if status == http.TUNNEL:  # a TLS session follows the CONNECT request
             direction.reader = READ_PENDING
             direction.reassembler.depth = max(self._depth(direction), direction.reassembler.position + self.buffer_limit)
-            tunnelled = data[stream.tunnel_offset :]  # type: ignore[union-attr]
-            if tunnelled:
-                self._handshake(inspection, direction, tunnelled, out)
-            return
+            offset = stream.tunnel_offset  # type: ignore[union-attr]
+            cleartext_end = self._handshake(inspection, direction, data[offset:], out) if offset < len(data) else -1
+            return offset + cleartext_end if cleartext_end >= 0 else -1
         if status == http.NEED_MORE or stream.overflowed:  # type: ignore[union-attr]
             self.anomalies["handshake.overflow"] += 1
         elif status == http.MALFORMED:
             self.anomalies["http.malformed"] += 1
         direction.reader = READ_NONE
         direction.reassembler.depth = max(self._depth(direction), 1)
+        return -1
 
     def _end_http(self, direction: DirectionReader) -> None:
         """Stop reading requests; the header bytes the stream held go back to the budget."""
