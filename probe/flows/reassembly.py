@@ -52,12 +52,12 @@ class ReassemblyBudget:
     """The bytes held by all the reassemblers of a process, against one limit, so that memory stays
     bounded whatever the number of streams being inspected.
 
-    `refused` counts the segments refused because the budget was spent. A last delivery, kept only
-    to detect conflicting retransmissions, is kept only when the budget stays at most half used
-    with it (`last_delivery_limit`), so that those never crowd out the segments waiting for a hole.
+    A last delivery, kept only to detect conflicting retransmissions, is kept only when the budget
+    stays at most half used with it (`last_delivery_limit`), so that those never crowd out the
+    segments waiting for a hole.
     """
 
-    __slots__ = ("limit", "last_delivery_limit", "used", "refused")
+    __slots__ = ("limit", "last_delivery_limit", "used")
 
     def __init__(self, limit: int) -> None:
         if limit < 0:
@@ -65,7 +65,6 @@ class ReassemblyBudget:
         self.limit = limit
         self.last_delivery_limit = limit // 2
         self.used = 0
-        self.refused = 0
 
 
 class StreamReassembler:
@@ -284,10 +283,8 @@ class StreamReassembler:
 
     def _refuse(self, added: list[tuple[int, bytes]]) -> None:
         """Drop the pieces of a segment that still cannot be held after a gap was skipped."""
-        budget = self.budget
         self.refused += 1
-        if budget.used > budget.limit:
-            budget.refused += 1
+        budget = self.budget
         waiting = self.waiting
         position = self.position
         for item in added:
