@@ -22,7 +22,8 @@ bundles: `markers.json` with the types of the replay issue (ipv4, cidr, domain) 
 `markers-all.json` with those and every other type (ipv6, http_host, tls_sni, url, ja3, ja4,
 x509_sha256, bytes, yara), mostly decoys that never match. The expected events of each are derived
 from what was generated (the client hellos' fingerprints, the certificates' digests, the requests,
-the bytes of each TCP direction scanned with `re` and `yara`), never from the probe's pipeline.
+the bytes of each TCP direction, up to the end of the cleartext handshake in TLS, scanned with `re`
+and `yara`), never from the probe's pipeline.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-GENERATOR_VERSION = 2
-"""Changes whenever the same packets and seed would give another capture or other markers."""
+GENERATOR_VERSION = 3
+"""Changes whenever the same packets and seed would give another capture, other markers or other
+expected events (3: a TLS direction's bytes are matched up to the end of its cleartext handshake)."""
 
 PCAP_HEADER = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
 CLIENT_MAC = bytes.fromhex("020000000001")
@@ -724,6 +726,10 @@ class Truth:
         if flow.kind in ("tls", "http"):
             for to_server in (True, False):
                 stream = b"".join(payload for direction, _, payload in flow.packets if direction == to_server)
+                if flow.kind == "tls":  # read up to the end of the cleartext handshake only
+                    handshake = tls.read_client_hello(stream) if to_server else tls.read_server_certificates(stream)
+                    assert handshake.status in (tls.DONE, tls.ENCRYPTED), (flow, handshake.status)
+                    stream = stream[: handshake.end]
                 scanned = stream[:PATTERN_DEPTH]
                 new.update(marker for literal, marker in self.literals if literal in scanned)
                 new.update(marker for pattern, marker in self.regexes if pattern.search(scanned))

@@ -509,7 +509,7 @@ def main() -> int:
     print(f"  {'ratio every type / old types (packet loop)':<52}{share_text(every.loop_rate(), old.loop_rate()):>8}")
     cpu_old = old.median([run.cpu for run in old.runs if run.ok])
     cpu_every = every.median([run.cpu for run in every.runs if run.ok])
-    print(f"  {'ratio every type / old types (CPU seconds, medians)':<52}{share_text(cpu_old, cpu_every):>8}"
+    print(f"  {'ratio every type / old types (packets per CPU s)':<52}{share_text(cpu_old, cpu_every):>8}"
           + (f"   {cpu_old:.2f} s and {cpu_every:.2f} s of CPU" if cpu_old and cpu_every else ""))
     if not args.skip_baselines:
         print(f"  {'tcpdump -O (whole process)':34}{rate_text(tcpdump_whole)}")

@@ -284,6 +284,16 @@ def test_byte_patterns_and_yara_stop_where_the_tls_cleartext_ends_inside_a_segme
     after_server_hello[4:4] = [_tcp(SERVER, CLIENT, 443, 34003, "PA", server_isn, 1000 + len(HELLO), server_hello + _record(0x14, b"\x01") + encrypted)]
     found = detections(events_of(tmp_path, packets + after_server_hello, _payload_bundle(tmp_path / "markers.json")))
     assert found == {34002: {("literal", "payload")}}
+    # The same after a CONNECT request, and with the first bytes held before the reader is chosen:
+    # the three bytes right after the hello are not read either.
+    connect = b"CONNECT x.example:443 HTTP/1.1\r\nHost: x.example:443\r\n\r\n"
+    tunnels = connection(34004, [(0, connect + HELLO + b"XYZ" + encrypted)]) + connection(34005, [(0, connect[:3]), (3, connect[3:] + HELLO + b"XYZ" + encrypted)])
+    tunnels += connection(34006, [(0, HELLO[:1]), (1, HELLO[1:] + b"XYZ" + encrypted)]) + connection(34007, [(0, connect + b"XYZ")])
+    bundle = write_bundle(tmp_path / "short.json", [
+        {"id": "short", "type": "bytes", "value": "XYZ", "name": "three bytes"},
+        {"id": "rule", "type": "yara", "value": 'rule short { strings: $a = "XYZ" condition: $a }', "name": "three bytes"},
+    ])
+    assert detections(events_of(tmp_path, tunnels, bundle)) == {34007: {("short", "payload"), ("rule", "yara")}}
 
 
 def test_payload_events_say_the_direction_never_the_bytes(tmp_path: Path) -> None:

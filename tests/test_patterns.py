@@ -7,6 +7,7 @@ from __future__ import annotations
 import pickle
 import random
 import re
+import threading
 import time
 
 import pytest
@@ -222,6 +223,33 @@ def test_yara_markers_map_to_their_positions() -> None:
     assert matcher.match(b"nothing here") == []
     copy = pickle.loads(pickle.dumps(matcher, pickle.HIGHEST_PROTOCOL))
     assert copy.match(b"MZ") == [1] and copy.timeouts == copy.errors == 0
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_yara_matchers_built_on_a_reload_thread() -> None:
+    """The live service builds each marker set on a reload thread of its own and matches on the
+    pipeline's: a YARA-X scanner belongs to the thread that made it (dropped on another, it would
+    leak and complain), so the first match makes it."""
+    text = 'rule r { strings: $a = "alpha" condition: $a }'
+    built: list[YaraMatcher] = []
+
+    def reload() -> None:
+        built[:] = [YaraMatcher.build([rule(0, text)], 1)]  # replaces the previous version, unmatched
+
+    for _ in range(3):
+        loader = threading.Thread(target=reload)
+        loader.start()
+        loader.join()
+    matcher = built.pop()
+    assert matcher.match(b"xx alpha") == [0] and matcher.match(b"beta") == []
+    del matcher
+
+
+def test_yara_rules_written_for_libyara_compile() -> None:
+    """Regular expressions as libyara reads them: a lone brace is a brace, an unknown escape the
+    letter."""
+    matcher = YaraMatcher.build([rule(0, r'rule brace { strings: $a = /ab{/ condition: $a }'), rule(1, r'rule escape { strings: $a = /x\Ry/ condition: $a }')], 1)
+    assert matcher.match(b"--ab{--") == [0] and matcher.match(b"xRy") == [1]
 
 
 def test_yara_slow_rule_times_out_without_raising() -> None:

@@ -110,8 +110,9 @@ A stack sends these lists the same each time but for its GREASE values (16 possi
 when the JA3 cache misses. Protocol numbers only, as above."""
 MAX_REMEMBERED_SHAPES = 4096
 MAX_REMEMBERED_VALUES = 128
-"""A hello with longer lists (none a real stack sends) is fingerprinted but not remembered: the
-caches stay under a few megabytes."""
+"""A hello with longer lists (none a real stack sends) is fingerprinted but not remembered: each
+cache holds at most MAX_REMEMBERED_SHAPES entries of at most this many values, about 25 MB for all
+of them in the worst case a client can force, a few hundred kilobytes for real stacks."""
 _NAME_ONLY = frozenset((_EXT_SERVER_NAME,))
 """The one extension read when the fingerprints are not asked for."""
 _NAME_TYPE_HOST = 0
@@ -456,7 +457,8 @@ def _u16_vector(buf, pos: int, end: int, length_bytes: int) -> tuple[int, ...]:
     if start > end:
         return ()
     stop = start + (buf[pos] if length_bytes == 1 else (buf[pos] << 8) | buf[pos + 1])
-    raw = bytes(buf[start : stop if stop < end else end])  # min() costs a quarter of this function
+    stop = stop if stop < end else end  # min() costs a quarter of this function
+    raw = bytes(buf[start : stop - ((stop - start) & 1)])  # whole values only: the cache keeps numbers
     values = _UINT16S_BY_BYTES.get(raw)
     if values is None:
         values = tuple([value for value in unpack_from(f">{len(raw) >> 1}H", raw) if value not in _GREASE])

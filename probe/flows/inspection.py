@@ -290,7 +290,8 @@ class Inspector:
             elif reader == READ_NONE:
                 return -1
         if direction.reader == READ_HTTP:
-            return self._http(inspection, direction, data, out)
+            cleartext_end = self._http(inspection, direction, data, out)
+            return max(cleartext_end - held, 0) if cleartext_end >= 0 else -1
         data = direction.pending + data if direction.pending else data
         reader = direction.reader
         if len(data) < direction.wanted:  # the message cannot be complete yet

@@ -227,8 +227,12 @@ class _HyperscanStream:
         self._stream = database.stream(match_event_handler=on_match).__enter__()
 
     def scan(self, data: bytes) -> list[int]:
-        self._stream.scan(data)
         found = self._found
+        try:
+            self._stream.scan(data)
+        except BaseException:  # what the callback had collected must not go to the next scan
+            found.clear()
+            raise
         if not found:
             return []
         reported = self._reported
@@ -250,8 +254,8 @@ class _HyperscanStream:
             self._stream = None
 
     def _close(self) -> None:
-        """Close the Hyperscan stream and drop what closing reports, and only that: a stream
-        closed by the garbage collector may close in the middle of another stream's scan."""
+        """Close the Hyperscan stream and drop what closing reports (matches anchored at the end,
+        which the stream's data did not reach), and only that."""
         found = self._found
         held = len(found)
         self._stream.close()

@@ -49,7 +49,9 @@ def add_rule(compiler: Any, text: str) -> None:
 
 
 def new_compiler() -> Any:
-    compiler = yara_x.Compiler()
+    """Includes refused; regular expressions read as libyara reads them (`/ab{/`, `\\R`), so
+    that rules written for YARA compile."""
+    compiler = yara_x.Compiler(relaxed_re_syntax=True)
     compiler.enable_includes(False)
     return compiler
 
@@ -66,9 +68,12 @@ class YaraMatcher:
         self._positions = positions
         """Namespace → position of its marker in the markers given to `build`."""
         self._timeout = timeout
-        self._scanner = yara_x.Scanner(rules)
-        self._scanner.set_timeout(timeout)
-        self._scanner.console_log(_discard)
+        self._scanner: Any = None
+        """Made by the first `match`: a YARA-X scanner belongs to the thread that made it (the
+        pipeline's), and a marker set is built on the reload thread of the live service."""
+        self._clears_modules = bool(rules.imports())
+        """Rules import modules (pe, dotnet...): what those derive from a buffer stays in the
+        scanner until its next scan, so an empty scan follows each match to drop it."""
 
     @classmethod
     def build(cls, markers: Sequence[Marker], timeout: int) -> YaraMatcher:
@@ -93,8 +98,15 @@ class YaraMatcher:
         """Positions of the markers with a rule matching `data`. Never raises: a timeout or a
         scan error counts and matches nothing (no rule is reported before every condition is
         evaluated)."""
+        scanner = self._scanner
+        if scanner is None:
+            scanner = self._scanner = yara_x.Scanner(self._rules)
+            scanner.set_timeout(self._timeout)
+            scanner.console_log(_discard)
         try:
-            matches = self._scanner.scan(data).matching_rules
+            matches = scanner.scan(data).matching_rules
+            if self._clears_modules:
+                scanner.scan(b"")
         except yara_x.TimeoutError:
             self.timeouts += 1
             return []
@@ -107,8 +119,8 @@ class YaraMatcher:
         return list(dict.fromkeys(positions[match.namespace] for match in matches))
 
     def __getstate__(self) -> dict[str, Any]:
-        """The rules pickle through YARA-X's own serialised form; the counters stay with the
-        process, and each process makes its scanner."""
+        """The rules pickle through YARA-X's own serialised form; the counters and the scanner stay
+        with the process."""
         saved = io.BytesIO()
         self._rules.serialize_into(saved)
         return {"rules": saved.getvalue(), "positions": self._positions, "timeout": self._timeout}
