@@ -29,7 +29,7 @@ EXIT_REFUSED = 1
 EXIT_ERROR = 2
 TYPE_NOTES = {
     "x509_sha256": "TLS 1.3 certificates are encrypted: only TLS 1.2 and older handshakes show theirs",
-    "yara": "over the first [flows] yara_depth bytes of each TCP direction",
+    "yara": "YARA-X, over the first [flows] yara_depth bytes of each TCP direction (cleartext)",
 }
 config_option = click.option("--config", "config_path", metavar="PATH", type=click.Path(dir_okay=False), help="Configuration file; its [markers] section gives the trust store and state file.")
 
