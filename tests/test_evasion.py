@@ -47,18 +47,18 @@ def _tcp(src: str, dst: str, sport: int, dport: int, flags: str, seq: int, ack: 
     return packet / Raw(payload) if payload else packet
 
 
-def connection(port: int, segments: list[tuple[int, bytes]], syn: bool = True, client_isn: int = 1000) -> list:
+def connection(port: int, segments: list[tuple[int, bytes]], syn: bool = True, client_isn: int = 1000, server_port: int = 443) -> list:
     """A TCP connection whose client sends `segments` (stream offset, bytes) in the given order,
     the server acknowledging; FINs at the end. `syn=False`: picked up after its handshake."""
     server_isn = 90000
     packets = []
     if syn:
-        packets += [_tcp(CLIENT, SERVER, port, 443, "S", client_isn - 1, 0), _tcp(SERVER, CLIENT, 443, port, "SA", server_isn - 1, client_isn), _tcp(CLIENT, SERVER, port, 443, "A", client_isn, server_isn)]
+        packets += [_tcp(CLIENT, SERVER, port, server_port, "S", client_isn - 1, 0), _tcp(SERVER, CLIENT, server_port, port, "SA", server_isn - 1, client_isn), _tcp(CLIENT, SERVER, port, server_port, "A", client_isn, server_isn)]
     end = client_isn
     for offset, data in segments:
-        packets.append(_tcp(CLIENT, SERVER, port, 443, "PA", (client_isn + offset) % (1 << 32), server_isn, data))
+        packets.append(_tcp(CLIENT, SERVER, port, server_port, "PA", (client_isn + offset) % (1 << 32), server_isn, data))
         end = max(end, client_isn + offset + len(data))
-    packets += [_tcp(CLIENT, SERVER, port, 443, "FA", end % (1 << 32), server_isn), _tcp(SERVER, CLIENT, 443, port, "FA", server_isn, (end + 1) % (1 << 32))]
+    packets += [_tcp(CLIENT, SERVER, port, server_port, "FA", end % (1 << 32), server_isn), _tcp(SERVER, CLIENT, server_port, port, "FA", server_isn, (end + 1) % (1 << 32))]
     return packets
 
 
@@ -163,6 +163,39 @@ def test_a_marked_name_split_across_ipv4_and_ipv6_fragments(tmp_path: Path) -> N
     packets.reverse()  # the last fragment first
     found = detections(events_of(tmp_path, packets, bundle))
     assert found == {23001: {("name", "dns.query")}, 23011: {("name", "dns.query")}}
+
+
+def _dns_over_tcp(name: str, length: int = 0, flags: int = 0x0100) -> bytes:
+    """One length-prefixed DNS query, padded after its question to `length` bytes when given."""
+    message = bytes(DNS(id=7, qd=DNSQR(qname=name)))
+    message = message[:2] + flags.to_bytes(2, "big") + message[4:]
+    message += bytes(max(length - len(message), 0))
+    return len(message).to_bytes(2, "big") + message
+
+
+def test_dns_over_tcp_is_read_whatever_its_length_says_and_for_the_whole_connection(tmp_path: Path) -> None:
+    """On a DNS port, a query 5,632-5,887 bytes long starts with 16 03 like a TLS record, and one
+    18,245 bytes long with id "T " like "GET ": each is read as DNS unless it is a ClientHello or a
+    request line, and a TLS reading that fails falls back to DNS. A connection's queries are read
+    to its end, not to a depth. A hello or a request on port 53 is still read as such."""
+    def segments(stream: bytes, size: int = 1400) -> list[tuple[int, bytes]]:
+        return [(offset, stream[offset : offset + size]) for offset in range(0, len(stream), size)]
+
+    long_query = _dns_over_tcp(MARKED, 0x1603)
+    assert long_query[:2] == b"\x16\x03"
+    looks_like_a_hello = _dns_over_tcp(MARKED, 0x1603, flags=0x0101)  # sixth byte 01, as a ClientHello's
+    many = b"".join(_dns_over_tcp(f"host{number}.{UNMARKED}") for number in range(2500)) + _dns_over_tcp(MARKED)
+    assert len(many) > 70_000
+    packets = connection(35001, segments(long_query), server_port=53) + connection(35002, segments(looks_like_a_hello), server_port=53)
+    packets += connection(35003, segments(many), server_port=53) + connection(35004, [(0, HELLO)], server_port=53)
+    packets += connection(35005, segments(_dns_over_tcp(UNMARKED, 0x1603)), server_port=53)
+    like_a_request = _dns_over_tcp(MARKED, 0x4745)  # length "GE", then its id made "T "
+    like_a_request = like_a_request[:2] + b"T " + like_a_request[4:]
+    assert like_a_request[:4] == b"GET "
+    request = b"GET / HTTP/1.1\r\nHost: " + MARKED.encode() + b"\r\n\r\n"
+    packets += connection(35006, segments(like_a_request), server_port=53) + connection(35007, [(0, request)], server_port=53)
+    found = detections(events_of(tmp_path, packets))
+    assert found == {35001: {("name", "dns.query")}, 35002: {("name", "dns.query")}, 35003: {("name", "dns.query")}, 35004: FULL_HELLO, 35006: {("name", "dns.query")}, 35007: {("name", "http.host")}}
 
 
 def test_mixed_case_names_match(tmp_path: Path) -> None:

@@ -33,6 +33,10 @@ FOLLOWED_DEPTH = (1 << 31) - 1
 """Depth of a stream read for the flow's whole life (HTTP requests, DNS over TCP), up to the
 reassembler's largest depth (2 GiB)."""
 
+DNS_MESSAGE_BYTES = 2 + 65_535
+"""The largest DNS-over-TCP message with its length prefix: held whole whatever
+handshake_buffer_bytes says, since a query padded past that bound would otherwise go unread."""
+
 PATIENT_PARSES = 16
 """Parse attempts of one incomplete TLS message before they are spaced out."""
 
@@ -51,7 +55,8 @@ class DirectionReader:
         self.reader = reader
         self.from_client = from_client
         self.pending = b""
-        """Bytes of an incomplete handshake message or DNS message, at most handshake_buffer_bytes."""
+        """Bytes of an incomplete handshake message (at most handshake_buffer_bytes) or DNS message
+        (at most DNS_MESSAGE_BYTES)."""
         self.wanted = 0
         """How many bytes `pending` must hold before the message can be parsed further: a hello in
         many tiny records is not parsed again at each byte."""
@@ -287,6 +292,8 @@ class Inspector:
             if reader == READ_HTTP:
                 direction.http = http.HttpRequestStream(self.buffer_limit)
                 direction.reassembler.depth = FOLLOWED_DEPTH
+            elif reader == READ_DNS:  # every query of the connection
+                direction.reassembler.depth = FOLLOWED_DEPTH
             elif reader == READ_NONE:
                 return -1
         if direction.reader == READ_HTTP:
@@ -295,7 +302,7 @@ class Inspector:
         data = direction.pending + data if direction.pending else data
         reader = direction.reader
         if len(data) < direction.wanted:  # the message cannot be complete yet
-            self._keep(direction, data)
+            self._keep(direction, data, self.buffer_limit)
             return -1
         cleartext_end = -1
         if reader == READ_TLS_CLIENT:
@@ -307,6 +314,11 @@ class Inspector:
             if hello.status == tls.DONE:
                 self._client_hello(inspection, hello, out)
                 cleartext_end = max(hello.end - held, 0)
+            elif inspection.dns_port:  # a DNS query whose first bytes looked like a ClientHello's
+                direction.reader = READ_DNS
+                direction.reassembler.depth = FOLLOWED_DEPTH
+                self._dns(direction, data, out)
+                return -1
             elif hello.status == tls.MALFORMED:
                 self.anomalies["tls.malformed"] += 1
         elif reader == READ_TLS_SERVER:
@@ -359,13 +371,13 @@ class Inspector:
         again, so that parsing stays O(n log n); the flow's end parses what is left."""
         direction.attempts += 1
         direction.wanted = needed if direction.attempts < PATIENT_PARSES else max(needed, len(data) + len(data) // 2)
-        self._keep(direction, data)
+        self._keep(direction, data, self.buffer_limit)
 
-    def _keep(self, direction: DirectionReader, data: bytes) -> None:
-        """Keep an incomplete message until more bytes come, within the per-flow bound and the
-        process's budget; beyond either, the message is given up (counted)."""
+    def _keep(self, direction: DirectionReader, data: bytes, limit: int) -> None:
+        """Keep an incomplete message until more bytes come, within `limit` and the process's
+        budget; beyond either, the message is given up (counted)."""
         budget = self.budget
-        if len(data) >= self.buffer_limit or budget.used + len(data) - len(direction.pending) > budget.limit:
+        if len(data) >= limit or budget.used + len(data) - len(direction.pending) > budget.limit:
             self.anomalies["handshake.overflow"] += 1
             direction.reader = READ_NONE
             self._hold(direction, b"")
@@ -431,18 +443,31 @@ class Inspector:
                 out.append(("dns.answer", address, False))
         rest = data[consumed:]
         if rest:
-            self._keep(direction, rest)
+            self._keep(direction, rest, DNS_MESSAGE_BYTES)
         else:
             self._hold(direction, b"")
 
 
 def _choose(inspection: FlowInspection, data: bytes) -> int:
     """The handshake reader of a client stream, from its first bytes: READ_PENDING while they are
-    fewer than a record header or a method (an evasion sends handshakes a byte per segment)."""
+    fewer than a record header or a method (an evasion sends handshakes a byte per segment), or,
+    on a DNS port, than what tells a DNS query from a ClientHello or a request line."""
     if data[0] == 0x16 and (len(data) < 2 or data[1] == 3):
-        return READ_TLS_CLIENT if len(data) >= 2 else READ_PENDING
+        if not inspection.dns_port:
+            return READ_TLS_CLIENT if len(data) >= 2 else READ_PENDING
+        # On a DNS port, a query 5,632-5,887 bytes long starts with 16 03 too: a ClientHello's
+        # sixth byte is its handshake type, 1.
+        if len(data) < 6:
+            return READ_PENDING
+        return READ_TLS_CLIENT if data[5] == 1 else READ_DNS
     if data[:4] in HTTP_METHOD_PREFIXES:
-        return READ_HTTP
+        if not inspection.dns_port:
+            return READ_HTTP
+        # A query 18,245 bytes long whose id reads "T " starts with "GET " too, but a DNS header
+        # has control bytes (flags, question count) where a request line has none.
+        if len(data) < 8:
+            return READ_PENDING
+        return READ_HTTP if min(data[4:8]) >= 0x20 else READ_DNS
     if len(data) < 4 and any(prefix.startswith(data) for prefix in HTTP_METHOD_PREFIXES):
         return READ_PENDING
     return READ_DNS if inspection.dns_port else READ_NONE
