@@ -178,7 +178,7 @@ class Inspector:
             self._gap(inspection, direction, out)
         if data:
             self._read(inspection, direction, data, out)
-        if reassembler.done or (direction.reader == READ_NONE and direction.patterns is None and direction.yara is None):
+        if reassembler.done or not direction.reading:
             self._finish_direction(inspection, direction, out)
         return inspection.client is not None or inspection.server is not None
 
@@ -289,11 +289,10 @@ class Inspector:
                 self._hold(direction, data)
                 return -1
             direction.reader = reader
+            if reader in (READ_HTTP, READ_DNS):  # every request or query of the connection
+                direction.reassembler.depth = FOLLOWED_DEPTH
             if reader == READ_HTTP:
                 direction.http = http.HttpRequestStream(self.buffer_limit)
-                direction.reassembler.depth = FOLLOWED_DEPTH
-            elif reader == READ_DNS:  # every query of the connection
-                direction.reassembler.depth = FOLLOWED_DEPTH
             elif reader == READ_NONE:
                 return -1
         if direction.reader == READ_HTTP:
