@@ -182,20 +182,24 @@ def test_skip_gap_with_nothing_waiting_does_nothing() -> None:
     assert not stream.gap_before and stream.gaps == 0
 
 
-def test_segment_earlier_than_the_waiting_ones_is_where_a_skip_lands() -> None:
+def full_of_waiting_pieces() -> StreamReassembler:
+    """10 bytes delivered, then MAX_WAITING_SEGMENTS pieces of 10 bytes from offset 100, 10-byte
+    holes between them: no place left."""
     stream = reassembler()
     stream.add(ISN, STREAM[:10])
     for index in range(MAX_WAITING_SEGMENTS):
         stream.add(ISN + 100 + 20 * index, STREAM[100 + 20 * index : 110 + 20 * index])
+    return stream
+
+
+def test_segment_earlier_than_the_waiting_ones_is_where_a_skip_lands() -> None:
+    stream = full_of_waiting_pieces()
     assert stream.add(ISN + 50, STREAM[50:60]) == STREAM[50:60]
     assert stream.gap_before and stream.position == 60
 
 
 def test_segment_filling_many_holes_is_refused_when_it_cannot_be_held() -> None:
-    stream = reassembler()
-    stream.add(ISN, STREAM[:10])
-    for index in range(MAX_WAITING_SEGMENTS):
-        stream.add(ISN + 100 + 20 * index, STREAM[100 + 20 * index : 110 + 20 * index])
+    stream = full_of_waiting_pieces()
     # 10 new pieces between the waiting ones: one gap skip frees one place, not ten
     assert stream.add(ISN + 200, STREAM[200:400]) == STREAM[100:110]
     assert (stream.gaps, stream.refused) == (1, 1)
