@@ -13,10 +13,12 @@ event records, and packets are accounted in capture order whichever route they t
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any, Protocol
 
 import numpy as np
+from mypy_extensions import mypyc_attr
 
-from probe.capture.frames import FrameBatch
+from probe.capture.frames import FrameBatch, FrameBuffer
 from probe.config import Config
 from probe.decode import dns, quic, tls
 from probe.decode.batch import DNS_PORTS, HTTP_METHOD_PREFIXES, MIN_CLASSIFIED_PAYLOAD, FastFrames, FlowGroups, classify_batch
@@ -28,10 +30,8 @@ from probe.flows.table import CLASS_CLOSED, INSPECT_DONE, INSPECT_STREAM, INSPEC
 from probe.bundles.library import LoadReport, MarkerLibrary
 from probe.match.compiled import CompiledMarkers
 from probe.match.markers import Marker
-from probe.notify.notifier import Notifier
 from probe.record.events import Event, EventWriter, Hit, flow_event
 from probe.store.records import BundleRecord, bundle_records
-from probe.store.ring import RingStore
 
 QUIC_ANOMALIES = {quic.BAD_TAG: "quic.bad_tag", quic.UNKNOWN_VERSION: "quic.unknown_version", quic.MALFORMED: "quic.malformed"}
 FEW_FLOWS = 8
@@ -54,15 +54,40 @@ def starts_like_handshake(payload: bytes) -> bool:
     return len(payload) < MIN_CLASSIFIED_PAYLOAD or (payload[0] == 0x16 and payload[1] == 3 and payload[5] == 1) or payload[:4] in HTTP_METHOD_PREFIXES
 
 
+class EventStore(Protocol):
+    """Where events and bundle versions are kept: the ring store, or in a live service's worker,
+    the channel to the main process that owns it."""
+
+    def append(self, event: Event) -> object: ...
+
+    def append_bundle(self, record: BundleRecord) -> object: ...
+
+    def flush_if_due(self) -> object: ...
+
+
+class EventNotifier(Protocol):
+    """Who is told of events as they are detected: the notifier, or in a live service's worker, the
+    channel to the main process that owns it."""
+
+    def detected(self, event: Event) -> bool: ...
+
+    def revised(self, event: Event, final: bool) -> None: ...
+
+    def bundle_changed(self, record: BundleRecord) -> None: ...
+
+    def report_suppressed(self) -> None: ...
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)  # the conformance tests subclass it to note what it decoded
 class Pipeline:
-    def __init__(self, config: Config, library: MarkerLibrary, writer: EventWriter | None, store: RingStore | None = None, notifier: Notifier | None = None) -> None:
+    def __init__(self, config: Config, library: MarkerLibrary, writer: EventWriter | None, store: EventStore | None = None, notifier: EventNotifier | None = None) -> None:
         """`writer`, when given, receives each event's final revision; `store` every revision;
         `notifier` every revision of the events it notified at their first hit."""
         self.config = config
         self.library = library
         self.anomalies: Counter[str] = Counter()
         self.inspector = Inspector(config.flows, self.anomalies)
-        self._observed: list[tuple[str, object, bool]] = []
+        self._observed: list[tuple[str, Any, bool]] = []
         self._use_markers(library.active)
         self.writer = writer
         self.store = store
@@ -321,6 +346,7 @@ class Pipeline:
     def _record_observed(self, flow: Flow, timestamp: int, encapsulation: list[dict]) -> None:
         """Look up what the readers saw and record the hits; the values are dropped here."""
         index = self.index
+        markers: tuple[Marker, ...]
         for matched_on, value, to_server in self._observed:
             if matched_on == "payload" or matched_on == "yara":
                 markers = (value,)
@@ -378,13 +404,13 @@ class Pipeline:
         # the next Initial starts a new reader rather than let it end the reading.
         flow.inspect = INSPECT_WATCH if status == quic.BAD_TAG else INSPECT_DONE
         if status == quic.DONE:
-            hello = tls.fingerprint_client_hello(reader.client_hello, "q")  # type: ignore[union-attr]
+            hello = tls.fingerprint_client_hello(reader.client_hello, "q")  # type: ignore[union-attr,arg-type]
             if hello.status == tls.DONE:
                 observed = self._observed
                 if hello.server_name:
                     observed.append(("quic.sni", hello.server_name, True))
                 observed.append(("tls.ja3", hello.ja3, False))
-                observed.append(("tls.ja4", hello.ja4.lower(), False))  # bundles hold JA4s in lower case
+                observed.append(("tls.ja4", hello.ja4.lower(), False))  # type: ignore[union-attr]  # bundles hold JA4s in lower case
                 self._record_observed(flow, timestamp, encapsulation)
             else:
                 self.anomalies["quic.malformed"] += 1
@@ -400,7 +426,8 @@ class Pipeline:
         # connection on the ports of one that ended) are accounted exactly, frame by frame.
         exact = (groups.longest_gap > self._gap_limits[groups.protos]) | groups.restarts | (groups.has_pure_syn & closed)
         for group in np.flatnonzero(groups.has_pure_syn & known & ~closed).tolist():  # ended earlier in this batch
-            exact[group] |= flows_by_group[group].fin_a and flows_by_group[group].fin_b
+            ended = flows_by_group[group]
+            exact[group] |= ended is not None and ended.fin_a and ended.fin_b
         if exact.any():
             packets = np.sort(np.concatenate([groups.packets_of(group) for group in np.flatnonzero(exact).tolist()]))
             self._decode_frames(batch, fast.frames[packets])
@@ -411,8 +438,8 @@ class Pipeline:
             flows_by_group, slots, known, closed, idle = self._look_up(groups)
         data = batch.data
         for group in np.flatnonzero(idle).tolist():  # silent past its timeout: that flow ended
-            self._expire(flows_by_group[group])
-            flows_by_group[group] = None  # type: ignore[call-overload]
+            self._expire(flows_by_group[group])  # type: ignore[arg-type]  # known: not None
+            flows_by_group[group] = None
         counted = known & ~closed & ~idle
         opening = np.flatnonzero(~counted)
         if len(opening) + int(counted.sum()) > table.max_flows:
@@ -424,13 +451,14 @@ class Pipeline:
         table.account_groups(slots[counted], groups.counts[counted], groups.bytes[counted], groups.earliest[counted], groups.last_seen[counted])
         if len(opening):
             self._open_flows(fast, groups, opening, flows_by_group, slots[counted])
-            opened = np.array([flows_by_group[group].slot for group in opening.tolist()], dtype=np.int64)
+            opened = np.array([flows_by_group[group].slot for group in opening.tolist()], dtype=np.int64)  # type: ignore[union-attr]
             table.account_groups(opened, groups.counts[opening], groups.bytes[opening], groups.earliest[opening], groups.last_seen[opening])
-        streaming = [group for group, flow in enumerate(flows_by_group) if flow.inspect == INSPECT_STREAM]
-        self._inspect_fast(data, fast, groups, flows_by_group, streaming)
+        opened_flows: list[Flow] = flows_by_group  # type: ignore[assignment]  # every group has its flow now
+        streaming = [group for group, flow in enumerate(opened_flows) if flow.inspect == INSPECT_STREAM]
+        self._inspect_fast(data, fast, groups, opened_flows, streaming)
         closed_now = []
         for position, (group, fin_a, fin_b, reset) in enumerate(zip(ending.tolist(), groups.fin_a[ending].tolist(), groups.fin_b[ending].tolist(), groups.reset[ending].tolist())):
-            flow = flows_by_group[group]
+            flow = opened_flows[group]
             if flow.timeout_class != CLASS_CLOSED:
                 had_a, had_b = flow.fin_a, flow.fin_b
                 if self._tcp_end(flow, fin_a, fin_b, reset):
@@ -444,18 +472,18 @@ class Pipeline:
             for flow, final in zip(flows, finals):
                 flow.final = final
 
-    def _look_up(self, groups: FlowGroups) -> tuple[list[Flow], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _look_up(self, groups: FlowGroups) -> tuple[list[Flow | None], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The groups' flows and slots, which exist, which are closed, which were idle past their
         timeout before this batch."""
         get = self.flows.flows.get
-        flows_by_group: list[Flow] = [get(key) for key in groups.keys]  # type: ignore[misc]
+        flows_by_group = [get(key) for key in groups.keys]
         slots = np.array([-1 if flow is None else flow.slot for flow in flows_by_group], dtype=np.int64)
         known = slots >= 0
         closed, idle = self.flows.states(np.where(known, slots, 0), groups.first_timestamps)
         closed &= known
         return flows_by_group, slots, known, closed, idle & known & ~closed
 
-    def _open_flows(self, fast: FastFrames, groups: FlowGroups, opening: np.ndarray, flows_by_group: list[Flow], active: np.ndarray) -> None:
+    def _open_flows(self, fast: FastFrames, groups: FlowGroups, opening: np.ndarray, flows_by_group: list[Flow | None], active: np.ndarray) -> None:
         """Create the flows first seen in this batch; `active` are the slots of flows this batch
         already counted, which eviction must leave alone."""
         index = self.index
@@ -471,7 +499,7 @@ class Pipeline:
             self._end_flow(evicted)
             for group in opening.tolist():  # an evicted closed flow is no longer there to reopen
                 if flows_by_group[group] is evicted:
-                    flows_by_group[group] = None  # type: ignore[call-overload]
+                    flows_by_group[group] = None
         for group, check_addresses, src_is_a, timestamp, flags, sport, dport, seq, vlan in zip(opening.tolist(), may_hit, *firsts):
             flow = flows_by_group[group]
             if flow is not None:
@@ -480,7 +508,7 @@ class Pipeline:
                 table.remove(flow)
             flows_by_group[group] = self._new_flow(keys[group], src_is_a, timestamp, flags, sport, dport, seq, vlan_encapsulation(vlan), check_addresses)
 
-    def _inspect_fast(self, data: bytes, fast: FastFrames, groups: FlowGroups, flows_by_group: list[Flow], streaming: list[int]) -> None:
+    def _inspect_fast(self, data: FrameBuffer, fast: FastFrames, groups: FlowGroups, flows_by_group: list[Flow], streaming: list[int]) -> None:
         """Per-packet inspection of the classifier's packets that may carry something a marker
         knows, in capture order per flow. A flow whose stream is being read takes all its packets
         of the batch along (those of the directions still read)."""
@@ -503,7 +531,7 @@ class Pipeline:
             if flow.inspect == INSPECT_STREAM and not was_streaming:
                 drained |= self._drain_streams(data, fast, groups, flows_by_group, [group], packet)
 
-    def _dns_fast(self, data: bytes, fast: FastFrames, groups: FlowGroups, flows_by_group: list[Flow], packets: np.ndarray) -> None:
+    def _dns_fast(self, data: FrameBuffer, fast: FastFrames, groups: FlowGroups, flows_by_group: list[Flow], packets: np.ndarray) -> None:
         """DNS queries over UDP, the most numerous candidates: decode and match first, and look up
         what a hit records only for the rare message that hits."""
         query_names = dns.dns_query_names
@@ -517,7 +545,7 @@ class Pipeline:
                     for marker in markers:
                         self._hit(flow, marker, "dns.query", bool(fast.src_is_a[packet]) == flow.client_is_a, timestamp, encapsulation)
 
-    def _drain_streams(self, data: bytes, fast: FastFrames, groups: FlowGroups, flows_by_group: list[Flow], streaming: list[int], after: int) -> set[int]:
+    def _drain_streams(self, data: FrameBuffer, fast: FastFrames, groups: FlowGroups, flows_by_group: list[Flow], streaming: list[int], after: int) -> set[int]:
         """Every packet after `after` of the flows being read, in capture order, but those of a
         direction no longer read (the bulk of a download once its headers are seen) and empty
         segments other than SYNs; selected for all the flows at once. Returns the packets

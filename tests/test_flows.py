@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from probe.config import Config, FlowsSection, parse_config
+import probe.replay
 from probe.flows.table import CLASS_CLOSED, FlowTable, canonical_key
+from probe.pipeline import Pipeline
 from probe.replay import replay
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -143,14 +145,17 @@ def test_a_batch_with_more_flows_than_the_table_loses_no_event_and_keeps_the_bou
     wrpcap(str(tmp_path / "many.pcap"), packets)
     (tmp_path / "m.json").write_text(json.dumps({"id": "t", "issuer": "test", "version": 1, "created": "2026-11-01T00:00:00Z", "markers": [{"id": "m", "type": "domain", "value": "evil.example"}]}))
     largest = []
-    create = FlowTable.create
 
-    def watched(table: FlowTable, *arguments):
-        flow = create(table, *arguments)
-        largest.append(len(table))
-        return flow
+    class WatchedPipeline(Pipeline):
+        """Notes the table's size after each flow it creates (the compiled table's methods cannot be
+        patched)."""
 
-    monkeypatch.setattr(FlowTable, "create", watched)
+        def _new_flow(self, *arguments):
+            flow = super()._new_flow(*arguments)
+            largest.append(len(self.flows))
+            return flow
+
+    monkeypatch.setattr(probe.replay, "Pipeline", WatchedPipeline)
     events = io.StringIO()
     result = replay(parse_config({"flows": {"max_flows": 10}}), [str(tmp_path / "many.pcap")], [str(tmp_path / "m.json")], events)
     hits = sum(json.loads(line)["hits"] for line in events.getvalue().splitlines())

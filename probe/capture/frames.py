@@ -7,14 +7,18 @@ only fall back to per-frame Python code for the unusual ones.
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 
 import numpy as np
 
+FrameBuffer = bytes | mmap.mmap
+"""What frames are read from: a mapped capture file, or the chunks of a stream."""
+
 
 @dataclass(slots=True)
 class FrameBatch:
-    data: bytes
+    data: FrameBuffer
     """Buffer the frames live in."""
     offsets: np.ndarray
     """int64: start of each frame's captured bytes in `data`."""

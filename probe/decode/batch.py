@@ -58,6 +58,22 @@ class FastFrames:
     per-frame decoder (`others`, indices into the batch)."""
 
     ARRAYS = ("frames", "timestamps", "wirelens", "protos", "sports", "dports", "vlans", "flags", "seqs", "acks", "payload_offsets", "payload_lengths", "first_words", "sixth_bytes", "src_is_a", "lanes")
+    buffer: np.ndarray
+    timestamps: np.ndarray
+    wirelens: np.ndarray
+    protos: np.ndarray
+    sports: np.ndarray
+    dports: np.ndarray
+    vlans: np.ndarray
+    flags: np.ndarray
+    seqs: np.ndarray
+    acks: np.ndarray
+    payload_offsets: np.ndarray
+    payload_lengths: np.ndarray
+    first_words: np.ndarray
+    sixth_bytes: np.ndarray
+    src_is_a: np.ndarray
+    lanes: np.ndarray
 
     def __init__(self, others: np.ndarray) -> None:
         self.others = others

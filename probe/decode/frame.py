@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 from collections import Counter
 
+from probe.capture.frames import FrameBuffer
 from probe.decode.fragments import FragmentReassembler
 from probe.decode.packet import IPV4_MAPPED_PREFIX, PROTO_TCP, PROTO_UDP, Packet, address_text
 
@@ -67,9 +68,13 @@ class CutShort(Exception):
 
 
 class FrameDecoder:
-    """Decodes frames into `Packet`s, counting what it could not decode and why."""
+    """Decodes frames into `Packet`s, counting what it could not decode and why.
 
-    def __init__(self, reassembler: FragmentReassembler) -> None:
+    Without a reassembler, fragments are passed on as they come, each with its (innermost)
+    addresses, and nothing is held: what the live service's dispatcher needs to pick a worker.
+    """
+
+    def __init__(self, reassembler: FragmentReassembler | None) -> None:
         self.reassembler = reassembler
         self.malformed: Counter[str] = Counter()
         self.truncated = 0
@@ -77,7 +82,7 @@ class FrameDecoder:
         self.unsupported_linktypes: Counter[int] = Counter()
         self._reassemblies = 0
 
-    def decode(self, data: bytes, start: int, caplen: int, wirelen: int, linktype: int, timestamp: int) -> Packet | None:
+    def decode(self, data: FrameBuffer, start: int, caplen: int, wirelen: int, linktype: int, timestamp: int) -> Packet | None:
         """Decode one frame; None when it is not IP, is malformed, or is a fragment held back."""
         packet = Packet(timestamp, wirelen)
         end = start + caplen
@@ -140,11 +145,11 @@ class FrameDecoder:
 
     def expire_fragments(self, now: int) -> list[Packet]:
         """Decode the first fragments of datagrams that timed out incomplete."""
-        return self._leftovers(self.reassembler.expire(now))
+        return self._leftovers(self.reassembler.expire(now)) if self.reassembler is not None else []
 
     def flush_fragments(self) -> list[Packet]:
         """Decode the first fragments of datagrams still incomplete at end of input."""
-        return self._leftovers(self.reassembler.flush())
+        return self._leftovers(self.reassembler.flush()) if self.reassembler is not None else []
 
     def _leftovers(self, leftovers: list[tuple[Packet, bytes]]) -> list[Packet]:
         decoded = []
@@ -171,11 +176,11 @@ class FrameDecoder:
             return end
         raise Malformed("ip_length_exceeds_frame")
 
-    def _ethernet(self, packet: Packet, data: bytes, position: int, end: int, depth: int) -> Packet | None:
+    def _ethernet(self, packet: Packet, data: FrameBuffer, position: int, end: int, depth: int) -> Packet | None:
         self._need(position + 14, end)
         return self._ethertype(packet, data, _u16(data, position + 12)[0], position + 14, end, depth)
 
-    def _ethertype(self, packet: Packet, data: bytes, ethertype: int, position: int, end: int, depth: int) -> Packet | None:
+    def _ethertype(self, packet: Packet, data: FrameBuffer, ethertype: int, position: int, end: int, depth: int) -> Packet | None:
         if depth > MAX_LAYERS:
             raise Malformed("too_many_layers")
         while ethertype in (ETHERTYPE_VLAN, ETHERTYPE_QINQ, ETHERTYPE_QINQ_OLD):
@@ -197,7 +202,7 @@ class FrameDecoder:
         self.not_ip += 1
         return None
 
-    def _mpls(self, packet: Packet, data: bytes, position: int, end: int, depth: int) -> Packet | None:
+    def _mpls(self, packet: Packet, data: FrameBuffer, position: int, end: int, depth: int) -> Packet | None:
         for _ in range(MAX_MPLS_LABELS):
             self._need(position + 4, end)
             entry = _u32(data, position)[0]
@@ -215,7 +220,7 @@ class FrameDecoder:
             position += 4
         return self._ethernet(packet, data, position, end, depth + 1)
 
-    def _ip_by_version(self, packet: Packet, data: bytes, position: int, end: int, depth: int) -> Packet | None:
+    def _ip_by_version(self, packet: Packet, data: FrameBuffer, position: int, end: int, depth: int) -> Packet | None:
         self._need(position + 1, end)
         version = data[position] >> 4
         if version == 4:
@@ -224,7 +229,7 @@ class FrameDecoder:
             return self._ipv6(packet, data, position, end, depth)
         raise Malformed("ip_bad_version")
 
-    def _ipv4(self, packet: Packet, data: bytes, position: int, end: int, depth: int) -> Packet | None:
+    def _ipv4(self, packet: Packet, data: FrameBuffer, position: int, end: int, depth: int) -> Packet | None:
         if depth > MAX_LAYERS:
             raise Malformed("too_many_layers")
         self._need(position + 20, end)
@@ -245,7 +250,7 @@ class FrameDecoder:
             return self._fragment(packet, 4, (src, dst, identification, proto), (fragment & 0x1FFF) * 8, bool(fragment & 0x2000), data[payload_start:datagram_end])
         return self._transport(packet, data, proto, payload_start, datagram_end, 4, depth)
 
-    def _ipv6(self, packet: Packet, data: bytes, position: int, end: int, depth: int) -> Packet | None:
+    def _ipv6(self, packet: Packet, data: FrameBuffer, position: int, end: int, depth: int) -> Packet | None:
         if depth > MAX_LAYERS:
             raise Malformed("too_many_layers")
         self._need(position + 40, end)
@@ -260,7 +265,7 @@ class FrameDecoder:
         datagram_end = self._datagram_end(position, payload_length, end)
         return self._ipv6_payload(packet, data, next_header, position, datagram_end, end, depth)
 
-    def _ipv6_payload(self, packet: Packet, data: bytes, next_header: int, position: int, datagram_end: int, end: int, depth: int) -> Packet | None:
+    def _ipv6_payload(self, packet: Packet, data: FrameBuffer, next_header: int, position: int, datagram_end: int, end: int, depth: int) -> Packet | None:
         """Extension headers, then the transport; also where a reassembled datagram resumes, since
         headers may follow the Fragment header."""
         for _ in range(MAX_LAYERS):
@@ -292,13 +297,15 @@ class FrameDecoder:
 
     def _fragment(self, packet: Packet, version: int, key: tuple, offset: int, more: bool, payload: bytes) -> Packet | None:
         """Hand a fragment to the reassembler; decode the datagram when it is complete."""
+        if self.reassembler is None:
+            return packet
         done = self.reassembler.add(version, key, offset, more, payload, packet, self._cut_by_snaplen)
         if done is None:
             return None
         first, whole, complete = done
         return self.decode_reassembled(first, version, whole, complete)
 
-    def _transport(self, packet: Packet, data: bytes, proto: int, position: int, end: int, version: int, depth: int) -> Packet | None:
+    def _transport(self, packet: Packet, data: FrameBuffer, proto: int, position: int, end: int, version: int, depth: int) -> Packet | None:
         packet.proto = proto
         if proto == PROTO_TCP:
             self._need(position + 4, end)
@@ -339,7 +346,7 @@ class FrameDecoder:
         """Encapsulation entry of a tunnel, with the endpoints of the IP header carrying it."""
         return {"type": kind, "src": address_text(packet.src), "dst": address_text(packet.dst), **fields}
 
-    def _gre(self, packet: Packet, data: bytes, position: int, end: int, depth: int) -> Packet | None:
+    def _gre(self, packet: Packet, data: FrameBuffer, position: int, end: int, depth: int) -> Packet | None:
         self._need(position + 4, end)
         flags, protocol = struct.unpack_from("!HH", data, position)
         if flags & 0x4007:  # routing present or a version other than 0: not a mirroring tunnel
@@ -368,12 +375,12 @@ class FrameDecoder:
             return self._ethernet(packet, data, position, end, depth + 1)
         return self._ethertype(packet, data, protocol, position, end, depth + 1)
 
-    def _vxlan(self, packet: Packet, data: bytes, position: int, end: int, depth: int) -> Packet | None:
+    def _vxlan(self, packet: Packet, data: FrameBuffer, position: int, end: int, depth: int) -> Packet | None:
         vni = _u32(data, position + 4)[0] >> 8
         packet.encapsulation.append(self._tunnel("vxlan", packet, vni=vni))
         return self._ethernet(packet, data, position + 8, end, depth + 1)
 
-    def _geneve(self, packet: Packet, data: bytes, position: int, end: int, depth: int) -> Packet | None:
+    def _geneve(self, packet: Packet, data: FrameBuffer, position: int, end: int, depth: int) -> Packet | None:
         options_length = (data[position] & 0x3F) * 4
         protocol = _u16(data, position + 2)[0]
         vni = _u32(data, position + 4)[0] >> 8

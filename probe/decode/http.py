@@ -191,6 +191,7 @@ class HttpRequestStream:
         """Read a request head starting at `pos` (or continuing the buffered one); the new offset."""
         head = self._head
         old = len(head)
+        buf: bytes | bytearray
         if old:
             head += data[pos : pos + self._limit - old]
             buf, start, scan = head, 0, max(0, old - 2)  # an empty line may straddle two chunks
@@ -265,7 +266,7 @@ class HttpRequestStream:
         """
         state = self._chunk_state
         if state == _CHUNK_SIZE:
-            stop = _HEX.match(data, pos).end()
+            stop = _HEX.match(data, pos).end()  # type: ignore[union-attr]  # zero or more: always matches
             if stop > pos:
                 self._chunk_size_seen = True
                 self._chunk_size = (self._chunk_size << (4 * (stop - pos))) | int(data[pos:stop], 16)
@@ -323,17 +324,17 @@ def _request_line(buf: bytes | bytearray, start: int, n: int) -> tuple[int, int,
         i += 1
     if i == start:
         return NOT_HTTP, 0, 0, 0
-    target_start = _SPACES.match(buf, i, n).end()
+    target_start = _SPACES.match(buf, i, n).end()  # type: ignore[union-attr]  # zero or more: always matches
     if target_start >= n:
         return NEED_MORE, 0, 0, 0
-    stop = _TARGET.match(buf, target_start, n).end()
+    stop = _TARGET.match(buf, target_start, n).end()  # type: ignore[union-attr]  # zero or more: always matches
     if stop == target_start:
         return NOT_HTTP, 0, 0, 0
     if stop >= n:
         return NEED_MORE, 0, 0, 0
     if buf[stop] != 0x20:
         return NOT_HTTP, 0, 0, 0
-    v = _SPACES.match(buf, stop, n).end()
+    v = _SPACES.match(buf, stop, n).end()  # type: ignore[union-attr]  # zero or more: always matches
     version = buf[v : min(v + 8, n)]
     if len(version) < 8:
         if b"HTTP/1.1".startswith(version) or b"HTTP/1.0".startswith(version):
@@ -379,7 +380,7 @@ def _request(buf: bytes | bytearray, start: int, target_start: int, target_stop:
         if scheme is None:
             path = buf[target_start:target_stop].decode("latin-1")
         else:
-            authority_end = _AUTHORITY.match(buf, scheme.end(), target_stop).end()
+            authority_end = _AUTHORITY.match(buf, scheme.end(), target_stop).end()  # type: ignore[union-attr]  # zero or more: always matches
             authority = buf[scheme.end() : authority_end]
             target_host, target_port = _authority(authority[authority.rfind(b"@") + 1 :])
             path = buf[authority_end:target_stop].decode("latin-1")
@@ -433,10 +434,11 @@ def _field_values(fields: bytes, name: bytes) -> list[bytes]:
     return values
 
 
-def _authority(authority: bytes) -> tuple[str | None, int | None]:
+def _authority(authority: bytes | bytearray) -> tuple[str | None, int | None]:
     """(host, port) of `host[:port]` / `[v6]:port`: host lower-cased, without trailing dot."""
     a = authority.strip(b" \t\r").lower()
-    port = b""
+    port: bytes | bytearray = b""
+    host: bytes | bytearray
     if a[:1] == b"[":
         close = a.find(b"]")
         if close < 0:
@@ -459,7 +461,7 @@ def _authority(authority: bytes) -> tuple[str | None, int | None]:
     return _text(host), number if 0 < number < 65536 else None
 
 
-def _text(raw: bytes) -> str:
+def _text(raw: bytes | bytearray) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:

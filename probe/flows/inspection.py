@@ -28,6 +28,7 @@ from probe.decode import dns, http, tls
 from probe.decode.batch import HTTP_METHOD_PREFIXES
 from probe.flows.reassembly import ReassemblyBudget, StreamReassembler
 from probe.match.compiled import CompiledMarkers
+from probe.match.patterns import PatternStream
 
 FOLLOWED_DEPTH = (1 << 31) - 1
 """Depth of a stream read for the flow's whole life (HTTP requests, DNS over TCP), up to the
@@ -62,7 +63,7 @@ class DirectionReader:
         many tiny records is not parsed again at each byte."""
         self.attempts = 0
         self.http: http.HttpRequestStream | None = None
-        self.patterns = None
+        self.patterns: PatternStream | None = None
         """PatternStream while the direction is within `pattern_depth`."""
         self.yara: bytearray | None = None
         """The first `yara_depth` bytes, while not yet matched."""

@@ -25,9 +25,7 @@ import numpy as np
 
 from probe.capture.frames import FrameBatch
 from probe.decode.batch import classify_batch
-from probe.decode.fragments import FragmentReassembler
 from probe.decode.frame import FrameDecoder
-from probe.decode.packet import Packet
 
 MIXERS = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x27D4EB2F165667C5], dtype=np.uint64)
 DESCRIPTOR = struct.Struct("=BQQQQ")
@@ -38,17 +36,6 @@ KIND_MARKERS = 2
 KIND_FINISH = 3
 """End every flow, send the last events, exit."""
 ARRAYS = ("offsets", "caplens", "wirelens", "timestamps", "linktypes")
-
-
-class AddressDecoder(FrameDecoder):
-    """The frame decoder with fragments passed through instead of reassembled: each fragment gives
-    its (innermost) addresses at once, and nothing is held."""
-
-    def __init__(self) -> None:
-        super().__init__(FragmentReassembler(1, 1, 1, 1))
-
-    def _fragment(self, packet: Packet, version: int, key: tuple, offset: int, more: bool, payload: bytes) -> Packet | None:
-        return packet
 
 
 def _mix(lanes: np.ndarray) -> np.ndarray:
@@ -64,7 +51,7 @@ def _mix(lanes: np.ndarray) -> np.ndarray:
 class FrameHasher:
     def __init__(self, workers: int) -> None:
         self.workers = workers
-        self.decoder = AddressDecoder()
+        self.decoder = FrameDecoder(None)  # fragments passed through: each gives its addresses at once
 
     def assign(self, batch: FrameBatch) -> np.ndarray:
         """The worker of each frame of the batch."""

@@ -105,7 +105,7 @@ def run_worker(config: Config, markers: bytes, memory_name: str, batches: Connec
     library = MarkerLibrary()
     library.bundles, library.active = pickle.loads(markers)
     forwarder = Forwarder(results)
-    pipeline = forwarder.pipeline = Pipeline(config, library, None, forwarder, forwarder)  # type: ignore[arg-type]
+    pipeline = forwarder.pipeline = Pipeline(config, library, None, forwarder, forwarder)
     forwarder.send(False)
 
     def take(message: bytes) -> FrameBatch:
