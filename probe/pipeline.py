@@ -13,7 +13,7 @@ event records, and packets are accounted in capture order whichever route they t
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import numpy as np
 from mypy_extensions import mypyc_attr
@@ -33,15 +33,15 @@ from probe.match.markers import Marker
 from probe.record.events import Event, EventWriter, Hit, flow_event
 from probe.store.records import BundleRecord, bundle_records
 
-QUIC_ANOMALIES = {quic.BAD_TAG: "quic.bad_tag", quic.UNKNOWN_VERSION: "quic.unknown_version", quic.MALFORMED: "quic.malformed"}
-FEW_FLOWS = 8
+QUIC_ANOMALIES: Final = {quic.BAD_TAG: "quic.bad_tag", quic.UNKNOWN_VERSION: "quic.unknown_version", quic.MALFORMED: "quic.malformed"}
+FEW_FLOWS: Final = 8
 """Flows drained one by one: fewer than this, their packets are gathered group by group rather
 than by a pass over the whole batch."""
-CLOCK_FRAMES = 63
+CLOCK_FRAMES: Final = 63
 """The expiry clock is the median time of this many latest frames."""
 MIN_VECTOR_RUN = 32
 """Fewer consecutive classified frames than this cost less frame by frame than in vector setup."""
-INSPECTED_COLUMNS = ("payload_offsets", "payload_lengths", "src_is_a", "protos", "sports", "dports", "seqs", "acks", "flags", "timestamps", "vlans")
+INSPECTED_COLUMNS: Final = ("payload_offsets", "payload_lengths", "src_is_a", "protos", "sports", "dports", "seqs", "acks", "flags", "timestamps", "vlans")
 
 
 def vlan_encapsulation(vlan: int) -> list[dict]:

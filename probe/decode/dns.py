@@ -26,7 +26,7 @@ IPv4-mapped IPv6 address, so that answers are looked up in the same address inde
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from probe.decode.packet import IPV4_MAPPED_PREFIX
 
@@ -46,29 +46,29 @@ __all__ = [
 
 # Unicast DNS carries one question (RFC 9619), but mDNS queries ask many at once (an iPhone sends
 # 17 service types in one packet). Questions past this are ignored to bound the work.
-MAX_QUESTIONS = 64
+MAX_QUESTIONS: Final = 64
 # Answer records read per message. A resolver's answer is a CNAME chain plus a few addresses; mDNS
 # responses announce a host's services at once (~30 records). Records past this are ignored.
-MAX_ANSWERS = 64
+MAX_ANSWERS: Final = 64
 # Labels plus pointer jumps read for a whole message. Compression lets every question point at a
 # long name, so the per-name bounds alone would allow ~10,000 steps per packet; real messages need
 # a few per name. A message over budget is treated as malformed from that point on.
-MAX_STEPS = 1024
+MAX_STEPS: Final = 1024
 # RFC 1035 3.1: a name is at most 255 octets in wire form, length octets and root label included.
-MAX_NAME_WIRE_LEN = 255
+MAX_NAME_WIRE_LEN: Final = 255
 # A name reached through more jumps than this is an attack (compression loops or chains); real
 # messages need one jump per name, a handful at most.
-MAX_POINTER_HOPS = 32
+MAX_POINTER_HOPS: Final = 32
 
-_HEADER_LEN = 12
-_TYPE_A = 1
-_TYPE_CNAME = 5
-_TYPE_AAAA = 28
-_CLASS_IN = 1
+_HEADER_LEN: Final = 12
+_TYPE_A: Final = 1
+_TYPE_CNAME: Final = 5
+_TYPE_AAAA: Final = 28
+_CLASS_IN: Final = 1
 # mDNS uses the class's top bit as the cache-flush flag (RFC 6762 10.2); the class is the rest.
-_CLASS_MASK = 0x7FFF
+_CLASS_MASK: Final = 0x7FFF
 # TYPE, CLASS, TTL (skipped), RDLENGTH of a resource record, after its owner name.
-_RECORD = struct.Struct("!HH4xH")
+_RECORD: Final = struct.Struct("!HH4xH")
 
 
 class DnsMessage(NamedTuple):

@@ -10,6 +10,8 @@ recorded as encapsulation metadata. Malformed frames are counted by kind and dro
 
 from __future__ import annotations
 
+from typing import Final
+
 import struct
 from collections import Counter
 
@@ -17,42 +19,42 @@ from probe.capture.frames import FrameBuffer
 from probe.decode.fragments import FragmentReassembler
 from probe.decode.packet import IPV4_MAPPED_PREFIX, PROTO_TCP, PROTO_UDP, Packet, address_text
 
-LINKTYPE_NULL = 0
-LINKTYPE_ETHERNET = 1
-LINKTYPE_RAW = 101
-LINKTYPE_LOOP = 108
-LINKTYPE_LINUX_SLL = 113
-LINKTYPE_IPV4 = 228
-LINKTYPE_IPV6 = 229
-LINKTYPE_LINUX_SLL2 = 276
-RAW_IP_LINKTYPES = (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6, 12, 14)
+LINKTYPE_NULL: Final = 0
+LINKTYPE_ETHERNET: Final = 1
+LINKTYPE_RAW: Final = 101
+LINKTYPE_LOOP: Final = 108
+LINKTYPE_LINUX_SLL: Final = 113
+LINKTYPE_IPV4: Final = 228
+LINKTYPE_IPV6: Final = 229
+LINKTYPE_LINUX_SLL2: Final = 276
+RAW_IP_LINKTYPES: Final = (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6, 12, 14)
 
-ETHERTYPE_IPV4 = 0x0800
-ETHERTYPE_IPV6 = 0x86DD
-ETHERTYPE_VLAN = 0x8100
-ETHERTYPE_QINQ = 0x88A8
-ETHERTYPE_QINQ_OLD = 0x9100
-ETHERTYPE_MPLS = 0x8847
-ETHERTYPE_MPLS_MULTICAST = 0x8848
-ETHERTYPE_TEB = 0x6558
-ETHERTYPE_ERSPAN_2 = 0x88BE
-ETHERTYPE_ERSPAN_3 = 0x22EB
+ETHERTYPE_IPV4: Final = 0x0800
+ETHERTYPE_IPV6: Final = 0x86DD
+ETHERTYPE_VLAN: Final = 0x8100
+ETHERTYPE_QINQ: Final = 0x88A8
+ETHERTYPE_QINQ_OLD: Final = 0x9100
+ETHERTYPE_MPLS: Final = 0x8847
+ETHERTYPE_MPLS_MULTICAST: Final = 0x8848
+ETHERTYPE_TEB: Final = 0x6558
+ETHERTYPE_ERSPAN_2: Final = 0x88BE
+ETHERTYPE_ERSPAN_3: Final = 0x22EB
 
-VXLAN_PORT = 4789
-GENEVE_PORT = 6081
-MAX_LAYERS = 12
-MAX_MPLS_LABELS = 16
-MAX_NESTED_REASSEMBLIES = 3
+VXLAN_PORT: Final = 4789
+GENEVE_PORT: Final = 6081
+MAX_LAYERS: Final = 12
+MAX_MPLS_LABELS: Final = 16
+MAX_NESTED_REASSEMBLIES: Final = 3
 """A tunnel's fragments may carry an inner fragment; deeper nesting is an attack."""
 
-_u16 = struct.Struct("!H").unpack_from
-_u32 = struct.Struct("!I").unpack_from
-_ipv4_header = struct.Struct("!BxHHHxB2x4s4s").unpack_from
-_tcp_header = struct.Struct("!HHIIBB").unpack_from
-_ports = struct.Struct("!HH").unpack_from
+_u16: Final = struct.Struct("!H").unpack_from
+_u32: Final = struct.Struct("!I").unpack_from
+_ipv4_header: Final = struct.Struct("!BxHHHxB2x4s4s").unpack_from
+_tcp_header: Final = struct.Struct("!HHIIBB").unpack_from
+_ports: Final = struct.Struct("!HH").unpack_from
 
-IPV6_EXTENSION_HEADERS = frozenset((0, 43, 60, 135, 139, 140, 253, 254))
-IP_IN_IP_NAMES = {(4, 4): "ipip", (4, 41): "6in4", (6, 4): "4in6", (6, 41): "ip6ip6"}
+IPV6_EXTENSION_HEADERS: Final = frozenset((0, 43, 60, 135, 139, 140, 253, 254))
+IP_IN_IP_NAMES: Final = {(4, 4): "ipip", (4, 41): "6in4", (6, 4): "4in6", (6, 41): "ip6ip6"}
 
 
 class Malformed(Exception):

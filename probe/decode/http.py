@@ -28,7 +28,7 @@ case-folded: servers may tell paths apart by case, and url markers keep the exac
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 __all__ = [
     "NOT_HTTP",
@@ -42,48 +42,48 @@ __all__ = [
     "HttpRequestStream",
 ]
 
-NOT_HTTP = 0
-NEED_MORE = 1
-DONE = 2
-MALFORMED = 3
-TUNNEL = 4
+NOT_HTTP: Final = 0
+NEED_MORE: Final = 1
+DONE: Final = 2
+MALFORMED: Final = 3
+TUNNEL: Final = 4
 
 # Request line plus headers. Common servers refuse beyond 8-16 KiB, so a longer head is not a
 # request any server would act on, and the bound caps what a caller must buffer.
-MAX_HEADER_LEN = 16384
+MAX_HEADER_LEN: Final = 16384
 # Longest registered methods (e.g. UPDATEREDIRECTREF, BASELINE-CONTROL) are 17 characters.
-MAX_METHOD_LEN = 20
+MAX_METHOD_LEN: Final = 20
 
 # A request-target is any run of bytes other than controls and space (RFC 9112 3.2 is stricter;
 # raw UTF-8 is seen in the wild and accepted by servers, so it is accepted here too).
-_TARGET = re.compile(rb"[^\x00-\x20\x7f]*")
-_SPACES = re.compile(rb" *")
-_SCHEME = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*://")
-_AUTHORITY = re.compile(rb"[^/?#]*")
-_HEX = re.compile(rb"[0-9A-Fa-f]*")
-_VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
+_TARGET: Final = re.compile(rb"[^\x00-\x20\x7f]*")
+_SPACES: Final = re.compile(rb" *")
+_SCHEME: Final = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*://")
+_AUTHORITY: Final = re.compile(rb"[^/?#]*")
+_HEX: Final = re.compile(rb"[0-9A-Fa-f]*")
+_VERSIONS: Final = (b"HTTP/1.1", b"HTTP/1.0")
 # Enough of a stream's start to tell a method token followed by a space from anything else: the
 # cheap NOT_HTTP decision, made without waiting for a whole header block.
-_METHOD_WINDOW = MAX_METHOD_LEN + 2
+_METHOD_WINDOW: Final = MAX_METHOD_LEN + 2
 # Bytes a chunk size may be followed by: extension (after optional whitespace) or line end.
-_AFTER_CHUNK_SIZE = b" \t;\r\n"
+_AFTER_CHUNK_SIZE: Final = b" \t;\r\n"
 # No server accepts a chunk or a body this large (4 EiB); a larger number is a forgery, refused
 # before a long run of digits builds a huge integer (Python refuses decimal ones past 4300 digits).
-_MAX_CHUNK_SIZE = 1 << 62
-_MAX_CONTENT_LENGTH_DIGITS = 18
+_MAX_CHUNK_SIZE: Final = 1 << 62
+_MAX_CONTENT_LENGTH_DIGITS: Final = 18
 
 # Body framing of a request (`_framing`): a length >= 0, or one of these.
-_CHUNKED = -1
-_BAD_FRAMING = -2
+_CHUNKED: Final = -1
+_BAD_FRAMING: Final = -2
 
 # Where `HttpRequestStream` is inside a chunked body (0: not in one).
-_CHUNK_SIZE = 1  # hex digits of a chunk size
-_CHUNK_SIZE_LINE = 2  # after the size: extensions up to the line end
-_CHUNK_DATA_END = 3  # CRLF after a chunk's data
-_CHUNK_DATA_END_LF = 4
-_TRAILER_START = 5  # start of a trailer line, or of the empty line ending the body
-_TRAILER_LINE = 6
-_TRAILER_END_LF = 7
+_CHUNK_SIZE: Final = 1  # hex digits of a chunk size
+_CHUNK_SIZE_LINE: Final = 2  # after the size: extensions up to the line end
+_CHUNK_DATA_END: Final = 3  # CRLF after a chunk's data
+_CHUNK_DATA_END_LF: Final = 4
+_TRAILER_START: Final = 5  # start of a trailer line, or of the empty line ending the body
+_TRAILER_LINE: Final = 6
+_TRAILER_END_LF: Final = 7
 
 
 class HttpRequest(NamedTuple):

@@ -6,22 +6,24 @@ share one key layout, one flow table and one address index.
 
 from __future__ import annotations
 
+from typing import Final
+
 import ipaddress
 import socket
 
-IPV4_MAPPED_PREFIX = b"\0" * 10 + b"\xff\xff"
+IPV4_MAPPED_PREFIX: Final = b"\0" * 10 + b"\xff\xff"
 
-PROTO_ICMP = 1
-PROTO_TCP = 6
-PROTO_UDP = 17
-PROTO_ICMPV6 = 58
+PROTO_ICMP: Final = 1
+PROTO_TCP: Final = 6
+PROTO_UDP: Final = 17
+PROTO_ICMPV6: Final = 58
 
-PROTO_NAMES = {PROTO_ICMP: "ICMP", PROTO_TCP: "TCP", PROTO_UDP: "UDP", PROTO_ICMPV6: "IPv6-ICMP", 132: "SCTP"}
+PROTO_NAMES: Final = {PROTO_ICMP: "ICMP", PROTO_TCP: "TCP", PROTO_UDP: "UDP", PROTO_ICMPV6: "IPv6-ICMP", 132: "SCTP"}
 
-TCP_FIN = 0x01
-TCP_SYN = 0x02
-TCP_RST = 0x04
-TCP_ACK = 0x10
+TCP_FIN: Final = 0x01
+TCP_SYN: Final = 0x02
+TCP_RST: Final = 0x04
+TCP_ACK: Final = 0x10
 
 
 class Packet:

@@ -28,7 +28,7 @@ import hmac
 import re
 from collections.abc import Iterator
 from operator import itemgetter
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -58,58 +58,58 @@ __all__ = [
 ]
 
 # The first four values mean what they mean in tls.py, so callers can treat both alike.
-NOT_QUIC = 0
-NEED_MORE = 1
-DONE = 2
-MALFORMED = 3
-BAD_TAG = 4
-UNKNOWN_VERSION = 5
+NOT_QUIC: Final = 0
+NEED_MORE: Final = 1
+DONE: Final = 2
+MALFORMED: Final = 3
+BAD_TAG: Final = 4
+UNKNOWN_VERSION: Final = 5
 
-VERSION_1 = 0x00000001
-VERSION_2 = 0x6B3343CF
+VERSION_1: Final = 0x00000001
+VERSION_2: Final = 0x6B3343CF
 
 # UDP cannot carry more; anything larger is not a datagram from the wire.
-MAX_DATAGRAM = 65535
+MAX_DATAGRAM: Final = 65535
 # RFC 9000 14.1: a client pads every datagram carrying an Initial to 1200 bytes and servers drop
 # smaller ones, so a smaller first datagram cannot open a connection.
-MIN_INITIAL_DATAGRAM = 1200
+MIN_INITIAL_DATAGRAM: Final = 1200
 # Real clients coalesce three packets at most (Initial, 0-RTT, Handshake).
-MAX_COALESCED_PACKETS = 16
+MAX_COALESCED_PACKETS: Final = 16
 # A ClientHello fits in one to three Initial packets, even with post-quantum key shares and
 # retransmissions. A flow that needs more is not a handshake worth the decryption cost.
-MAX_INITIAL_PACKETS = 32
+MAX_INITIAL_PACKETS: Final = 32
 # Datagrams fed without completing the ClientHello (0-RTT ones included) before giving up, so
 # a caller can release a reader whose flow lost the start of its handshake.
-MAX_DATAGRAMS = 64
+MAX_DATAGRAMS: Final = 64
 # CRYPTO bytes beyond this offset are refused: a ClientHello is a few KB, and the bound caps
 # what one reader holds.
-MAX_CRYPTO_BYTES = 65536
+MAX_CRYPTO_BYTES: Final = 65536
 # Disjoint pieces of CRYPTO data held at once; splitting data into many tiny frames only serves
 # to make reassembly expensive.
-MAX_FRAGMENTS = 64
+MAX_FRAGMENTS: Final = 64
 # Initial keys of different Destination Connection IDs held by one reader: the client's first
 # DCID, the one after a Retry, the server's connection ID it switches to. Any more are derived
 # per packet and not kept.
-MAX_KEY_SETS = 4
+MAX_KEY_SETS: Final = 4
 
-_MAX_CID_LEN = 20
-_HEADER_FORM_AND_FIXED = 0xC0
-_TYPE_BITS = 0x30
-_RESERVED_BITS = 0x0C
-_PN_LENGTH_BITS = 0x03
-_SAMPLE_OFFSET = 4  # the sample starts 4 bytes after the packet number field (RFC 9001 5.4.2)
-_SAMPLE_LEN = 16
-_TAG_LEN = 16
-_HANDSHAKE_HEADER = 4
-_CLIENT_HELLO = 1
+_MAX_CID_LEN: Final = 20
+_HEADER_FORM_AND_FIXED: Final = 0xC0
+_TYPE_BITS: Final = 0x30
+_RESERVED_BITS: Final = 0x0C
+_PN_LENGTH_BITS: Final = 0x03
+_SAMPLE_OFFSET: Final = 4  # the sample starts 4 bytes after the packet number field (RFC 9001 5.4.2)
+_SAMPLE_LEN: Final = 16
+_TAG_LEN: Final = 16
+_HANDSHAKE_HEADER: Final = 4
+_CLIENT_HELLO: Final = 1
 
-_FRAME_PADDING = 0x00
-_FRAME_PING = 0x01
-_FRAME_ACK = 0x02
-_FRAME_ACK_ECN = 0x03
-_FRAME_CRYPTO = 0x06
+_FRAME_PADDING: Final = 0x00
+_FRAME_PING: Final = 0x01
+_FRAME_ACK: Final = 0x02
+_FRAME_ACK_ECN: Final = 0x03
+_FRAME_CRYPTO: Final = 0x06
 
-_NOT_PADDING = re.compile(b"[^\x00]")
+_NOT_PADDING: Final = re.compile(b"[^\x00]")
 
 
 class _Version(NamedTuple):
@@ -122,7 +122,7 @@ class _Version(NamedTuple):
 
 
 # RFC 9001 5.2 and 5.1; RFC 9369 3.2, 3.3.1, 3.3.2.
-_VERSIONS = {
+_VERSIONS: Final = {
     VERSION_1: _Version(
         salt=bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a"),
         initial_type=0x00,

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import hashlib
 from struct import Struct, pack, unpack_from
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 __all__ = [
     "NOT_TLS",
@@ -53,48 +53,48 @@ __all__ = [
     "read_server_certificates",
 ]
 
-NOT_TLS = 0
-NEED_MORE = 1
-DONE = 2
-MALFORMED = 3
-ENCRYPTED = 4
+NOT_TLS: Final = 0
+NEED_MORE: Final = 1
+DONE: Final = 2
+MALFORMED: Final = 3
+ENCRYPTED: Final = 4
 
 # A hello body (client or server) above this is refused: real ones stay below ~8 KB even with large
 # post-quantum shares and many PSK identities, and the bound caps what a caller must buffer.
-MAX_HELLO_LEN = 65536
+MAX_HELLO_LEN: Final = 65536
 # A Certificate message body above this is refused. Real chains take 2-8 KB, rarely 20 KB; the
 # bound caps what a caller buffers for one connection's server side.
-MAX_CERTIFICATE_LEN = 65536
+MAX_CERTIFICATE_LEN: Final = 65536
 # Records a hello (or the server's flight up to its certificates) may be fragmented into. Evasion
 # tools split hellos into a few tiny records; thousands of 1-byte records only serve to burn CPU,
 # once per arriving segment.
-MAX_RECORDS = 2048
+MAX_RECORDS: Final = 2048
 
-_CONTENT_CHANGE_CIPHER_SPEC = 0x14
-_CONTENT_ALERT = 0x15
-_CONTENT_HANDSHAKE = 0x16
-_ALERT_WARNING = 1
-_HS_CLIENT_HELLO = 1
-_HS_SERVER_HELLO = 2
-_HS_CERTIFICATE = 11
-_RECORD_HEADER = 5
-_HS_HEADER = 4
+_CONTENT_CHANGE_CIPHER_SPEC: Final = 0x14
+_CONTENT_ALERT: Final = 0x15
+_CONTENT_HANDSHAKE: Final = 0x16
+_ALERT_WARNING: Final = 1
+_HS_CLIENT_HELLO: Final = 1
+_HS_SERVER_HELLO: Final = 2
+_HS_CERTIFICATE: Final = 11
+_RECORD_HEADER: Final = 5
+_HS_HEADER: Final = 4
 # RFC 8446 5.1: a plaintext record carries at most 2^14 bytes; some stacks overshoot slightly,
 # so allow the ciphertext allowance (RFC 5246 6.2.3) before calling it malformed.
-_MAX_RECORD_LEN = 16384 + 2048
+_MAX_RECORD_LEN: Final = 16384 + 2048
 # version(2) random(32) session_id_len(1) suites_len(2) one suite(2) comp_len(1) one method(1)
-_MIN_HELLO_LEN = 41
+_MIN_HELLO_LEN: Final = 41
 # version(2) random(32) session_id_len(1) suite(2) method(1)
-_MIN_SERVER_HELLO_LEN = 38
-_TLS13 = 0x0304
+_MIN_SERVER_HELLO_LEN: Final = 38
+_TLS13: Final = 0x0304
 
-_EXT_SERVER_NAME = 0
-_EXT_SUPPORTED_GROUPS = 10
-_EXT_EC_POINT_FORMATS = 11
-_EXT_SIGNATURE_ALGORITHMS = 13
-_EXT_ALPN = 16
-_EXT_SUPPORTED_VERSIONS = 43
-_READ_EXTENSIONS = frozenset((_EXT_SERVER_NAME, _EXT_SUPPORTED_GROUPS, _EXT_EC_POINT_FORMATS, _EXT_SIGNATURE_ALGORITHMS, _EXT_ALPN, _EXT_SUPPORTED_VERSIONS))
+_EXT_SERVER_NAME: Final = 0
+_EXT_SUPPORTED_GROUPS: Final = 10
+_EXT_EC_POINT_FORMATS: Final = 11
+_EXT_SIGNATURE_ALGORITHMS: Final = 13
+_EXT_ALPN: Final = 16
+_EXT_SUPPORTED_VERSIONS: Final = 43
+_READ_EXTENSIONS: Final = frozenset((_EXT_SERVER_NAME, _EXT_SUPPORTED_GROUPS, _EXT_EC_POINT_FORMATS, _EXT_SIGNATURE_ALGORITHMS, _EXT_ALPN, _EXT_SUPPORTED_VERSIONS))
 _JA3_BY_LISTS: dict[tuple, str] = {}
 _JA4_BY_LISTS: dict[tuple, str] = {}
 """JA3 and JA4 by the hello lists each is made of: most clients on a network are a few TLS stacks
@@ -108,24 +108,24 @@ _DECIMALS_BY_LIST: dict[tuple[int, ...] | bytes, bytes] = {}
 groups, signature algorithms or versions by its bytes (GREASE left out), and JA3's text of a list.
 A stack sends these lists the same each time but for its GREASE values (16 possible), so both hit
 when the JA3 cache misses. Protocol numbers only, as above."""
-MAX_REMEMBERED_SHAPES = 4096
-MAX_REMEMBERED_VALUES = 128
+MAX_REMEMBERED_SHAPES: Final = 4096
+MAX_REMEMBERED_VALUES: Final = 128
 """A hello with longer lists (none a real stack sends) is fingerprinted but not remembered: each
 cache holds at most MAX_REMEMBERED_SHAPES entries of at most this many values, about 25 MB for all
 of them in the worst case a client can force, a few hundred kilobytes for real stacks."""
-_NAME_ONLY = frozenset((_EXT_SERVER_NAME,))
+_NAME_ONLY: Final = frozenset((_EXT_SERVER_NAME,))
 """The one extension read when the fingerprints are not asked for."""
-_NAME_TYPE_HOST = 0
-_EXTENSION_HEADER = Struct(">HH").unpack_from
+_NAME_TYPE_HOST: Final = 0
+_EXTENSION_HEADER: Final = Struct(">HH").unpack_from
 """An extension's type and body length, read with one call instead of four byte look-ups."""
 
 # RFC 8701: 0x0A0A, 0x1A1A, ..., 0xFAFA, in cipher suites, extensions, groups, versions, signatures.
-_GREASE = frozenset(range(0x0A0A, 0x10000, 0x1010))
+_GREASE: Final = frozenset(range(0x0A0A, 0x10000, 0x1010))
 # JA4's two-character version. The DTLS codes of the specification belong to DTLS hellos, which
 # this module does not read.
-_JA4_VERSIONS = {0x0304: "13", 0x0303: "12", 0x0302: "11", 0x0301: "10", 0x0300: "s3", 0x0002: "s2"}
-_JA4_EMPTY = "000000000000"
-_ALNUM = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_JA4_VERSIONS: Final = {0x0304: "13", 0x0303: "12", 0x0302: "11", 0x0301: "10", 0x0300: "s3", 0x0002: "s2"}
+_JA4_EMPTY: Final = "000000000000"
+_ALNUM: Final = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
 
 class ClientHello(NamedTuple):
@@ -161,10 +161,10 @@ class ServerCertificates(NamedTuple):
     end: int
 
 
-_RESULT_NOT_TLS = ClientHello(NOT_TLS, None, 0)
-_RESULT_MALFORMED = ClientHello(MALFORMED, None, 0)
-_CERTS_NOT_TLS = ServerCertificates(NOT_TLS, (), 0)
-_CERTS_MALFORMED = ServerCertificates(MALFORMED, (), 0)
+_RESULT_NOT_TLS: Final = ClientHello(NOT_TLS, None, 0)
+_RESULT_MALFORMED: Final = ClientHello(MALFORMED, None, 0)
+_CERTS_NOT_TLS: Final = ServerCertificates(NOT_TLS, (), 0)
+_CERTS_MALFORMED: Final = ServerCertificates(MALFORMED, (), 0)
 
 
 def read_client_hello(stream: bytes | bytearray | memoryview, transport: str = "t", fingerprints: bool = True) -> ClientHello:
@@ -175,7 +175,7 @@ def read_client_hello(stream: bytes | bytearray | memoryview, transport: str = "
     out: computing them costs four times the rest, and without fingerprint markers nobody reads
     them."""
     try:
-        return _parse(stream, transport, fingerprints)
+        return _parse(bytes(stream), transport, fingerprints)  # bytes: the same object, when it is
     except Exception:  # pragma: no cover - defensive: _parse is written not to raise
         return _RESULT_MALFORMED
 
@@ -187,7 +187,7 @@ def fingerprint_client_hello(message: bytes | bytearray | memoryview, transport:
     passes the reassembled message (type 1, 3-byte length, body) with transport "q". NEED_MORE's
     `end` is the message's total length; DONE's is the offset just after the message."""
     try:
-        return _message(message, transport)
+        return _message(bytes(message), transport)
     except Exception:  # pragma: no cover - defensive: _message is written not to raise
         return _RESULT_MALFORMED
 
@@ -198,12 +198,12 @@ def read_server_certificates(stream: bytes | bytearray | memoryview) -> ServerCe
     Certificates identify the server whatever name the client asked for, so they are matched
     too; only their hashes are computed, and only TLS <= 1.2 shows them (ENCRYPTED otherwise)."""
     try:
-        return _server_flight(stream)
+        return _server_flight(bytes(stream))
     except Exception:  # pragma: no cover - defensive: _server_flight is written not to raise
         return _CERTS_MALFORMED
 
 
-def _parse(buf, transport: str, fingerprints: bool) -> ClientHello:
+def _parse(buf: bytes, transport: str, fingerprints: bool) -> ClientHello:
     n = len(buf)
     # Record header of the first record: content type, legacy version (major 3), length.
     if n >= 1 and buf[0] != _CONTENT_HANDSHAKE:
@@ -234,7 +234,7 @@ def _parse(buf, transport: str, fingerprints: bool) -> ClientHello:
     return _reassemble(buf, n, transport, fingerprints)
 
 
-def _message(buf, transport: str) -> ClientHello:
+def _message(buf: bytes, transport: str) -> ClientHello:
     n = len(buf)
     if n >= 1 and buf[0] != _HS_CLIENT_HELLO:
         return _RESULT_NOT_TLS
@@ -249,7 +249,7 @@ def _message(buf, transport: str) -> ClientHello:
     return _hello_result(buf, _HS_HEADER, end, end, transport, True)
 
 
-def _reassemble(buf, n: int, transport: str, fingerprints: bool) -> ClientHello:
+def _reassemble(buf: bytes, n: int, transport: str, fingerprints: bool) -> ClientHello:
     """Gather the hello from consecutive handshake records (fragmented, RFC 8446 5.1)."""
     msg = bytearray()
     want = -1  # total handshake message length (header included), once known
@@ -281,7 +281,7 @@ def _reassemble(buf, n: int, transport: str, fingerprints: bool) -> ClientHello:
                 return _RESULT_MALFORMED
             want = _HS_HEADER + hs_len
         if want >= 0 and len(msg) >= want:
-            return _hello_result(msg, _HS_HEADER, want, rec_end, transport, fingerprints)
+            return _hello_result(bytes(msg), _HS_HEADER, want, rec_end, transport, fingerprints)
         if rec_end > n:
             # The current record is incomplete; progress needs either its end or, when the hello
             # ends inside it, the hello's end.
@@ -291,7 +291,7 @@ def _reassemble(buf, n: int, transport: str, fingerprints: bool) -> ClientHello:
     return _RESULT_MALFORMED
 
 
-def _hello_result(buf, pos: int, end: int, record_end: int, transport: str, fingerprints: bool) -> ClientHello:
+def _hello_result(buf: bytes, pos: int, end: int, record_end: int, transport: str, fingerprints: bool) -> ClientHello:
     """Walk a complete ClientHello body buf[pos:end]: its server name and the lists the two
     fingerprints are made of.
 
@@ -450,7 +450,7 @@ def _ja4(transport: str, version: str, seen_sni: bool, ciphers: tuple[int, ...],
     return f"{head}_{_hash12(_hex_list(sorted(ciphers)))}_{_hash12(listed)}"
 
 
-def _u16_vector(buf, pos: int, end: int, length_bytes: int) -> tuple[int, ...]:
+def _u16_vector(buf: bytes, pos: int, end: int, length_bytes: int) -> tuple[int, ...]:
     """The uint16 values, GREASE left out, of a vector with a 1- or 2-byte length in buf[pos:end]
     (the cipher suites, or an extension body), as far as both its length and buf[pos:end] go."""
     start = pos + length_bytes
@@ -458,7 +458,7 @@ def _u16_vector(buf, pos: int, end: int, length_bytes: int) -> tuple[int, ...]:
         return ()
     stop = start + (buf[pos] if length_bytes == 1 else (buf[pos] << 8) | buf[pos + 1])
     stop = stop if stop < end else end  # min() costs a quarter of this function
-    raw = bytes(buf[start : stop - ((stop - start) & 1)])  # whole values only: the cache keeps numbers
+    raw = buf[start : stop - ((stop - start) & 1)]  # whole values only: the cache keeps numbers
     values = _UINT16S_BY_BYTES.get(raw)
     if values is None:
         values = tuple([value for value in unpack_from(f">{len(raw) >> 1}H", raw) if value not in _GREASE])
@@ -467,16 +467,16 @@ def _u16_vector(buf, pos: int, end: int, length_bytes: int) -> tuple[int, ...]:
     return values
 
 
-def _u8_vector(buf, pos: int, end: int) -> bytes:
+def _u8_vector(buf: bytes, pos: int, end: int) -> bytes:
     """The bytes of a vector with a 1-byte length in the extension body buf[pos:end], as far as both
     its length and the body go."""
     if pos >= end:
         return b""
     stop = pos + 1 + buf[pos]
-    return bytes(buf[pos + 1 : stop if stop < end else end])
+    return buf[pos + 1 : stop if stop < end else end]
 
 
-def _first_alpn(buf, pos: int, end: int) -> bytes:
+def _first_alpn(buf: bytes, pos: int, end: int) -> bytes:
     """First protocol name of an ALPN extension body buf[pos:end] (RFC 7301 3.1); empty if there
     is none whole within the list and the body."""
     start = pos + 3
@@ -485,7 +485,7 @@ def _first_alpn(buf, pos: int, end: int) -> bytes:
     stop = start + buf[pos + 2]
     if stop > end or stop > pos + 2 + ((buf[pos] << 8) | buf[pos + 1]):
         return b""
-    return bytes(buf[start:stop])
+    return buf[start:stop]
 
 
 def _alpn_code(alpn: bytes | None) -> str:
@@ -512,10 +512,10 @@ def _hash12(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-_BAD = object()
+_BAD: Final = object()
 
 
-def _server_name(buf, pos: int, end: int):
+def _server_name(buf: bytes, pos: int, end: int):
     """host_name from a server_name extension body buf[pos:end]; None if absent, _BAD if broken."""
     if pos + 2 > end:
         return _BAD
@@ -533,7 +533,7 @@ def _server_name(buf, pos: int, end: int):
         if pos > list_end:
             return _BAD
         if name_type == _NAME_TYPE_HOST and name is None:
-            raw = bytes(buf[start:pos]).lower()
+            raw = buf[start:pos].lower()
             if raw[-1:] == b".":
                 raw = raw[:-1]
             if raw:
@@ -548,7 +548,7 @@ def _text(raw: bytes) -> str:
         return raw.decode("latin-1")
 
 
-def _server_flight(buf) -> ServerCertificates:
+def _server_flight(buf: bytes) -> ServerCertificates:
     """Walk the server's records up to its Certificate message (RFC 5246 7.3: ServerHello, then
     Certificate unless the suite or a resumed session has none).
 
@@ -633,7 +633,7 @@ def _server_flight(buf) -> ServerCertificates:
     return _CERTS_MALFORMED
 
 
-def _server_hello_version(buf, pos: int, end: int) -> int:
+def _server_hello_version(buf: bytearray, pos: int, end: int) -> int:
     """Version a complete ServerHello body buf[pos:end] selects: its supported_versions extension
     when present (RFC 8446 4.2.1; a server negotiating TLS <= 1.2 does not send it), else its
     legacy version; -1 if malformed."""
@@ -666,7 +666,7 @@ def _server_hello_version(buf, pos: int, end: int) -> int:
     return version
 
 
-def _certificate_hashes(buf, pos: int, end: int) -> tuple[str, ...] | None:
+def _certificate_hashes(buf: bytearray, pos: int, end: int) -> tuple[str, ...] | None:
     """SHA-256 of each certificate of a TLS <= 1.2 Certificate body buf[pos:end] (RFC 5246 7.4.2:
     a 3-byte list length, then 3-byte length + DER per certificate); None if the lengths disagree."""
     if pos + 3 > end or pos + 3 + ((buf[pos] << 16) | (buf[pos + 1] << 8) | buf[pos + 2]) != end:

@@ -21,6 +21,8 @@ for the pipeline to look up in the marker index; the bytes themselves are droppe
 
 from __future__ import annotations
 
+from typing import Final
+
 from collections import Counter
 
 from probe.config import FlowsSection
@@ -30,15 +32,15 @@ from probe.flows.reassembly import ReassemblyBudget, StreamReassembler
 from probe.match.compiled import CompiledMarkers
 from probe.match.patterns import PatternStream
 
-FOLLOWED_DEPTH = (1 << 31) - 1
+FOLLOWED_DEPTH: Final = (1 << 31) - 1
 """Depth of a stream read for the flow's whole life (HTTP requests, DNS over TCP), up to the
 reassembler's largest depth (2 GiB)."""
 
-DNS_MESSAGE_BYTES = 2 + 65_535
+DNS_MESSAGE_BYTES: Final = 2 + 65_535
 """The largest DNS-over-TCP message with its length prefix: held whole whatever
 handshake_buffer_bytes says, since a query padded past that bound would otherwise go unread."""
 
-PATIENT_PARSES = 16
+PATIENT_PARSES: Final = 16
 """Parse attempts of one incomplete TLS message before they are spaced out."""
 
 READ_NONE, READ_PENDING, READ_SERVER_PENDING, READ_TLS_CLIENT, READ_TLS_SERVER, READ_HTTP, READ_DNS = range(7)

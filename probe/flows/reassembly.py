@@ -35,15 +35,17 @@ rather than match across the missing bytes). A call reports at most one gap.
 
 from __future__ import annotations
 
+from typing import Final
+
 from bisect import insort
 
-SEQUENCE_SPACE = 1 << 32
-SEQUENCE_MASK = SEQUENCE_SPACE - 1
-HALF_SEQUENCE_SPACE = SEQUENCE_SPACE >> 1
-MAX_WAITING_SEGMENTS = 32
+SEQUENCE_SPACE: Final = 1 << 32
+SEQUENCE_MASK: Final = SEQUENCE_SPACE - 1
+HALF_SEQUENCE_SPACE: Final = SEQUENCE_SPACE >> 1
+MAX_WAITING_SEGMENTS: Final = 32
 """Pieces one direction may hold ahead of a hole: a few windows' worth of ordinary reordering,
 while a flood of tiny out-of-order segments costs a bounded list."""
-MAX_AHEAD = 1 << 16
+MAX_AHEAD: Final = 1 << 16
 """How far past a hole one direction may hold bytes, whatever its depth: a stream followed for its
 whole life (HTTP requests) must not hold megabytes behind a hole that will never be filled."""
 

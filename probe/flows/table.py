@@ -10,7 +10,7 @@ nothing of a non-matching flow outlives its timeout.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Final, TYPE_CHECKING
 
 import numpy as np
 
@@ -22,23 +22,23 @@ if TYPE_CHECKING:
     from probe.flows.inspection import FlowInspection
     from probe.record.events import Hit
 
-NANOSECONDS = 1_000_000_000
+NANOSECONDS: Final = 1_000_000_000
 NO_ENCAPSULATION: list[dict] = []
 """Shared by every untagged packet and flow; never mutated."""
 
-INSPECT_WATCH = 0
+INSPECT_WATCH: Final = 0
 """Client segments are inspected only when they start like a TLS handshake or an HTTP request."""
-INSPECT_STREAM = 1
+INSPECT_STREAM: Final = 1
 """The flow's bytes are being read (`Flow.inspection`): every packet of the directions still read
 goes to the readers."""
-INSPECT_DONE = 2
+INSPECT_DONE: Final = 2
 """Every decision about the flow's bytes is made (bypassed), or the flow is closed: its packets are
 counted, never inspected."""
 
 CLASS_TCP, CLASS_UDP, CLASS_OTHER, CLASS_CLOSED = range(4)
-FREE = -1
-INITIAL_SLOTS = 1024
-EVICTION_SHARE = 100
+FREE: Final = -1
+INITIAL_SLOTS: Final = 1024
+EVICTION_SHARE: Final = 100
 """When the table is full, 1/EVICTION_SHARE of it (the longest idle flows) is evicted at once, so
 that a flood of new flows does not pay a full scan each."""
 
