@@ -113,7 +113,7 @@ def read_dns_message(message: bytes | bytearray | memoryview) -> DnsMessage:
     what was read before it: those records were well-formed and a resolver acts on them.
     """
     try:
-        return _read_message(message)
+        return _read_message(bytes(message))  # bytes: the same object, when it is
     except Exception:  # pragma: no cover - defensive: _read_message is written not to raise
         return _empty()
 
@@ -125,16 +125,16 @@ def dns_query_names(message: bytes | bytearray | memoryview) -> list[str]:
     names asked for.
     """
     try:
-        return _query_names(message)
+        return _query_names(bytes(message))
     except Exception:  # pragma: no cover - defensive: _query_names is written not to raise
         return []
 
 
-def _query_names(buf) -> list[str]:
+def _query_names(buf: bytes) -> list[str]:
     return _questions(buf, len(buf))[0]
 
 
-def _read_message(buf) -> DnsMessage:
+def _read_message(buf: bytes) -> DnsMessage:
     end = len(buf)
     questions, pos, steps = _questions(buf, end)
     if pos < 0:
@@ -149,7 +149,7 @@ def _read_message(buf) -> DnsMessage:
     return DnsMessage(questions, cname_targets, addresses, True)
 
 
-def _questions(buf, end: int) -> tuple[list[str], int, int]:
+def _questions(buf: bytes, end: int) -> tuple[list[str], int, int]:
     """(names, offset after the question section, steps left); offset -1 when malformed."""
     if end < _HEADER_LEN + 5:  # header + root name + QTYPE + QCLASS, or the smallest record
         return [], -1, 0
@@ -171,7 +171,7 @@ def _questions(buf, end: int) -> tuple[list[str], int, int]:
     return names, pos, steps
 
 
-def _name(buf, pos: int, limit: int, end: int, steps: int) -> tuple[str, int, int]:
+def _name(buf: bytes, pos: int, limit: int, end: int, steps: int) -> tuple[str, int, int]:
     """(name, offset after it in place, steps left) of the name at `pos`; offset -1 when malformed.
 
     The steps spent are returned even when the name is malformed, so that a message of many
@@ -229,7 +229,7 @@ def _name(buf, pos: int, limit: int, end: int, steps: int) -> tuple[str, int, in
     return _text(name), pos, steps
 
 
-def _answers(buf, pos: int, end: int, steps: int, cname_targets: list[str], addresses: list[bytes]) -> None:
+def _answers(buf: bytes, pos: int, end: int, steps: int, cname_targets: list[str], addresses: list[bytes]) -> None:
     """Append the answer section's CNAME targets and A/AAAA addresses, up to the first defect.
 
     RDLENGTH frames each record, so a record of the right type but the wrong shape (an A record
@@ -283,10 +283,10 @@ def dns_tcp_answers(stream: bytes | bytearray | memoryview) -> tuple[DnsAnswers,
 
     Returns (answers, consumed): `consumed` is the offset of the first byte not yet used, so the
     caller keeps `stream[consumed:]` (a partial length prefix or message) and calls again once more
-    bytes arrived. The messages are read in place, not copied.
+    bytes arrived.
     """
     try:
-        messages, consumed = _tcp_messages(stream)
+        messages, consumed = _tcp_messages(bytes(stream))
         names: list[str] = []
         addresses: list[bytes] = []
         for message in messages:
@@ -304,7 +304,7 @@ def dns_tcp_query_names(stream: bytes | bytearray | memoryview) -> tuple[list[st
     Returns (names, consumed) like `dns_tcp_answers`.
     """
     try:
-        messages, consumed = _tcp_messages(stream)
+        messages, consumed = _tcp_messages(bytes(stream))
         names: list[str] = []
         for message in messages:
             names += _query_names(message)
@@ -313,18 +313,17 @@ def dns_tcp_query_names(stream: bytes | bytearray | memoryview) -> tuple[list[st
         return [], 0
 
 
-def _tcp_messages(stream) -> tuple[list[memoryview], int]:
-    """Views of the complete length-prefixed messages (empty ones left out), and their end."""
+def _tcp_messages(stream: bytes) -> tuple[list[bytes], int]:
+    """The complete length-prefixed messages (empty ones left out), and their end."""
     end = len(stream)
     pos = 0
-    messages: list[memoryview] = []
-    view = stream if isinstance(stream, memoryview) else memoryview(stream)
+    messages: list[bytes] = []
     while pos + 2 <= end:
         length = (stream[pos] << 8) | stream[pos + 1]
         stop = pos + 2 + length
         if stop > end:
             break
         if length:
-            messages.append(view[pos + 2 : stop])
+            messages.append(stream[pos + 2 : stop])
         pos = stop
     return messages, pos
