@@ -43,9 +43,15 @@ handshake_buffer_bytes says, since a query padded past that bound would otherwis
 PATIENT_PARSES: Final = 16
 """Parse attempts of one incomplete TLS message before they are spaced out."""
 
-READ_NONE, READ_PENDING, READ_SERVER_PENDING, READ_TLS_CLIENT, READ_TLS_SERVER, READ_HTTP, READ_DNS = range(7)
-"""Handshake readers: none, not chosen yet (a client's or a server's first bytes not seen), and
-one per protocol."""
+# Handshake readers: none, not chosen yet (a client's or a server's first bytes not seen), and one
+# per protocol.
+READ_NONE: Final = 0
+READ_PENDING: Final = 1
+READ_SERVER_PENDING: Final = 2
+READ_TLS_CLIENT: Final = 3
+READ_TLS_SERVER: Final = 4
+READ_HTTP: Final = 5
+READ_DNS: Final = 6
 
 
 class DirectionReader:

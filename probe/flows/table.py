@@ -35,7 +35,10 @@ INSPECT_DONE: Final = 2
 """Every decision about the flow's bytes is made (bypassed), or the flow is closed: its packets are
 counted, never inspected."""
 
-CLASS_TCP, CLASS_UDP, CLASS_OTHER, CLASS_CLOSED = range(4)
+CLASS_TCP: Final = 0
+CLASS_UDP: Final = 1
+CLASS_OTHER: Final = 2
+CLASS_CLOSED: Final = 3
 FREE: Final = -1
 INITIAL_SLOTS: Final = 1024
 EVICTION_SHARE: Final = 100
