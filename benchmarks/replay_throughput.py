@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    .venv/bin/python benchmarks/replay_throughput.py [--packets N] [--out DIR] [--seed S] [--runs N]
+    .venv/bin/python benchmarks/replay_throughput.py [--packets N] [--out DIR] [--seed S] [--runs N] [--warmup N]
                                                      [--skip-baselines] [--regenerate]
 
 The capture, the two marker bundles and the expected events come from `mixed_capture.generate` and
@@ -423,6 +423,7 @@ def main() -> int:
     parser.add_argument("--regenerate", action="store_true", help="generate the capture even if a matching one exists")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help=f"seconds allowed to each process (default: {DEFAULT_TIMEOUT:.0f})")
     parser.add_argument("--runs", type=int, default=3, help="pairs of probe runs (old types, every type), alternated; medians are reported (default: 3)")
+    parser.add_argument("--warmup", type=int, default=1, help="pairs run first and not counted: the first run of a series meets cold caches (default: 1)")
     parser.add_argument("--probe", metavar="PATH", help="probe executable (default: `probe` next to the Python interpreter, else on PATH)")
     args = parser.parse_args()
 
@@ -445,7 +446,11 @@ def main() -> int:
     pairs = max(1, args.runs)
     for variant in (OLD, ALL):
         print(f"\n$ {probe_path} replay {out / 'mixed.pcap'} --markers {out / variant.markers} --events {out / variant.events}")
-    print(f"  {pairs} pair(s), alternated: {', '.join(['old, all'] * pairs)}", flush=True)
+    print(f"  {pairs} pair(s), alternated: {', '.join(['old, all'] * pairs)}, after {args.warmup} warm-up pair(s) not counted", flush=True)
+    for pair in range(max(0, args.warmup)):
+        for variant in (OLD, ALL):
+            run, _ = run_variant(probe_path, out, variant, args.timeout)
+            print(f"  warm-up {pair + 1}, {variant.label}: {run.wall:.2f} s, {'ok' if run.ok else f'FAILED ({run.failure()})'} (not counted)", flush=True)
     measured = {variant: Measured(variant, [], []) for variant in (OLD, ALL)}
     for pair in range(pairs):
         for variant in (OLD, ALL):
