@@ -10,10 +10,9 @@ recorded as encapsulation metadata. Malformed frames are counted by kind and dro
 
 from __future__ import annotations
 
-from typing import Final
-
 import struct
 from collections import Counter
+from typing import Final
 
 from probe.capture.frames import FrameBuffer
 from probe.decode.fragments import FragmentReassembler

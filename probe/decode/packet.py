@@ -6,10 +6,9 @@ share one key layout, one flow table and one address index.
 
 from __future__ import annotations
 
-from typing import Final
-
 import ipaddress
 import socket
+from typing import Final
 
 IPV4_MAPPED_PREFIX: Final = b"\0" * 10 + b"\xff\xff"
 

@@ -21,9 +21,8 @@ for the pipeline to look up in the marker index; the bytes themselves are droppe
 
 from __future__ import annotations
 
-from typing import Final
-
 from collections import Counter
+from typing import Final
 
 from probe.config import FlowsSection
 from probe.decode import dns, http, tls

@@ -35,9 +35,8 @@ rather than match across the missing bytes). A call reports at most one gap.
 
 from __future__ import annotations
 
-from typing import Final
-
 from bisect import insort
+from typing import Final
 
 SEQUENCE_SPACE: Final = 1 << 32
 SEQUENCE_MASK: Final = SEQUENCE_SPACE - 1

@@ -10,7 +10,7 @@ nothing of a non-matching flow outlives its timeout.
 
 from __future__ import annotations
 
-from typing import Final, TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
