@@ -157,7 +157,7 @@ class HttpRequestStream:
         if self.status != NEED_MORE or not data:
             return []
         try:
-            return self._feed(data if type(data) is bytes else bytes(data))
+            return self._feed(bytes(data))  # bytes: the same object, when it is
         except Exception:  # pragma: no cover - defensive: _feed is written not to raise
             self._stop(MALFORMED)
             return []
