@@ -9,6 +9,7 @@ import click
 
 from probe.config import Config, load_config
 from probe.errors import ProbeError
+from probe.fleet_cli import collect_command, fleet_group
 from probe.markers_cli import markers_group
 from probe.notify.notifier import Notifier, open_notifier
 from probe.outbox_cli import outbox_group
@@ -135,3 +136,5 @@ main.add_command(store_group)
 main.add_command(run_command)
 main.add_command(status_command)
 main.add_command(install_service)
+main.add_command(collect_command)
+main.add_command(fleet_group)

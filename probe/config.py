@@ -178,7 +178,44 @@ class NotifySection:
     left stays spooled for the next start."""
 
 
-SINK_TYPES = ("file", "stdout", "syslog", "webhook")
+@dataclass(frozen=True)
+class FleetSection:
+    """The fleet's NATS JetStream bus: where a probe's `nats` sink publishes, where probes fetch
+    bundles and report their heartbeat, and what `probe collect` consumes."""
+
+    servers: tuple[str, ...] = ()
+    """nats:// or tls:// URLs of the bus's servers; the client moves to another when one fails."""
+    user: str = ""
+    password_file: str = ""
+    """File (mode 0600) holding the password of `user`."""
+    nkey_seed_file: str = ""
+    """File (mode 0600) holding this host's NKey seed (the server knows its public key)."""
+    creds_file: str = ""
+    """Credentials file (mode 0600) with a user JWT and its NKey seed (decentralised auth)."""
+    ca_file: str = ""
+    """CA certificates (PEM) the servers' certificates must chain to; default: the system's."""
+    connect_timeout: float = 5.0
+    """Seconds a connection, a publish acknowledgement or a request may take."""
+    stream: str = "PROBE_EVENTS"
+    """JetStream stream of the notifications, subjects `probe.events.>`."""
+    consumer: str = "collector"
+    """`probe collect`: its durable consumer on the stream."""
+    bundle_bucket: str = ""
+    """Object store bucket of marker bundles (`probe markers publish`); `probe run` fetches and
+    loads each new one. Empty: no bundles from the bus."""
+    bundle_directory: str = ""
+    """`probe run`: where fetched bundles are kept (0700). Empty: `fleet-bundles` in the store
+    directory."""
+    status_bucket: str = "probe-fleet"
+    """Key-value bucket of the probes' heartbeats (`probe fleet status`)."""
+    heartbeat_interval: float = 10.0
+    """`probe run`: seconds between two heartbeats; empty `status_bucket`: none."""
+
+
+SUBJECT_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""A probe's name and site are tokens of its subject `probe.events.<site>.<probe>`."""
+BUCKET_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+SINK_TYPES = ("file", "stdout", "syslog", "webhook", "nats")
 SYSLOG_TRANSPORTS = ("udp", "tcp", "unix")
 SYSLOG_FACILITIES = {name: number for number, name in enumerate(("kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv", "ftp", "ntp", "security", "console", "solaris-cron", "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7"))}
 SINK_NAME = re.compile(r"[a-z0-9_-]{1,32}")
@@ -191,7 +228,7 @@ class SinkSection:
     name: str = ""
     """Required, unique: names the sink in logs and its place in the spool."""
     type: str = ""
-    """file, stdout, syslog or webhook."""
+    """file, stdout, syslog, webhook or nats (the [fleet] bus)."""
     authority: bool = False
     """This sink reaches the authority: it gets every notification, unfiltered."""
     marker_types: tuple[str, ...] = ()
@@ -227,6 +264,7 @@ SINK_KEYS = {
     "stdout": set(),
     "syslog": {"transport", "address", "path", "facility", "timeout"},
     "webhook": {"url", "hmac_secret_file", "ca_file", "tls_verify", "timeout"},
+    "nats": set(),
 }
 COMMON_SINK_KEYS = ("name", "type", "authority", "marker_types", "min_severity", "max_tlp")
 
@@ -243,6 +281,7 @@ class Config:
     events: EventsSection = field(default_factory=EventsSection)
     store: StoreSection = field(default_factory=StoreSection)
     notify: NotifySection = field(default_factory=NotifySection)
+    fleet: FleetSection = field(default_factory=FleetSection)
     sinks: tuple[SinkSection, ...] = ()
 
     @property
@@ -253,7 +292,7 @@ class Config:
         return os.path.join(self.store.directory, "spool") if self.store.directory else ""
 
 
-POSITIVE_FIELDS = {"segment_period", "flush_interval", "max_bytes", "max_flows", "handshake_buffer_bytes", "pattern_depth", "yara_depth", "reassembly_max_bytes", "max_datagrams", "max_per_source", "tcp_timeout", "tcp_closed_timeout", "udp_timeout", "other_timeout", "timeout", "spool_max_bytes", "update_interval", "marker_rate", "marker_burst", "retry_initial", "retry_max", "drain_timeout", "rotate_interval", "snaplen", "buffer_bytes", "workers", "worker_queue_bytes", "stop_timeout"}
+POSITIVE_FIELDS = {"connect_timeout", "heartbeat_interval", "segment_period", "flush_interval", "max_bytes", "max_flows", "handshake_buffer_bytes", "pattern_depth", "yara_depth", "reassembly_max_bytes", "max_datagrams", "max_per_source", "tcp_timeout", "tcp_closed_timeout", "udp_timeout", "other_timeout", "timeout", "spool_max_bytes", "update_interval", "marker_rate", "marker_burst", "retry_initial", "retry_max", "drain_timeout", "rotate_interval", "snaplen", "buffer_bytes", "workers", "worker_queue_bytes", "stop_timeout"}
 MAXIMUM_SECONDS = 7 * 24 * 3600.0
 """No flow or fragment waits longer than a week of capture time."""
 MAXIMUM_COUNT = 1 << 40
@@ -286,7 +325,9 @@ def parse_config(raw: dict[str, Any], origin: str = "configuration") -> Config:
         if not isinstance(value, dict):
             raise ConfigError(f"{origin}: [{name}] must be a table of keys")
         sections[name] = _parse_section(_section_class(name), value, name, origin)
-    return Config(**sections)
+    config = Config(**sections)
+    _check_fleet(config, origin)
+    return config
 
 
 def _section_class(name: str) -> type:
@@ -353,6 +394,37 @@ def _check_sink(sink: SinkSection, entry: dict, where: str) -> None:
             raise ConfigError(f"{where}.url: {sink.url!r} has an invalid port") from None
         if parsed.scheme == "http" and ("ca_file" in entry or "tls_verify" in entry):
             raise ConfigError(f"{where}.url: ca_file and tls_verify apply to https:// URLs only")
+
+
+def _check_fleet(config: Config, origin: str) -> None:
+    """A `nats` sink needs the bus, and a name and site that can be subject tokens."""
+    fleet = config.fleet
+    for url in fleet.servers:
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("nats", "tls") or not parsed.hostname or parsed.username or parsed.password:
+            raise ConfigError(f"{origin}: fleet.servers: {url!r} is not a nats:// or tls:// URL with a host (credentials go in user, password_file, nkey_seed_file or creds_file)")
+    if sum(bool(value) for value in (fleet.password_file, fleet.nkey_seed_file, fleet.creds_file)) > 1:
+        raise ConfigError(f"{origin}: fleet: give one of password_file, nkey_seed_file and creds_file")
+    if bool(fleet.user) != bool(fleet.password_file):
+        raise ConfigError(f"{origin}: fleet: user and password_file go together")
+    for key in ("stream", "consumer", "status_bucket", "bundle_bucket"):
+        value = getattr(fleet, key)
+        if value and not BUCKET_NAME.fullmatch(value):
+            raise ConfigError(f"{origin}: fleet.{key}: {value!r}: 1-64 letters, digits, '-' or '_'")
+    if not fleet.stream or not fleet.consumer:
+        raise ConfigError(f"{origin}: fleet: stream and consumer may not be empty")
+    nats_sinks = [sink for sink in config.sinks if sink.type == "nats"]
+    if not nats_sinks:
+        return
+    if not fleet.servers:
+        raise ConfigError(f"{origin}: sinks: nats sink {nats_sinks[0].name!r} needs [fleet] servers")
+    if len(nats_sinks) > 1:
+        raise ConfigError(f"{origin}: sinks: one nats sink at most (the fleet has one bus)")
+    if nats_sinks[0].max_tlp != "red":
+        raise ConfigError(f"{origin}: sinks: nats sink {nats_sinks[0].name!r}: max_tlp must stay red: the collector stores what this probe stores, and its own sinks apply their labels")
+    for key in ("name", "site"):
+        if not SUBJECT_TOKEN.fullmatch(getattr(config.probe, key)):
+            raise ConfigError(f"{origin}: probe.{key}: {getattr(config.probe, key)!r}: a nats sink publishes to probe.events.<site>.<name>, so both must be 1-64 letters, digits, '-' or '_'")
 
 
 def split_address(address: str, where: str) -> tuple[str, int]:

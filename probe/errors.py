@@ -44,3 +44,8 @@ class StoreError(ProbeError):
 
 class NotifyError(ProbeError):
     """The notification spool or a sink cannot be set up as configured; the message names it."""
+
+
+class FleetError(ProbeError):
+    """The fleet's NATS bus cannot be reached or used as configured (no server, refused
+    credentials, a missing stream or bucket); the message says which and what to do."""

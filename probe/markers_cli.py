@@ -22,6 +22,7 @@ from probe.bundles.validate import validate_file
 from probe.bundles.versions import VersionState
 from probe.config import load_config
 from probe.errors import MarkerError, ProbeError
+from probe.fleet.bundles import publish_bundle
 from probe.match.markers import Marker
 from probe.match.patterns import PatternMatcher
 
@@ -133,6 +134,28 @@ def verify_command(bundles: tuple[str, ...], trust_store: str | None, config_pat
         click.echo(f"{path}: valid: {bundle.issuer}/{bundle.id} version {bundle.version}, {sum(bundle.counts().values())} markers")
     if refusals:
         refuse(refusals)
+
+
+@markers_group.command("publish")
+@click.argument("bundle", metavar="BUNDLE", type=click.Path(dir_okay=False))
+@click.option("--config", "config_path", required=True, metavar="PATH", type=click.Path(dir_okay=False), help="Configuration with the [fleet] bus and its bundle_bucket.")
+def publish_command(bundle: str, config_path: str) -> None:
+    """Put a signed BUNDLE on the fleet's bus: every probe with [fleet] bundle_bucket fetches it.
+
+    The bundle, its .sig and its companion files go as one object named <issuer>/<id>. With
+    [markers] trust_store in --config, the bundle is first checked as a probe would check it (a
+    bundle a probe would refuse is not published). Each probe checks it again on its own: a
+    tampered or older bundle on the bus is refused there, and reported in its heartbeat and its
+    bundle notifications.
+    """
+    readable(bundle)
+    try:
+        config = load_config(config_path)
+        if config.markers.trust_store:
+            MarkerLibrary(LoadPolicy(True, TrustStore(config.markers.trust_store), clock=time.time_ns)).admit(bundle)
+        click.echo(publish_bundle(config, bundle))
+    except ProbeError as error:
+        fail(str(error))
 
 
 @markers_group.command("validate")

@@ -10,12 +10,13 @@ store, which keeps exactly those fields, derives them again instead of keeping t
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 from datetime import datetime, timezone
 from typing import IO, NamedTuple
 
 from probe.config import ProbeSection
-from probe.decode.packet import PROTO_NAMES, address_text
+from probe.decode.packet import IPV4_MAPPED_PREFIX, PROTO_NAMES, address_text
 from probe.flows.table import Flow, canonical_key
 from probe.bundles.values import PATTERN_TYPES
 from probe.match.markers import TLP_LEVELS, Marker
@@ -109,6 +110,40 @@ def rfc3339(timestamp: int) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{nanoseconds // 1000:06d}Z"
 
 
+def parse_rfc3339(text: str) -> int:
+    """Nanoseconds since the epoch of a time `rfc3339` wrote."""
+    seconds, _, fraction = text.rstrip("Z").partition(".")
+    moment = datetime.strptime(seconds, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
+    return int(moment.timestamp()) * 1_000_000_000 + int((fraction or "0").ljust(9, "0")[:9])
+
+
+PROTO_NUMBERS = {name: number for number, name in PROTO_NAMES.items()}
+
+
+def event_from_record(record: dict) -> Event:
+    """The event an eve.json-style record (`event_fields`) was written from, as far as a store
+    keeps it: what the collector stores of a probe's notification. Raises ValueError (or KeyError,
+    TypeError) naming nothing: the caller says which message it was."""
+    marker = record["marker"]
+    if "type" not in marker:
+        raise ValueError("its marker's type and value are withheld (TLP): the sender must publish with max_tlp = red")
+    proto = record["proto"]
+    return Event(
+        record["revision"], parse_rfc3339(record["timestamp"]), PROTO_NUMBERS[proto] if proto in PROTO_NUMBERS else int(proto),
+        address_bytes(record["src_ip"]), record["src_port"], address_bytes(record["dest_ip"]), record["dest_port"],
+        record["direction"] == "to_server", record["matched_on"],
+        Marker(marker["id"], marker["type"], marker.get("value", ""), marker["bundle"], marker["bundle_version"], severity=marker.get("severity"), tlp=marker.get("tlp"), name=marker.get("name")),
+        record["encapsulation"], parse_rfc3339(record["flow_start"]), parse_rfc3339(record["first_seen"]), parse_rfc3339(record["last_seen"]),
+        record["packets"], record["bytes"], record["hits"],
+    )
+
+
+def address_bytes(text: str) -> bytes:
+    """The 16-byte form of an address's text (IPv4 as IPv4-mapped IPv6)."""
+    address = ipaddress.ip_address(text)
+    return IPV4_MAPPED_PREFIX + address.packed if address.version == 4 else address.packed
+
+
 def marker_fields(marker: Marker, max_tlp: str) -> dict:
     """What an event says of its marker: its identity, and its value unless that is a pattern or
     rule (which could be payload) or labelled above what this output may carry."""
@@ -163,6 +198,7 @@ def event_fields(event: Event, max_tlp: str = "red") -> dict:
         "matched_on": event.matched_on,
         "marker": marker_fields(event.marker, max_tlp),
         "encapsulation": event.encapsulation,
+        "flow_start": rfc3339(event.opened),
         "first_seen": rfc3339(event.first_seen),
         "last_seen": rfc3339(event.last_seen),
         "packets": event.packets,

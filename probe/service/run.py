@@ -25,6 +25,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from multiprocessing.connection import wait
 from typing import Any
 
@@ -35,6 +36,8 @@ from probe.capture.live import CaptureSet
 from probe.clock import NANOSECONDS, Clock
 from probe.config import Config, check_live, load_config
 from probe.errors import MarkerError, ProbeError
+from probe.fleet.agent import FleetAgent
+from probe.fleet.bundles import installed_bundles
 from probe.notify.notifier import Notifier, open_notifier
 from probe.record.events import Event
 from probe.service.dispatch import KIND_FINISH, KIND_MARKERS, FrameHasher, FrameQueue, split_batch
@@ -166,11 +169,13 @@ class Service:
         self.systemd = SystemdNotifier()
         self.started = clock.now()
         self.library = MarkerLibrary(library_policy(config, clock))
-        report = self.library.load(list(config.markers.files))
+        report = self.library.load(self._marker_files())
         for line in report.refused:
             log.error(line)
-        if not self.library.bundles:
+        if not self.library.bundles and not config.fleet.bundle_bucket:
             raise MarkerError(f"{config_path}: markers.files: no marker bundle could be loaded; the probe would detect nothing")
+        if not self.library.bundles:
+            log.warning(f"no marker bundle loaded yet: detection starts with the first bundle fetched from bucket {config.fleet.bundle_bucket}")
         self.activated: dict[tuple[str, str], int] = {bundle.key: self.started for bundle in self.library.bundles.values()}
         self._generation = self.library.generation
         self.captures = CaptureSet(config.capture.interfaces, config.capture.bpf_filter, config.capture.snaplen, config.capture.buffer_bytes)
@@ -180,7 +185,9 @@ class Service:
         self._control = None
         self._stop_requested = False
         self._reload_requested = False
-        self._reload_report: LoadReport | None = None
+        self._reload_reports: list[LoadReport] = []
+        """Loads finished on the reload thread (SIGHUP, or a bundle from the fleet's bus)."""
+        self.fleet: FleetAgent | None = None
         self._reader_stop = threading.Event()
         self._reader_failure: BaseException | None = None
         self._snapshot: dict[str, Any] = {}
@@ -215,6 +222,25 @@ class Service:
         self._reader = threading.Thread(target=self._read, name="capture-reader", daemon=True)
         self._reader.start()
         threading.Thread(target=self._watch_outbox, name="outbox-status", daemon=True).start()
+        if config.fleet.servers and (config.fleet.bundle_bucket or config.fleet.status_bucket):
+            self.fleet = FleetAgent(config, self._bundle_directory(), self.snapshot, self.offer_bundle)
+            self.fleet.start()
+
+    def _bundle_directory(self) -> str:
+        return self.config.fleet.bundle_directory or os.path.join(self.config.store.directory, "fleet-bundles")
+
+    def _marker_files(self) -> list[str]:
+        """The configured marker files, and the bundles fetched from the fleet's bus earlier."""
+        fetched = installed_bundles(self._bundle_directory()) if self.config.fleet.bundle_bucket else []
+        return list(self.config.markers.files) + fetched
+
+    def offer_bundle(self, path: str, outcome: Callable[[LoadReport], None]) -> None:
+        """A bundle fetched from the bus, loaded like a reloaded file (on the reload thread);
+        `outcome` learns whether it was admitted."""
+        def done(report: LoadReport) -> None:
+            outcome(report)
+            self._reload_done(report)
+        self.library.load_in_background([path], done)
 
     def _markers_message(self) -> bytes:
         return pickle.dumps((self.library.bundles, self.library.active), pickle.HIGHEST_PROTOCOL)
@@ -237,8 +263,8 @@ class Service:
                 if self._reload_requested:
                     self._reload_requested = False
                     self._reload()
-                if self._reload_report is not None:
-                    self._reloaded()
+                while self._reload_reports:
+                    self._reloaded(self._reload_reports.pop(0))
                 now = time.monotonic()
                 if now >= next_snapshot:
                     next_snapshot = now + SNAPSHOT_INTERVAL
@@ -312,14 +338,12 @@ class Service:
             policy.versions = self.library.policy.versions  # what was accepted stays the floor, whatever the state file says
             self.library.policy = policy
             self.config = dataclasses.replace(self.config, markers=config.markers)
-        self.library.load_in_background(list(self.config.markers.files), self._reload_done)
+        self.library.load_in_background(self._marker_files(), self._reload_done)
 
     def _reload_done(self, report: LoadReport) -> None:
-        self._reload_report = report
+        self._reload_reports.append(report)
 
-    def _reloaded(self) -> None:
-        report, self._reload_report = self._reload_report, None
-        assert report is not None
+    def _reloaded(self, report: LoadReport) -> None:
         now = self.clock.now()
         for line in report.refused:
             log.error(f"reload: {line}")
@@ -411,6 +435,8 @@ class Service:
         self._close()
 
     def _close(self) -> None:
+        if self.fleet is not None:
+            self.fleet.stop()
         for worker in self.workers:
             if worker.process.is_alive():
                 worker.process.join(timeout=1.0)

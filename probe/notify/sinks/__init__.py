@@ -1,7 +1,8 @@
 """Notification sinks: where notifications go. Each sink is given, in detection order, the
 documents its filter takes, and acknowledges them by returning; `SinkError` says how many of them
 it had delivered before it failed. One module per transport: `jsonl.py` (file, stdout),
-`syslog.py` (RFC 5424 over UDP, TCP or a Unix socket), `webhook.py` (HTTP(S) POST)."""
+`syslog.py` (RFC 5424 over UDP, TCP or a Unix socket), `webhook.py` (HTTP(S) POST), `nats.py`
+(the fleet's JetStream stream)."""
 
 from __future__ import annotations
 

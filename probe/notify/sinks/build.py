@@ -6,6 +6,7 @@ from probe.clock import Clock
 from probe.config import Config
 from probe.notify.sinks import Sink
 from probe.notify.sinks.jsonl import FileSink, StdoutSink
+from probe.notify.sinks.nats import NatsSink
 from probe.notify.sinks.syslog import SyslogSink
 from probe.notify.sinks.webhook import WebhookSink
 from probe.store.retention import Retention
@@ -24,6 +25,8 @@ def build_sinks(config: Config, clock: Clock) -> list[Sink]:
             sinks.append(StdoutSink(section))
         elif section.type == "syslog":
             sinks.append(SyslogSink(section, config.probe.name))
+        elif section.type == "nats":
+            sinks.append(NatsSink(section, config))
         else:
             sinks.append(WebhookSink(section))
     return sinks

@@ -1,0 +1,181 @@
+"""`probe collect`: the fleet's events, from the bus into one store, forwarded to the collector's
+own sinks.
+
+A durable pull consumer on the events stream hands over batches of messages. Each event
+notification becomes the event the probe stored (`event_from_record`), and is appended to the
+collector's ring store unless the store already holds that revision (`StoredRevisions`: a
+redelivery, or a probe's publish repeated after JetStream's de-duplication window); every new
+notification is spooled to the collector's sinks as the probe wrote it. Only once the store has
+fsync'd the batch and the outbox has it are the messages acknowledged, so a collector killed at
+any point loses nothing and stores nothing twice: what it had not acknowledged comes again, and
+what it had stored is recognised. A batch the store could not take (full disk) is
+negatively acknowledged, to come again later.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+import nats.errors
+
+from probe.clock import Clock
+from probe.config import Config
+from probe.errors import FleetError
+from probe.fleet.bus import EVENT_SUBJECTS, Bus
+from probe.notify.outbox import Outbox
+from probe.record.events import event_from_record
+from probe.store.retention import BUNDLES_CLASS
+from probe.store.revisions import StoredRevisions
+from probe.store.ring import RingStore
+
+log = logging.getLogger("probe.collect")
+FETCH_BATCH = 512
+FETCH_WAIT = 1.0
+"""Seconds a fetch waits for messages; also how soon a stop request is seen when idle."""
+ACK_WAIT = 30.0
+"""Seconds the stream waits for an acknowledgement before it delivers a message again."""
+RETRY_DELAY = 5.0
+"""Seconds before a batch the store could not take is delivered again."""
+
+
+@dataclass
+class CollectorCounts:
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    """Event revisions the store already held: redelivered or published again."""
+    forwarded: int = 0
+    malformed: int = 0
+    """Messages that are no notification the collector can read: logged, acknowledged, dropped."""
+    retried: int = 0
+    """Messages handed back because the store could not take them."""
+    by_probe: dict[str, int] = field(default_factory=dict)
+
+
+class Collector:
+    def __init__(self, config: Config, clock: Clock) -> None:
+        if not config.fleet.servers:
+            raise FleetError("fleet.servers: probe collect needs the bus's servers")
+        if not config.store.directory:
+            raise FleetError("store.directory: probe collect needs its own store")
+        self.config = config
+        self.clock = clock
+        self.counts = CollectorCounts()
+        self._stop = False
+        self.bus = Bus(config.fleet, f"collector {config.probe.name}")
+        self.store = RingStore(config.store.directory, config.store, clock, config.probe)
+        self.revisions = StoredRevisions(self.store)
+        self.outbox = Outbox(config, clock) if config.sinks else None
+        self._subscription: Any = None
+
+    def run(self) -> None:
+        """Until SIGTERM or SIGINT; the batch under way is finished first."""
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        fleet = self.config.fleet
+        log.info(f"collecting stream {fleet.stream} (consumer {fleet.consumer}) from {', '.join(fleet.servers)}")
+        try:
+            while not self._stop:
+                try:
+                    self._subscribe()
+                    messages = self.bus.call(self._fetch(), FETCH_WAIT + fleet.connect_timeout + 1)
+                except FleetError as error:
+                    log.error(f"{error}; trying again in {RETRY_DELAY:g} s")
+                    self._subscription = None
+                    self._sleep(RETRY_DELAY)
+                    continue
+                if messages:
+                    self.take(messages)
+                self.store.flush_if_due()
+        finally:
+            self.close()
+
+    def _on_stop(self, number: int, frame: object) -> None:
+        self._stop = True
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stop and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def _subscribe(self) -> None:
+        if self._subscription is None:
+            self.bus.connect()
+            self._subscription = self.bus.call(self._pull_subscribe(), self.config.fleet.connect_timeout + 1)
+
+    async def _pull_subscribe(self) -> Any:
+        fleet = self.config.fleet
+        consumer = ConsumerConfig(durable_name=fleet.consumer, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=ACK_WAIT, max_ack_pending=FETCH_BATCH * 8, filter_subject=EVENT_SUBJECTS)
+        return await self.bus.jetstream.pull_subscribe(EVENT_SUBJECTS, durable=fleet.consumer, stream=fleet.stream, config=consumer)
+
+    async def _fetch(self) -> list:
+        try:
+            return await self._subscription.fetch(FETCH_BATCH, timeout=FETCH_WAIT)
+        except nats.errors.TimeoutError:
+            return []
+
+    def take(self, messages: list) -> None:
+        """Store and forward one batch, then acknowledge it (or hand it back)."""
+        not_stored = self.store.not_stored
+        accepted = []
+        for message in messages:
+            self.counts.received += 1
+            if self._take(message.subject, message.data):
+                accepted.append(message)
+        self.store.flush()
+        if self.store.not_stored > not_stored:
+            self.counts.retried += len(accepted)
+            self.revisions.forget_open()
+            log.error(f"{self.store.directory}: the store could not take {self.store.not_stored - not_stored} event(s): {len(accepted)} message(s) handed back, delivered again in {RETRY_DELAY:g} s")
+            self.bus.call(self._answer(accepted, stored=False), self.config.fleet.connect_timeout + 1)
+            return
+        self.bus.call(self._answer(messages, stored=True), self.config.fleet.connect_timeout + 1)
+
+    async def _answer(self, messages: list, stored: bool) -> None:
+        for message in messages:
+            if stored:
+                await message.ack()
+            else:
+                await message.nak(delay=RETRY_DELAY)
+        await self.bus.connection.flush(timeout=int(self.config.fleet.connect_timeout) or 1)
+
+    def _take(self, subject: str, data: bytes) -> bool:
+        """False for a message the collector cannot read (logged, dropped)."""
+        try:
+            document = json.loads(data)
+            kind = document["notification"]
+            event = event_from_record(document["event"]) if kind == "event" else None
+        except (ValueError, KeyError, TypeError) as error:
+            self.counts.malformed += 1
+            log.error(f"{subject}: a message that is no readable notification, dropped: {type(error).__name__}: {error}")
+            return False
+        origin = subject.split(".", 2)[-1]
+        self.counts.by_probe[origin] = self.counts.by_probe.get(origin, 0) + 1
+        if event is not None:
+            if self.revisions.holds(event):
+                self.counts.duplicates += 1
+                return True
+            self.store.append(event)
+            self.revisions.added([event])
+            self.counts.stored += 1
+            expires = self.store.retention.expiry(self.store.retention.class_of(event.marker), event.last_seen)
+        else:
+            expires = self.store.retention.expiry(BUNDLES_CLASS, self.clock.now())
+        if self.outbox is not None and expires > self.clock.now() and self.outbox.put(document, expires):
+            self.counts.forwarded += 1
+        return True
+
+    def close(self) -> None:
+        self.store.flush()
+        self.store.close()
+        if self.outbox is not None:
+            self.outbox.close()
+        self.bus.close()
+        counts = self.counts
+        log.info(f"stopped: {counts.received} messages, {counts.stored} events stored, {counts.duplicates} already stored, {counts.forwarded} forwarded, {counts.malformed} malformed")
