@@ -102,6 +102,8 @@ class Bus:
         self._thread.start()
         self.connection: Any = None
         self.jetstream: Any = None
+        self._last_error: Exception | None = None
+        """The client's last error while connecting (a refusal by the server, say)."""
 
     def call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run a coroutine on the bus's loop and wait for its result; a failure becomes a
@@ -118,12 +120,19 @@ class Bus:
     def connect(self) -> None:
         """Connect now (the first call of each user does); FleetError when no server takes us."""
         if self.connection is None or self.connection.is_closed:
-            self.call(self._connect())
+            self._last_error = None
+            try:
+                self.call(self._connect(), self.fleet.connect_timeout * 2 + 1)
+            except FleetError:
+                if self._last_error is not None:  # what the servers said, rather than "no answer"
+                    raise FleetError(describe_failure(self._last_error, self.fleet)) from None
+                raise
 
     async def _connect(self) -> None:
-        async def quiet(error: Exception) -> None:
+        async def remember(error: Exception) -> None:
+            self._last_error = error
             log.debug(f"NATS: {error}")
-        self.connection = await nats.connect(**self._options, error_cb=quiet)
+        self.connection = await nats.connect(**self._options, error_cb=remember)
         self.jetstream = self.connection.jetstream(timeout=self.fleet.connect_timeout)
 
     def close(self) -> None:

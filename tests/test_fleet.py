@@ -1,0 +1,354 @@
+"""The fleet over a real NATS JetStream bus (nats-server started by the tests on loopback): probes
+publish with the `nats` sink, `probe collect` stores each event revision exactly once, bundles
+travel over the bus and are checked by every probe, heartbeats reach `probe fleet status`.
+
+Exactly once is checked on the collector's raw store: every (event id, revision) record it holds,
+read in-process, not only the latest revisions `probe store query` prints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import nats
+import pytest
+
+from natsserver import NATS_SERVER_MISSING, NatsCluster, NatsServer, nats_server_path
+from probe.config import load_config
+from probe.record.events import Event
+from probe.store.ring import RingStore
+
+PROBE = str(Path(sys.executable).with_name("probe"))
+pytestmark = pytest.mark.skipif(nats_server_path() is None, reason=NATS_SERVER_MISSING)
+
+MARKED = [f"198.51.100.{host}" for host in range(1, 11)]
+"""Addresses the synthetic captures' flows go to, each one a marker."""
+
+
+def synthetic_capture(path: Path, flows: int, seed: int, start: float) -> None:
+    """`flows` UDP flows (two packets each, a query and an answer) between distinct clients and
+    the marked addresses: one event per flow, with a detection and an end revision."""
+    generator = random.Random(seed)
+    records = []
+    for flow in range(flows):
+        client = bytes([10, seed % 256, flow // 256 % 256, flow % 256])
+        server = bytes(int(part) for part in MARKED[flow % len(MARKED)].split("."))
+        port = 1024 + generator.randrange(60000)
+        for offset, (source, destination, source_port, destination_port) in enumerate(((client, server, port, 53), (server, client, 53, port))):
+            payload = bytes(24)
+            udp = struct.pack("!HHHH", source_port, destination_port, 8 + len(payload), 0) + payload
+            ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, source, destination) + udp
+            frame = b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02\x08\x00" + ip
+            moment = start + flow * 0.001 + offset * 0.0001
+            records.append(struct.pack("<IIII", int(moment), int(moment % 1 * 1e6), len(frame), len(frame)) + frame)
+    path.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1) + b"".join(records))
+
+
+def marker_bundle(path: Path, version: int = 1, issuer: str = "fleet-test") -> Path:
+    markers = [{"id": f"marked-{position}", "type": "ipv4", "value": address} for position, address in enumerate(MARKED)]
+    path.write_text(json.dumps({"id": "fleet", "issuer": issuer, "version": version, "created": "2026-11-01T00:00:00Z", "markers": markers}))
+    return path
+
+
+def configuration(directory: Path, name: str, servers: list[str], sink: bool = True, extra: str = "") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    text = f"""
+[probe]
+name = "{name}"
+site = "test"
+[store]
+directory = "{directory}/store"
+[notify]
+retry_initial = 0.2
+retry_max = 1.0
+drain_timeout = 20.0
+[fleet]
+servers = {json.dumps(servers)}
+connect_timeout = 2.0
+heartbeat_interval = 1.0
+{extra}
+"""
+    if sink:
+        text += '[[sinks]]\nname = "fleet"\ntype = "nats"\nauthority = true\n'
+    path = directory / "probe.toml"
+    path.write_text(text)
+    return path
+
+
+def run(*arguments: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([PROBE, *arguments], capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, f"probe {' '.join(arguments)}: {result.stderr}"
+    return result
+
+
+def replay(config: Path, capture: Path, bundle: Path, check: bool = True) -> subprocess.CompletedProcess:
+    return run("replay", str(capture), "--markers", str(bundle), "--config", str(config), "--events", str(config.parent / f"events-{capture.stem}.jsonl"), check=check)
+
+
+def setup_bus(directory: Path, servers: list[str], replicas: int) -> Path:
+    config = configuration(directory / "admin", "admin", servers, sink=False)
+    run("fleet", "setup", "--config", str(config), "--replicas", str(replicas))
+    return config
+
+
+def consumer_state(servers: list[str]) -> tuple[int, int, int]:
+    """(messages in the stream, pending for the collector, delivered but not acknowledged)."""
+    async def read() -> tuple[int, int, int]:
+        connection = await nats.connect(servers=servers, connect_timeout=2, max_reconnect_attempts=2)
+        try:
+            jetstream = connection.jetstream()
+            stream = await jetstream.stream_info("PROBE_EVENTS")
+            try:
+                consumer = await jetstream.consumer_info("PROBE_EVENTS", "collector")
+            except nats.js.errors.NotFoundError:
+                return stream.state.messages, stream.state.messages, 0
+            return stream.state.messages, consumer.num_pending, consumer.num_ack_pending
+        finally:
+            await connection.close()
+    return asyncio.run(read())
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Collector:
+    def __init__(self, directory: Path, servers: list[str]) -> None:
+        self.config = configuration(directory, "collector", servers, sink=False)
+        self.servers = servers
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Collector:
+        self.process = subprocess.Popen([PROBE, "collect", "--config", str(self.config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return self
+
+    def drain(self, timeout: float = 60) -> str:
+        """Wait until the stream is empty (work-queue: acknowledged messages leave it), then stop;
+        what the collector logged."""
+        wait_for(lambda: consumer_state(self.servers) == (0, 0, 0), timeout, "the collector to acknowledge every message")
+        return self.stop()
+
+    def stop(self) -> str:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        _, errors = self.process.communicate(timeout=30)
+        assert self.process.returncode == 0, errors
+        return errors
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.communicate()
+
+    def records(self) -> Counter:
+        """Every stored (event id, revision), counted."""
+        config = load_config(str(self.config))
+        store = RingStore(config.store.directory, config.store, writable=False)
+        try:
+            return Counter((record.event_id, record.revision) for summary in store.segments() for record in store.read(summary) if isinstance(record, Event))
+        finally:
+            store.close()
+
+
+def probe_records(config: Path) -> set[tuple[str, int]]:
+    """Every (event id, revision) a probe stored itself: what the collector must hold once."""
+    loaded = load_config(str(config))
+    store = RingStore(loaded.store.directory, loaded.store, writable=False)
+    try:
+        return {(record.event_id, record.revision) for summary in store.segments() for record in store.read(summary) if isinstance(record, Event)}
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    node = NatsServer(tmp_path / "nats").start()
+    yield node
+    node.stop()
+
+
+@pytest.fixture
+def captures(tmp_path) -> list[Path]:
+    """Three captures of distinct flows, from a day ago (inside any retention)."""
+    start = time.time() - 86400
+    paths = []
+    for seed in range(3):
+        path = tmp_path / f"capture-{seed}.pcap"
+        synthetic_capture(path, 400, seed + 1, start + seed * 10)
+        paths.append(path)
+    return paths
+
+
+def test_three_probes_one_collector_each_event_once(server, captures, tmp_path) -> None:
+    bundle = marker_bundle(tmp_path / "bundle.json")
+    setup_bus(tmp_path, [server.url], 1)
+    probes = []
+    for number, capture in enumerate(captures):
+        config = configuration(tmp_path / f"probe{number}", f"probe{number}", [server.url])
+        result = replay(config, capture, bundle)
+        assert "0 waiting in the spool" in result.stderr, result.stderr
+        probes.append(config)
+    collector = Collector(tmp_path / "collector", [server.url]).start()
+    collector.drain()
+    held = collector.records()
+    expected = set().union(*(probe_records(config) for config in probes))
+    assert len(expected) == 3 * 400 * 2, "each flow: a detection and its end"
+    assert set(held) == expected
+    assert max(held.values()) == 1
+    query = run("store", "query", "--config", str(collector.config), "--format", "jsonl", "--purpose", "fleet test").stdout.splitlines()
+    assert len(query) == 3 * 400
+    assert {json.loads(line)["src_ip"].split(".")[1] for line in query} == {"1", "2", "3"}, "every probe's flows"
+
+
+def test_collector_killed_mid_batch_loses_nothing_and_stores_nothing_twice(server, captures, tmp_path) -> None:
+    bundle = marker_bundle(tmp_path / "bundle.json")
+    setup_bus(tmp_path, [server.url], 1)
+    probes = []
+    for number, capture in enumerate(captures):
+        config = configuration(tmp_path / f"probe{number}", f"probe{number}", [server.url])
+        replay(config, capture, bundle)
+        probes.append(config)
+    collector = Collector(tmp_path / "collector", [server.url])
+    kills = 0
+    waiting = consumer_state([server.url])[0]
+    for _ in range(3):  # killed as soon as a batch was acknowledged: the next one is under way
+        collector.start()
+        deadline = time.monotonic() + 30
+        while consumer_state([server.url])[0] >= waiting and time.monotonic() < deadline:
+            time.sleep(0.01)
+        collector.kill()
+        remaining = consumer_state([server.url])[0]
+        if remaining == 0:
+            break
+        kills += 1
+        waiting = remaining
+    assert kills >= 1, "the collector was never killed while messages were waiting"
+    collector.start().drain()
+    held = collector.records()
+    assert set(held) == set().union(*(probe_records(config) for config in probes))
+    assert max(held.values()) == 1, [key for key, count in held.items() if count > 1][:5]
+
+
+def test_a_repeat_after_the_duplicate_window_is_recognised_by_the_store(server, captures, tmp_path) -> None:
+    """Notifications published again after JetStream's de-duplication window (here: under other
+    message ids, which JetStream cannot tell from new ones either) leave the store as it was."""
+    bundle = marker_bundle(tmp_path / "bundle.json")
+    setup_bus(tmp_path, [server.url], 1)
+    config = configuration(tmp_path / "probe", "probe0", [server.url])
+    replay(config, captures[0], bundle)
+    collector = Collector(tmp_path / "collector", [server.url])
+    collector.start().drain()
+    first = collector.records()
+
+    async def republish() -> None:
+        connection = await nats.connect(servers=[server.url])
+        jetstream = connection.jetstream()
+        for line in (config.parent / "events-capture-0.jsonl").read_text().splitlines():
+            event = json.loads(line)
+            event.pop("probe")
+            document = {"notification": "event", "idempotency_key": f"repeat/{event['event_id']}/{event['revision']}", "created": event["timestamp"], "probe": {"name": "probe0", "site": "test", "declaration": ""}, "stage": "ended", "event": event}
+            await jetstream.publish("probe.events.test.probe0", json.dumps(document).encode(), headers={"Nats-Msg-Id": document["idempotency_key"]})
+        await connection.close()
+    asyncio.run(republish())
+    logged = collector.start().drain()
+    assert collector.records() == first
+    assert "400 messages, 0 events stored, 400 already stored" in logged, logged
+
+
+def test_a_probe_cut_off_from_the_bus_spools_and_delivers_when_it_returns(server, captures, tmp_path) -> None:
+    bundle = marker_bundle(tmp_path / "bundle.json")
+    setup_bus(tmp_path, [server.url], 1)
+    config = configuration(tmp_path / "probe", "probe0", [server.url])
+    server.stop()
+    result = replay(config, captures[0], bundle)
+    assert "events: 400" in result.stderr, "detection goes on without the bus"
+    assert "no NATS server answers" in result.stderr or "not yet acknowledged" in result.stderr, result.stderr
+    assert "800 notifications not yet acknowledged stay in the spool" in result.stderr or "801 notifications not yet acknowledged" in result.stderr, result.stderr
+    server.restart()
+    delivered = run("outbox", "deliver", "--config", str(config), "--timeout", "60")
+    assert delivered.returncode == 0, delivered.stderr
+    collector = Collector(tmp_path / "collector", [server.url])
+    collector.start().drain()
+    held = collector.records()
+    assert set(held) == probe_records(config) and max(held.values()) == 1
+
+
+def test_a_broker_node_lost_and_back_while_probes_publish(captures, tmp_path) -> None:
+    cluster = NatsCluster(tmp_path / "cluster").start()
+    try:
+        setup_bus(tmp_path, cluster.urls, 3)
+        bundle = marker_bundle(tmp_path / "bundle.json")
+        configs = [configuration(tmp_path / f"probe{number}", f"probe{number}", cluster.urls) for number in range(3)]
+        replays = [subprocess.Popen([PROBE, "replay", str(capture), "--markers", str(bundle), "--config", str(config), "--events", os.devnull], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for capture, config in zip(captures, configs)]
+        time.sleep(0.5)
+        cluster.nodes[0].kill()
+        time.sleep(2.0)
+        cluster.nodes[0].restart()
+        for process in replays:
+            _, errors = process.communicate(timeout=120)
+            assert process.returncode == 0, errors
+        for config in configs:  # what a replay could not deliver within drain_timeout is spooled
+            run("outbox", "deliver", "--config", str(config), "--timeout", "60")
+        collector = Collector(tmp_path / "collector", cluster.urls)
+        collector.start().drain()
+        held = collector.records()
+        assert set(held) == set().union(*(probe_records(config) for config in configs))
+        assert max(held.values()) == 1
+    finally:
+        cluster.stop()
+
+
+def test_clear_errors_for_a_missing_stream_refused_credentials_and_no_server(tmp_path) -> None:
+    guarded = NatsServer(tmp_path / "guarded", user="probe", password="right").start()
+    try:
+        password = tmp_path / "password"
+        password.write_text("wrong")
+        password.chmod(0o600)
+        config = configuration(tmp_path / "wrong", "probe0", [guarded.url], sink=False, extra=f'user = "probe"\npassword_file = "{password}"')
+        result = run("fleet", "status", "--config", str(config), check=False)
+        assert result.returncode == 2 and "refused this probe's credentials" in result.stderr, result.stderr
+        password.write_text("right")
+        config = configuration(tmp_path / "right", "probe0", [guarded.url], sink=False, extra=f'user = "probe"\npassword_file = "{password}"')
+        result = run("fleet", "status", "--config", str(config), check=False)
+        assert result.returncode == 2 and "run probe fleet setup" in result.stderr, result.stderr
+        password.chmod(0o644)
+        result = run("fleet", "status", "--config", str(config), check=False)
+        assert result.returncode == 2 and "chmod 600" in result.stderr, result.stderr
+    finally:
+        guarded.stop()
+    result = run("fleet", "status", "--config", str(configuration(tmp_path / "none", "probe0", [guarded.url], sink=False)), check=False)
+    assert result.returncode == 2 and "no NATS server answers" in result.stderr, result.stderr
+
+
+def test_a_missing_stream_keeps_notifications_spooled(server, captures, tmp_path) -> None:
+    config = configuration(tmp_path / "probe", "probe0", [server.url])
+    config.write_text(config.read_text().replace("drain_timeout = 20.0", "drain_timeout = 2.0"))
+    result = replay(config, captures[0], marker_bundle(tmp_path / "bundle.json"))
+    assert "create stream 'PROBE_EVENTS' (probe fleet setup)" in result.stderr, result.stderr
+    assert "not yet acknowledged stay in the spool" in result.stderr
+
+
+def test_a_nats_sink_needs_the_bus_and_subject_tokens(tmp_path) -> None:
+    config = tmp_path / "probe.toml"
+    config.write_text('[probe]\nname = "p.1"\nsite = "s"\n[fleet]\nservers = ["nats://127.0.0.1:4222"]\n[[sinks]]\nname = "fleet"\ntype = "nats"\n')
+    result = run("replay", "captures/dns-udp.pcap", "--markers", "markers/example-bundle.json", "--config", str(config), check=False)
+    assert result.returncode == 2 and "probe.name: 'p.1'" in result.stderr, result.stderr
+    config.write_text('[[sinks]]\nname = "fleet"\ntype = "nats"\n')
+    result = run("replay", "captures/dns-udp.pcap", "--markers", "markers/example-bundle.json", "--config", str(config), check=False)
+    assert result.returncode == 2 and "needs [fleet] servers" in result.stderr, result.stderr
