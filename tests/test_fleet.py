@@ -136,6 +136,7 @@ class Collector:
 
     def start(self) -> Collector:
         self.process = subprocess.Popen([PROBE, "collect", "--config", str(self.config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        STARTED.append(self.process)
         return self
 
     def drain(self, timeout: float = 60) -> str:
@@ -174,6 +175,20 @@ def probe_records(config: Path) -> set[tuple[str, int]]:
         return {(record.event_id, record.revision) for summary in store.segments() for record in store.read(summary) if isinstance(record, Event)}
     finally:
         store.close()
+
+
+STARTED: list[subprocess.Popen] = []
+"""Collector processes, killed after each test whatever its outcome."""
+
+
+@pytest.fixture(autouse=True)
+def no_collector_left():
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
 
 
 @pytest.fixture
@@ -352,3 +367,109 @@ def test_a_nats_sink_needs_the_bus_and_subject_tokens(tmp_path) -> None:
     config.write_text('[[sinks]]\nname = "fleet"\ntype = "nats"\n')
     result = run("replay", "captures/dns-udp.pcap", "--markers", "markers/example-bundle.json", "--config", str(config), check=False)
     assert result.returncode == 2 and "needs [fleet] servers" in result.stderr, result.stderr
+
+
+def _live_requirements() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root: a network namespace and packet sockets"
+    for tool in ("ip", "tcpreplay"):
+        if subprocess.run(["which", tool], capture_output=True).returncode != 0:
+            return f"{tool} not installed (.ci/setup installs iproute2 and tcpreplay)"
+    return None
+
+
+@pytest.fixture
+def link():
+    """A veth pair: `send0` in a namespace of its own (tcpreplay writes there), its peer in this
+    namespace, where the probes capture and reach the bus on loopback."""
+    reason = _live_requirements()
+    if reason:
+        pytest.skip(reason)
+    sender, tap = f"fleet-send-{os.getpid()}", f"ftap{os.getpid() % 100000}"
+    subprocess.run(["ip", "netns", "add", sender], check=True, capture_output=True)
+    try:
+        subprocess.run(["ip", "link", "add", tap, "type", "veth", "peer", "name", "send0", "netns", sender], check=True, capture_output=True)
+        subprocess.run(["sysctl", "-qw", f"net.ipv6.conf.{tap}.disable_ipv6=1"], check=True, capture_output=True)
+        subprocess.run(["ip", "link", "set", tap, "up"], check=True, capture_output=True)
+        subprocess.run(["ip", "-n", sender, "link", "set", "send0", "up"], check=True, capture_output=True)
+        yield sender, tap
+    finally:
+        subprocess.run(["ip", "link", "del", tap], capture_output=True)
+        subprocess.run(["ip", "netns", "del", sender], capture_output=True)
+
+
+def _signed(path: Path, version: int, key: Path, addresses: list[str]) -> Path:
+    markers = [{"id": f"marked-{position}", "type": "ipv4", "value": address} for position, address in enumerate(addresses)]
+    path.write_text(json.dumps({"id": "fleet", "issuer": "fleet-test", "version": version, "created": f"2026-11-0{version}T00:00:00Z", "markers": markers}))
+    run("markers", "sign", str(path), "--key", str(key))
+    return path
+
+
+def _heartbeats(config: Path) -> str:
+    return run("fleet", "status", "--config", str(config)).stdout
+
+
+def test_bundles_over_the_bus_a_tampered_one_is_refused_by_every_probe(server, link, tmp_path) -> None:
+    sender, tap = link
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    run("markers", "keygen", "fleet-test", "--dir", str(keys))
+    trust = tmp_path / "trusted"
+    trust.mkdir()
+    (trust / "fleet-test.pub").write_bytes((keys / "fleet-test.pub").read_bytes())
+    (tmp_path / "v1").mkdir()
+    first = _signed(tmp_path / "v1" / "bundle.json", 1, keys / "fleet-test.key", ["198.18.7.7"])
+    admin = configuration(tmp_path / "admin", "admin", [server.url], sink=False, extra='bundle_bucket = "probe-bundles"')
+    run("fleet", "setup", "--config", str(admin), "--replicas", "1")
+    probes = []
+    try:
+        for number in range(2):
+            directory = tmp_path / f"probe{number}"
+            config = configuration(directory, f"probe{number}", [server.url], extra='bundle_bucket = "probe-bundles"')
+            config.write_text(config.read_text() + f"""
+[declaration]
+reference = "TEST-DECLARATION-1"
+declared_by = "Test operator"
+declared_on = "2026-11-01"
+interfaces = ["{tap}"]
+[capture]
+interfaces = ["{tap}"]
+[service]
+metrics_address = ""
+control_socket = "{directory}/control.sock"
+[markers]
+files = ["{first}"]
+require_signature = true
+trust_store = "{trust}"
+state_file = "{directory}/versions.json"
+""")
+            (directory / "store").mkdir(mode=0o700)
+            probes.append((config, subprocess.Popen([PROBE, "run", "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+        wait_for(lambda: _heartbeats(admin).count("fleet-test/fleet v1") == 2, 60, "both probes' heartbeats with version 1")
+
+        (tmp_path / "v2").mkdir()
+        second = _signed(tmp_path / "v2" / "bundle.json", 2, keys / "fleet-test.key", MARKED)
+        run("markers", "publish", str(second), "--config", str(admin))
+        wait_for(lambda: _heartbeats(admin).count("fleet-test/fleet v2") == 2, 60, "both probes to hot-swap version 2")
+
+        (tmp_path / "v3").mkdir()
+        third = _signed(tmp_path / "v3" / "bundle.json", 3, keys / "fleet-test.key", ["198.18.9.9"])
+        third.write_text(third.read_text().replace("198.18.9.9", "198.18.9.8"))  # after signing: tampered
+        run("markers", "publish", str(third), "--config", str(admin))
+        wait_for(lambda: sum("; refused: " in line and "signature" in line for line in _heartbeats(admin).splitlines()) == 2, 60, "both probes to refuse the tampered bundle")
+        status = _heartbeats(admin)
+        assert status.count("fleet-test/fleet v2") == 2 and "v3" not in status.replace("/v3/", ""), status
+
+        capture = tmp_path / "traffic.pcap"
+        synthetic_capture(capture, 20, 9, time.time())
+        subprocess.run(["ip", "netns", "exec", sender, "tcpreplay", "-i", "send0", "--topspeed", str(capture)], check=True, capture_output=True)
+        wait_for(lambda: all(f"probe{number}" in line and line.split()[4] == "20" for number, line in enumerate(sorted(line for line in _heartbeats(admin).splitlines() if line.startswith("test.")))), 60, "both probes to detect the 20 flows with version 2")
+    finally:
+        for _, process in probes:
+            process.send_signal(signal.SIGTERM)
+        logs = [process.communicate(timeout=60)[1] for _, process in probes]
+    for (config, process), log in zip(probes, logs):
+        assert process.returncode == 0, log
+        assert "signature" in log and "refused" in log, log
+        stored = run("store", "query", "--config", str(config), "--format", "jsonl", "--purpose", "fleet test").stdout.splitlines()
+        assert len(stored) == 20 and {json.loads(line)["marker"]["bundle_version"] for line in stored} == {2}

@@ -9,9 +9,11 @@ store, which keeps exactly those fields, derives them again instead of keeping t
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import ipaddress
 import json
+import re
 from datetime import datetime, timezone
 from typing import IO, NamedTuple
 
@@ -110,11 +112,18 @@ def rfc3339(timestamp: int) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{nanoseconds // 1000:06d}Z"
 
 
+RFC3339 = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?Z")
+
+
 def parse_rfc3339(text: str) -> int:
-    """Nanoseconds since the epoch of a time `rfc3339` wrote."""
-    seconds, _, fraction = text.rstrip("Z").partition(".")
-    moment = datetime.strptime(seconds, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
-    return int(moment.timestamp()) * 1_000_000_000 + int((fraction or "0").ljust(9, "0")[:9])
+    """Nanoseconds since the epoch of a time `rfc3339` wrote (the collector reads four per event:
+    a regular expression and `calendar.timegm`, several times faster than `strptime`)."""
+    found = RFC3339.fullmatch(text)
+    if found is None:
+        raise ValueError(f"{text!r} is not an RFC 3339 UTC time")
+    year, month, day, hour, minute, second, fraction = found.groups()
+    seconds = calendar.timegm((int(year), int(month), int(day), int(hour), int(minute), int(second)))
+    return seconds * 1_000_000_000 + int((fraction or "0").ljust(9, "0"))
 
 
 PROTO_NUMBERS = {name: number for number, name in PROTO_NAMES.items()}
