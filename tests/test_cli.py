@@ -48,6 +48,7 @@ EVENT_FIELDS = {
     "matched_on",
     "marker",
     "encapsulation",
+    "flow_start",
     "first_seen",
     "last_seen",
     "packets",
@@ -318,7 +319,7 @@ def test_event_fields_are_exactly_the_documented_ones():
         for key in ("src_port", "dest_port", "packets", "bytes", "hits"):
             assert isinstance(event[key], int) and event[key] >= 0, key
         assert event["hits"] >= 1
-        for key in ("timestamp", "first_seen", "last_seen"):
+        for key in ("timestamp", "flow_start", "first_seen", "last_seen"):
             assert isinstance(event[key], str) and event[key].endswith("Z"), key
         assert event["first_seen"] <= event["timestamp"] <= event["last_seen"]
 

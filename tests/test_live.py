@@ -53,7 +53,7 @@ LIVE_CAPTURES = [
     # Not vxlan-http.pcap: one of its frames is 9100 bytes, beyond the link's MTU of 9000 (VXLAN is
     # in gre-erspan-vxlan-nested.pcap).
 ]
-TIME_FIELDS = ("event_id", "flow_id", "timestamp", "first_seen", "last_seen")
+TIME_FIELDS = ("event_id", "flow_id", "timestamp", "flow_start", "first_seen", "last_seen")
 WEEK = 7 * 24 * 3600
 
 
