@@ -35,7 +35,6 @@ the exit status reflects only the correctness checks (every event stored exactly
 from __future__ import annotations
 
 import argparse
-import asyncio
 import multiprocessing
 import os
 import signal
@@ -44,23 +43,19 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-import nats  # noqa: E402
-import nats.js.errors  # noqa: E402
 
-from natsserver import NATS_SERVER_MISSING, NatsCluster, nats_server_path  # noqa: E402
+from natsserver import NATS_SERVER_MISSING, NatsCluster, consumer_state, nats_server_path, stored_revisions  # noqa: E402
 from probe.clock import Clock  # noqa: E402
 from probe.config import load_config  # noqa: E402
 from probe.decode.packet import IPV4_MAPPED_PREFIX  # noqa: E402
 from probe.match.markers import Marker  # noqa: E402
 from probe.record.events import Event  # noqa: E402
-from probe.store.ring import RingStore  # noqa: E402
 
 PROBE = str(Path(sys.executable).with_name("probe"))
 PUBLISHERS = 4
@@ -143,33 +138,6 @@ def publisher(index: int, config_path: str, count: int, rate: float, seconds: fl
     results.put((index, sent, elapsed, error))
 
 
-def consumer_state(servers: list[str]) -> tuple[int, int, int]:
-    """(messages in the stream, pending for the collector, delivered but not acknowledged)."""
-    async def read() -> tuple[int, int, int]:
-        connection = await nats.connect(servers=servers, connect_timeout=2, max_reconnect_attempts=2)
-        try:
-            jetstream = connection.jetstream()
-            stream = await jetstream.stream_info("PROBE_EVENTS")
-            try:
-                consumer = await jetstream.consumer_info("PROBE_EVENTS", "collector")
-            except nats.js.errors.NotFoundError:
-                return stream.state.messages, stream.state.messages, 0
-            return stream.state.messages, consumer.num_pending, consumer.num_ack_pending
-        finally:
-            await connection.close()
-    return asyncio.run(read())
-
-
-def stored_records(config_path: Path) -> Counter:
-    """Every (event id, revision) in a collector's store, counted."""
-    config = load_config(str(config_path))
-    store = RingStore(config.store.directory, config.store, writable=False)
-    try:
-        return Counter((record.event_id, record.revision) for summary in store.segments() for record in store.read(summary) if isinstance(record, Event))
-    finally:
-        store.close()
-
-
 def start_publishers(configs: list[Path], offset: int, count: int, rate: float, seconds: float) -> tuple[list, multiprocessing.synchronize.Event, multiprocessing.Queue]:
     context = multiprocessing.get_context("spawn")
     start = context.Event()
@@ -222,7 +190,7 @@ def throughput(work: Path, servers: list[str], events: int) -> tuple[bool, float
     if collector.returncode != 0:
         print(f"probe collect exited with status {collector.returncode}:\n{log}")
         ok = False
-    records = stored_records(collector_config)
+    records = stored_revisions(collector_config)
     repeated = sum(1 for seen in records.values() if seen > 1)
     if len(records) != total or repeated:
         print(f"collector's store: {len(records)} distinct events of {total} published, {repeated} stored more than once")
@@ -291,7 +259,7 @@ def latency(work: Path, servers: list[str], rate: float, seconds: float) -> bool
         if error:
             print(f"publisher {index}: {error}")
             ok = False
-    records = stored_records(collector_config)
+    records = stored_revisions(collector_config)
     if len(records) != sent or any(seen > 1 for seen in records.values()) or len(latencies) != sent:
         print(f"collector's store: {len(records)} distinct events of {sent} published ({len(latencies)} fsyncs noted)")
         ok = False

@@ -10,6 +10,7 @@ left behind by a test run that was killed ends by itself after `lifetime` second
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import json
@@ -19,6 +20,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -349,3 +351,45 @@ def _quoted(value: str) -> str:
     r"""A double-quoted nats-server configuration string. Not json.dumps(): its parser knows only the
     escapes \xXX, \t, \n, \r, \" and \\, not JSON's \uXXXX."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def consumer_state(servers: list[str], stream: str = "PROBE_EVENTS", consumer: str = "collector") -> tuple[int, int, int]:
+    """(messages in the stream, pending for the consumer, delivered but not acknowledged): what
+    the fleet tests and benchmark wait on. On a private event loop, so that the main thread keeps
+    its own (pyshark's tests, later in the same process, need it)."""
+    import nats
+    import nats.js.errors
+
+    async def read() -> tuple[int, int, int]:
+        connection = await nats.connect(servers=servers, connect_timeout=2, max_reconnect_attempts=2)
+        try:
+            jetstream = connection.jetstream()
+            info = await jetstream.stream_info(stream)
+            try:
+                state = await jetstream.consumer_info(stream, consumer)
+            except nats.js.errors.NotFoundError:
+                return info.state.messages, info.state.messages, 0
+            return info.state.messages, state.num_pending, state.num_ack_pending
+        finally:
+            await connection.close()
+
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(read())
+    finally:
+        loop.close()
+
+
+def stored_revisions(config_path: Path) -> Counter[tuple[str, int]]:
+    """Every (event id, revision) record of the store a probe configuration names, counted: how
+    exactly once is checked, on the raw store rather than on the latest revisions a query prints."""
+    from probe.config import load_config
+    from probe.record.events import Event
+    from probe.store.ring import RingStore
+
+    config = load_config(str(config_path))
+    store = RingStore(config.store.directory, config.store, writable=False)
+    try:
+        return Counter((record.event_id, record.revision) for summary in store.segments() for record in store.read(summary) if isinstance(record, Event))
+    finally:
+        store.close()

@@ -23,10 +23,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from natsserver import NATS_SERVER_MISSING, NatsCluster, NatsServer, nats_server_path
-from probe.config import load_config
-from probe.record.events import Event
-from probe.store.ring import RingStore
+from natsserver import NATS_SERVER_MISSING, NatsCluster, NatsServer, consumer_state, nats_server_path, stored_revisions
 
 PROBE = str(Path(sys.executable).with_name("probe"))
 pytestmark = pytest.mark.skipif(nats_server_path() is None, reason=NATS_SERVER_MISSING)
@@ -102,21 +99,15 @@ def setup_bus(directory: Path, servers: list[str], replicas: int) -> Path:
     return config
 
 
-def consumer_state(servers: list[str]) -> tuple[int, int, int]:
-    """(messages in the stream, pending for the collector, delivered but not acknowledged)."""
-    async def read() -> tuple[int, int, int]:
-        connection = await nats.connect(servers=servers, connect_timeout=2, max_reconnect_attempts=2)
-        try:
-            jetstream = connection.jetstream()
-            stream = await jetstream.stream_info("PROBE_EVENTS")
-            try:
-                consumer = await jetstream.consumer_info("PROBE_EVENTS", "collector")
-            except nats.js.errors.NotFoundError:
-                return stream.state.messages, stream.state.messages, 0
-            return stream.state.messages, consumer.num_pending, consumer.num_ack_pending
-        finally:
-            await connection.close()
-    return run_async(read())
+def replay_probes(directory: Path, servers: list[str], captures: list[Path], bundle: Path) -> list[Path]:
+    """One probe per capture, each replaying it with a nats sink; their configurations."""
+    configs = []
+    for number, capture in enumerate(captures):
+        config = configuration(directory / f"probe{number}", f"probe{number}", servers)
+        result = replay(config, capture, bundle)
+        assert "0 waiting in the spool" in result.stderr, result.stderr
+        configs.append(config)
+    return configs
 
 
 def run_async(coroutine):
@@ -172,22 +163,11 @@ class Collector:
 
     def records(self) -> Counter:
         """Every stored (event id, revision), counted."""
-        config = load_config(str(self.config))
-        store = RingStore(config.store.directory, config.store, writable=False)
-        try:
-            return Counter((record.event_id, record.revision) for summary in store.segments() for record in store.read(summary) if isinstance(record, Event))
-        finally:
-            store.close()
-
+        return stored_revisions(self.config)
 
 def probe_records(config: Path) -> set[tuple[str, int]]:
     """Every (event id, revision) a probe stored itself: what the collector must hold once."""
-    loaded = load_config(str(config))
-    store = RingStore(loaded.store.directory, loaded.store, writable=False)
-    try:
-        return {(record.event_id, record.revision) for summary in store.segments() for record in store.read(summary) if isinstance(record, Event)}
-    finally:
-        store.close()
+    return set(stored_revisions(config))
 
 
 STARTED: list[subprocess.Popen] = []
@@ -226,12 +206,7 @@ def captures(tmp_path) -> list[Path]:
 def test_three_probes_one_collector_each_event_once(server, captures, tmp_path) -> None:
     bundle = marker_bundle(tmp_path / "bundle.json")
     setup_bus(tmp_path, [server.url], 1)
-    probes = []
-    for number, capture in enumerate(captures):
-        config = configuration(tmp_path / f"probe{number}", f"probe{number}", [server.url])
-        result = replay(config, capture, bundle)
-        assert "0 waiting in the spool" in result.stderr, result.stderr
-        probes.append(config)
+    probes = replay_probes(tmp_path, [server.url], captures, bundle)
     collector = Collector(tmp_path / "collector", [server.url]).start()
     collector.drain()
     held = collector.records()
@@ -247,11 +222,7 @@ def test_three_probes_one_collector_each_event_once(server, captures, tmp_path) 
 def test_collector_killed_mid_batch_loses_nothing_and_stores_nothing_twice(server, captures, tmp_path) -> None:
     bundle = marker_bundle(tmp_path / "bundle.json")
     setup_bus(tmp_path, [server.url], 1)
-    probes = []
-    for number, capture in enumerate(captures):
-        config = configuration(tmp_path / f"probe{number}", f"probe{number}", [server.url])
-        replay(config, capture, bundle)
-        probes.append(config)
+    probes = replay_probes(tmp_path, [server.url], captures, bundle)
     collector = Collector(tmp_path / "collector", [server.url])
     kills = 0
     waiting = consumer_state([server.url])[0]
