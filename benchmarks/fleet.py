@@ -27,6 +27,9 @@ path are not part of this measure (benchmarks/notify.py and replay_throughput.py
     hands it to the sink: the synthetic event's own `timestamp` (its first packet), which the
     collector stores, so that latency = fsync time - stored timestamp (one host, one clock).
 
+Both runs start once the collector is at work (its durable consumer has a fetch waiting) and every
+publisher process holds its sink: neither measure includes a process starting or connecting.
+
 Everything shares this machine's cores: the 3 nats-server nodes, the 4 publishers and the
 collector. The goals (>= 5,000 events/s, p99 <= 1 s) are printed as PASS/FAIL for information;
 the exit status reflects only the correctness checks (every event stored exactly once).
@@ -50,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-from natsserver import NATS_SERVER_MISSING, NatsCluster, consumer_state, nats_server_path, stored_revisions  # noqa: E402
+from natsserver import NATS_SERVER_MISSING, NatsCluster, consumer_state, nats_server_path, stored_revisions, wait_collecting  # noqa: E402
 from probe.clock import Clock  # noqa: E402
 from probe.config import load_config  # noqa: E402
 from probe.decode.packet import IPV4_MAPPED_PREFIX  # noqa: E402
@@ -98,7 +101,7 @@ def synthetic_event(publisher: int, sequence: int, now: int) -> Event:
     return Event(0, now, 17, client, port, server, 53, True, "ip.dst", marker, [], now, now, now, 1, 66, 1)
 
 
-def publisher(index: int, config_path: str, count: int, rate: float, seconds: float, start: multiprocessing.synchronize.Event, results: multiprocessing.Queue) -> None:
+def publisher(index: int, config_path: str, count: int, rate: float, seconds: float, ready: multiprocessing.synchronize.Semaphore, start: multiprocessing.synchronize.Event, results: multiprocessing.Queue) -> None:
     """Hands events to the probe's nats sink: `count` at full speed in chunks of CHUNK, or (rate >
     0) `rate` per second for `seconds`, a batch every TICK. Reports (events, seconds, error)."""
     from probe.notify.documents import event_document, probe_identity
@@ -109,6 +112,7 @@ def publisher(index: int, config_path: str, count: int, rate: float, seconds: fl
     identity = probe_identity(config)
     sent = 0
     error = ""
+    ready.release()
     start.wait()
     began = time.monotonic()
     try:
@@ -139,12 +143,17 @@ def publisher(index: int, config_path: str, count: int, rate: float, seconds: fl
 
 
 def start_publishers(configs: list[Path], offset: int, count: int, rate: float, seconds: float) -> tuple[list, multiprocessing.synchronize.Event, multiprocessing.Queue]:
+    """The publisher processes, each with its sink made and waiting for `start`."""
     context = multiprocessing.get_context("spawn")
+    ready = context.Semaphore(0)
     start = context.Event()
     results = context.Queue()
-    processes = [context.Process(target=publisher, args=(offset + index, str(config), count, rate, seconds, start, results)) for index, config in enumerate(configs)]
+    processes = [context.Process(target=publisher, args=(offset + index, str(config), count, rate, seconds, ready, start, results)) for index, config in enumerate(configs)]
     for process in processes:
         process.start()
+    for _ in processes:
+        if not ready.acquire(timeout=120):
+            raise RuntimeError("a publisher process did not start within 120 s")
     return processes, start, results
 
 
@@ -173,7 +182,7 @@ def throughput(work: Path, servers: list[str], events: int) -> tuple[bool, float
     collector = subprocess.Popen([PROBE, "collect", "--config", str(collector_config)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         processes, start, results = start_publishers(configs, 1, per_publisher, 0.0, 0.0)
-        time.sleep(2.0)  # the publishers import the probe; the collector subscribes
+        wait_collecting(servers, 120)
         began = time.monotonic()
         start.set()
         reports = collect_results(processes, results, 600)
@@ -237,7 +246,7 @@ def latency(work: Path, servers: list[str], rate: float, seconds: float) -> bool
         """Starts the publishers, waits for them and for the drained stream, then stops the
         collector (its SIGTERM handler: it finishes the batch under way)."""
         try:
-            time.sleep(3.0)
+            wait_collecting(servers, 120)
             start.set()
             outcome["reports"] = collect_results(processes, results, seconds + 120)
             wait_drained(servers, 120)

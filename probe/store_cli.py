@@ -161,10 +161,10 @@ def subscribers_command(since_text: str | None, until_text: str | None, prefix_t
                 raise StoreError(f"--prefix {prefix_text} is not inside the subscriber prefixes ({', '.join(config.store.subscriber_prefixes)})")
             prefixes = [wanted]
         since, until = _instant(since_text, "--since"), _instant(until_text, "--until")
-        events: dict[str, Event] = {}
+        events: dict[tuple, Event] = {}
         for prefix in prefixes:
             for event in latest_events(store, EventFilter(since, until, None, prefix)):
-                events[event.event_id] = event
+                events[event.event_id, event.observer] = event
         rows = subscriber_rows(sorted(events.values(), key=lambda event: event.first_seen), prefixes, config.events.max_tlp)
         audit(store, "subscribers", {"since": since_text, "until": until_text, "prefix": prefix_text, "now": now_text}, purpose, len(rows))
         click.echo(format_subscribers(rows), nl=False)

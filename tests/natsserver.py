@@ -355,21 +355,42 @@ def _quoted(value: str) -> str:
 
 def consumer_state(servers: list[str], stream: str = "PROBE_EVENTS", consumer: str = "collector") -> tuple[int, int, int]:
     """(messages in the stream, pending for the consumer, delivered but not acknowledged): what
-    the fleet tests and benchmark wait on. On a private event loop, so that the main thread keeps
-    its own (pyshark's tests, later in the same process, need it)."""
+    the fleet tests and benchmark wait on."""
+    messages, state = _stream_and_consumer(servers, stream, consumer)
+    if state is None:
+        return messages, messages, 0
+    return messages, state.num_pending, state.num_ack_pending
+
+
+def wait_collecting(servers: list[str], timeout: float, stream: str = "PROBE_EVENTS", consumer: str = "collector") -> None:
+    """Returns once a collector has the durable consumer and a fetch waiting on it (it is
+    subscribed and ready to take messages), so that a measure starts from a collector at work
+    rather than one still connecting."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _, state = _stream_and_consumer(servers, stream, consumer)
+        if state is not None and state.num_waiting > 0:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"no collector was fetching from consumer {consumer} of stream {stream} within {timeout:.0f} s")
+
+
+def _stream_and_consumer(servers: list[str], stream: str, consumer: str) -> tuple[int, Any]:
+    """The stream's message count and the consumer's info (None before it exists). On a private
+    event loop, so that the main thread keeps its own (pyshark's tests, later in the same process,
+    need it)."""
     import nats
     import nats.js.errors
 
-    async def read() -> tuple[int, int, int]:
+    async def read() -> tuple[int, Any]:
         connection = await nats.connect(servers=servers, connect_timeout=2, max_reconnect_attempts=2)
         try:
             jetstream = connection.jetstream()
             info = await jetstream.stream_info(stream)
             try:
-                state = await jetstream.consumer_info(stream, consumer)
+                return info.state.messages, await jetstream.consumer_info(stream, consumer)
             except nats.js.errors.NotFoundError:
-                return info.state.messages, info.state.messages, 0
-            return info.state.messages, state.num_pending, state.num_ack_pending
+                return info.state.messages, None
         finally:
             await connection.close()
 

@@ -216,7 +216,10 @@ def test_three_probes_one_collector_each_event_once(server, captures, tmp_path) 
     assert max(held.values()) == 1
     query = run("store", "query", "--config", str(collector.config), "--format", "jsonl", "--purpose", "fleet test").stdout.splitlines()
     assert len(query) == 3 * 400
-    assert {json.loads(line)["src_ip"].split(".")[1] for line in query} == {"1", "2", "3"}, "every probe's flows"
+    seen_by = {(json.loads(line)["src_ip"].split(".")[1], json.loads(line)["probe"]["name"], json.loads(line)["probe"]["site"]) for line in query}
+    assert seen_by == {("1", "probe0", "test"), ("2", "probe1", "test"), ("3", "probe2", "test")}, "each event names the probe that saw it, not the collector"
+    table = run("store", "query", "--config", str(collector.config), "--purpose", "fleet test").stdout.splitlines()
+    assert table[0].split()[-1] == "probe" and {line.split()[-1] for line in table[1:]} == {"probe0", "probe1", "probe2"}
 
 
 def test_collector_killed_mid_batch_loses_nothing_and_stores_nothing_twice(server, captures, tmp_path) -> None:
@@ -268,6 +271,40 @@ def test_a_repeat_after_the_duplicate_window_is_recognised_by_the_store(server, 
     logged = collector.start().drain()
     assert collector.records() == first
     assert "400 messages, 0 events stored, 400 already stored" in logged, logged
+
+
+def test_messages_the_collector_cannot_read_are_dropped_with_their_reason(server, captures, tmp_path) -> None:
+    """A message on an unexpected subject, one that is no JSON, and one whose event holds a value
+    outside the store's allowlist are each logged and acknowledged (never redelivered forever);
+    the readable messages around them are stored."""
+    bundle = marker_bundle(tmp_path / "bundle.json")
+    setup_bus(tmp_path, [server.url], 1)
+    config = configuration(tmp_path / "probe", "probe0", [server.url], sink=False)
+    replay(config, captures[0], bundle)
+    good = [json.loads(line) for line in (config.parent / "events-capture-0.jsonl").read_text().splitlines()][:2]
+    for event in good:
+        event.pop("probe")
+    bad_port = dict(good[0], src_port=-1)
+
+    def document(event: dict) -> bytes:
+        return json.dumps({"notification": "event", "idempotency_key": f"{event['event_id']}/{event['revision']}/{event['src_port']}", "created": event["timestamp"], "probe": {"name": "probe0", "site": "test"}, "stage": "detected", "event": event}).encode()
+
+    async def publish() -> None:
+        connection = await nats.connect(servers=[server.url])
+        jetstream = connection.jetstream()
+        await jetstream.publish("probe.events.test.probe0", document(good[0]))
+        await jetstream.publish("probe.events.test.probe0.extra", document(good[0]))
+        await jetstream.publish("probe.events.test.probe0", b"\x00 not json")
+        await jetstream.publish("probe.events.test.probe0", document(bad_port))
+        await jetstream.publish("probe.events.test.probe0", document(good[1]))
+        await connection.close()
+    run_async(publish())
+    collector = Collector(tmp_path / "collector", [server.url])
+    logged = collector.start().drain()
+    assert set(collector.records()) == {(event["event_id"], event["revision"]) for event in good}
+    assert "probe.events.test.probe0.extra: a message that is no readable notification, dropped: ValueError: the subject is not probe.events.<site>.<probe>" in logged, logged
+    assert "JSONDecodeError" in logged and "ValueError: src_port -1 is not an integer from 0 to 65535" in logged, logged
+    assert "5 messages, 2 events stored, 0 already stored, 0 forwarded, 3 malformed" in logged, logged
 
 
 def test_a_probe_cut_off_from_the_bus_spools_and_delivers_when_it_returns(server, captures, tmp_path) -> None:

@@ -61,12 +61,14 @@ from probe.store.records import (  # noqa: E402
     KIND_BUNDLE,
     KIND_ENCAPSULATION,
     KIND_MARKER,
+    KIND_OBSERVER,
     MARKER_FIELDS,
     MATCHED_ON,
     AuditRecord,
     BundleRecord,
     RecordError,
     SegmentDictionary,
+    decode_records,
     encode_audit,
     encode_event,
     encode_marker,
@@ -705,7 +707,7 @@ def test_spooled_notifications_hold_exactly_the_event_record(probe_run: Run):
 # --- the encoder refuses anything outside the allowlist -----------------------------------------
 
 
-EVENT_ALLOWLIST = ("revision", "timestamp", "proto", "src", "src_port", "dst", "dst_port", "to_server", "matched_on", "marker", "encapsulation", "opened", "first_seen", "last_seen", "packets", "bytes", "hits")
+EVENT_ALLOWLIST = ("revision", "timestamp", "proto", "src", "src_port", "dst", "dst_port", "to_server", "matched_on", "marker", "encapsulation", "opened", "first_seen", "last_seen", "packets", "bytes", "hits", "observer")
 
 
 def allowed_event(**changes: object) -> Event:
@@ -720,6 +722,8 @@ def test_event_tuple_is_the_allowlist():
     assert Event._fields == EVENT_ALLOWLIST
     with pytest.raises(TypeError):
         Event(*allowed_event(), "CANARY")  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        Event(*allowed_event()._replace(observer=("probe-1", "tap-1")), "CANARY")  # type: ignore[call-arg]
     with pytest.raises(ValueError):
         allowed_event()._replace(payload=b"CANARY")
     assert encode_event(allowed_event(), SegmentDictionary(), START * 10**6)
@@ -743,12 +747,30 @@ def test_event_tuple_is_the_allowlist():
         {"hits": "1"},
         {"revision": True},
         {"marker": Marker("m-evil", "domain", EVIL, BUNDLE_ID, 1, severity=b"CANARY")},  # type: ignore[arg-type]
+        {"observer": "CANARY"},
+        {"observer": (b"CANARY", "tap-1")},
+        {"observer": ("probe-1", "tap-1", "CANARY")},
+        {"observer": ("probe-1", "C" * 65)},
+        {"observer": ("", "tap-1")},
         {"marker": Marker("m-evil", "domain", EVIL, BUNDLE_ID, "1")},  # type: ignore[arg-type]
     ],
 )
 def test_a_record_outside_the_allowlist_cannot_be_encoded(changes: dict):
     with pytest.raises(RecordError):
         encode_event(allowed_event(**changes), SegmentDictionary(), START * 10**6)
+
+
+def test_a_collectors_record_names_its_observer_once_per_segment():
+    """On a collector, each event names the probe that saw it: a (name, site) declared once per
+    segment, then referred to by number, like markers and encapsulations."""
+    dictionary = SegmentDictionary()
+    base = START * 10**6
+    events = [allowed_event(observer=("probe-1", "tap-1")), allowed_event(observer=("probe-2", "tap-2"), revision=1), allowed_event(observer=("probe-1", "tap-1"), revision=2), allowed_event(revision=3)]
+    payloads = [payload for event in events for payload in encode_event(event, dictionary, base)]
+    rows = [msgpack.unpackb(payload) for payload in payloads]
+    assert [row for row in rows if row[0] == KIND_OBSERVER] == [[KIND_OBSERVER, 0, ["probe-1", "tap-1"]], [KIND_OBSERVER, 1, ["probe-2", "tap-2"]]]
+    assert [len(row) for row in rows if row[0] >= 0] == [17, 17, 17, 15], "a probe's own event holds no observer"
+    assert [(event.revision, event.observer) for event in decode_records(payloads, base)] == [(event.revision, event.observer) for event in events]
 
 
 def test_a_pattern_marker_is_stored_without_its_pattern():

@@ -18,14 +18,14 @@ import json
 import logging
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 import nats.errors
 
 from probe.clock import Clock
-from probe.config import Config
+from probe.config import SUBJECT_TOKEN, Config
 from probe.errors import FleetError
 from probe.fleet.bus import EVENT_SUBJECTS, Bus
 from probe.notify.outbox import Outbox
@@ -55,7 +55,6 @@ class CollectorCounts:
     """Messages that are no notification the collector can read: logged, acknowledged, dropped."""
     retried: int = 0
     """Messages handed back because the store could not take them."""
-    by_probe: dict[str, int] = field(default_factory=dict)
 
 
 class Collector:
@@ -146,29 +145,31 @@ class Collector:
         await self.bus.connection.flush(timeout=int(self.config.fleet.connect_timeout) or 1)
 
     def _take(self, subject: str, data: bytes) -> bool:
-        """False for a message the collector cannot read (logged, dropped)."""
+        """False for a message the collector cannot read (logged, dropped). The probe that saw an
+        event is the one its subject names, `probe.events.<site>.<name>`: what the bus let it
+        publish to, where a probe's permissions can confine it (README, "A fleet of probes")."""
         try:
+            tokens = subject.split(".")
+            if len(tokens) != 4 or not all(SUBJECT_TOKEN.fullmatch(token) for token in tokens[2:]):
+                raise ValueError("the subject is not probe.events.<site>.<probe>")
+            site, name = tokens[2:]
             document = json.loads(data)
             kind = document["notification"]
-            event = event_from_record(document["event"]) if kind == "event" else None
-        except (ValueError, KeyError, TypeError) as error:
+            event = event_from_record(document["event"], (name, site)) if kind == "event" else None
+            if event is not None and not self.revisions.append_new(event):
+                self.counts.duplicates += 1
+                return True
+        except (ValueError, KeyError, TypeError) as error:  # a RecordError (outside the allowlist) is a ValueError
             self.counts.malformed += 1
             log.error(f"{subject}: a message that is no readable notification, dropped: {type(error).__name__}: {error}")
             return False
-        origin = subject.split(".", 2)[-1]
-        self.counts.by_probe[origin] = self.counts.by_probe.get(origin, 0) + 1
         if event is not None:
-            if self.revisions.holds(event):
-                self.counts.duplicates += 1
-                return True
-            self.store.append(event)
-            self.revisions.added([event])
             self.counts.stored += 1
-            expires = self.store.retention.expiry(self.store.retention.class_of(event.marker), event.last_seen)
-        else:
-            expires = self.store.retention.expiry(BUNDLES_CLASS, self.clock.now())
-        if self.outbox is not None and expires > self.clock.now() and self.outbox.put(document, expires):
-            self.counts.forwarded += 1
+        if self.outbox is not None:
+            retention = self.store.retention
+            expires = retention.expiry(retention.class_of(event.marker), event.last_seen) if event is not None else retention.expiry(BUNDLES_CLASS, self.clock.now())
+            if expires > self.clock.now() and self.outbox.put(document, expires):
+                self.counts.forwarded += 1
         return True
 
     def close(self) -> None:

@@ -9,12 +9,10 @@ store, which keeps exactly those fields, derives them again instead of keeping t
 
 from __future__ import annotations
 
-import calendar
 import hashlib
-import ipaddress
 import json
-import re
-from datetime import datetime, timezone
+import socket
+from datetime import datetime, timedelta, timezone
 from typing import IO, NamedTuple
 
 from probe.config import ProbeSection
@@ -73,6 +71,9 @@ class Event(NamedTuple):
     packets: int
     bytes: int
     hits: int
+    observer: tuple[str, str] | None = None
+    """(name, site) of the probe that saw it, on a collector's store, which holds the events of
+    many probes; None on a probe's own store (its own name and site are in its configuration)."""
 
     @property
     def event_id(self) -> str:
@@ -112,45 +113,66 @@ def rfc3339(timestamp: int) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{nanoseconds // 1000:06d}Z"
 
 
-RFC3339 = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?Z")
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+MICROSECOND = timedelta(microseconds=1)
 
 
 def parse_rfc3339(text: str) -> int:
-    """Nanoseconds since the epoch of a time `rfc3339` wrote (the collector reads four per event:
-    a regular expression and `calendar.timegm`, several times faster than `strptime`)."""
-    found = RFC3339.fullmatch(text)
-    if found is None:
-        raise ValueError(f"{text!r} is not an RFC 3339 UTC time")
-    year, month, day, hour, minute, second, fraction = found.groups()
-    seconds = calendar.timegm((int(year), int(month), int(day), int(hour), int(minute), int(second)))
-    return seconds * 1_000_000_000 + int((fraction or "0").ljust(9, "0"))
+    """Nanoseconds since the epoch of a time `rfc3339` wrote, to the microsecond it writes. The
+    collector reads four per event: `fromisoformat` is C, several times faster than `strptime`,
+    and the integer division keeps every microsecond that a float timestamp would round."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError(f"{text!r} is not an RFC 3339 time: it has no UTC offset")
+    return (moment - EPOCH) // MICROSECOND * 1000
 
 
 PROTO_NUMBERS = {name: number for number, name in PROTO_NAMES.items()}
 
 
-def event_from_record(record: dict) -> Event:
+def event_from_record(record: dict, observer: tuple[str, str] | None = None) -> Event:
     """The event an eve.json-style record (`event_fields`) was written from, as far as a store
-    keeps it: what the collector stores of a probe's notification. Raises ValueError (or KeyError,
-    TypeError) naming nothing: the caller says which message it was."""
+    keeps it: what the collector stores of the notification of the probe `observer`. A message
+    from the bus is input like a capture: every field the event's ids derive from is checked
+    here. Raises ValueError (or KeyError, TypeError) naming the field, not the message: the
+    caller says which message it was; the store's encoder checks the rest."""
     marker = record["marker"]
     if "type" not in marker:
         raise ValueError("its marker's type and value are withheld (TLP): the sender must publish with max_tlp = red")
     proto = record["proto"]
+    proto = PROTO_NUMBERS[proto] if proto in PROTO_NUMBERS else _bounded(int(proto), "proto", 0xFF)
     return Event(
-        record["revision"], parse_rfc3339(record["timestamp"]), PROTO_NUMBERS[proto] if proto in PROTO_NUMBERS else int(proto),
-        address_bytes(record["src_ip"]), record["src_port"], address_bytes(record["dest_ip"]), record["dest_port"],
+        _bounded(record["revision"], "revision"), parse_rfc3339(record["timestamp"]), proto,
+        address_bytes(record["src_ip"]), _bounded(record["src_port"], "src_port", 0xFFFF), address_bytes(record["dest_ip"]), _bounded(record["dest_port"], "dest_port", 0xFFFF),
         record["direction"] == "to_server", record["matched_on"],
-        Marker(marker["id"], marker["type"], marker.get("value", ""), marker["bundle"], marker["bundle_version"], severity=marker.get("severity"), tlp=marker.get("tlp"), name=marker.get("name")),
+        Marker(_text(marker["id"], "marker id"), _text(marker["type"], "marker type"), _text(marker.get("value", ""), "marker value"), _text(marker["bundle"], "marker bundle"), _bounded(marker["bundle_version"], "bundle_version"),
+               severity=marker.get("severity"), tlp=marker.get("tlp"), name=marker.get("name")),
         record["encapsulation"], parse_rfc3339(record["flow_start"]), parse_rfc3339(record["first_seen"]), parse_rfc3339(record["last_seen"]),
-        record["packets"], record["bytes"], record["hits"],
+        record["packets"], record["bytes"], record["hits"], observer,
     )
 
 
+def _bounded(value: object, name: str, limit: int | None = None) -> int:
+    if type(value) is not int or value < 0 or (limit is not None and value > limit):
+        raise ValueError(f"{name} {value!r:.40} is not an integer from 0 to {limit}" if limit is not None else f"{name} {value!r:.40} is not a non-negative integer")
+    return value
+
+
+def _text(value: object, name: str) -> str:
+    if type(value) is not str:
+        raise ValueError(f"{name} {value!r:.40} is not text")
+    return value
+
+
 def address_bytes(text: str) -> bytes:
-    """The 16-byte form of an address's text (IPv4 as IPv4-mapped IPv6)."""
-    address = ipaddress.ip_address(text)
-    return IPV4_MAPPED_PREFIX + address.packed if address.version == 4 else address.packed
+    """The 16-byte form of an address's text (IPv4 as IPv4-mapped IPv6). `inet_pton`: the
+    collector reads two per event, and `ipaddress` is fifteen times slower."""
+    try:
+        if ":" in text:
+            return socket.inet_pton(socket.AF_INET6, text)
+        return IPV4_MAPPED_PREFIX + socket.inet_pton(socket.AF_INET, text)
+    except OSError:
+        raise ValueError(f"{text!r} is not an IP address") from None
 
 
 def marker_fields(marker: Marker, max_tlp: str) -> dict:
@@ -184,9 +206,11 @@ def withhold_marker_values(fields: dict, max_tlp: str) -> dict:
 
 
 def event_record(event: Event, probe: ProbeSection, max_tlp: str = "red") -> dict:
-    """The event as eve.json-style JSON, naming the probe that saw it."""
+    """The event as eve.json-style JSON, naming the probe that saw it: `probe`, whose store or
+    output this is, unless the event names another (a collector's store)."""
     record = event_fields(event, max_tlp)
-    record["probe"] = {"name": probe.name, "site": probe.site}
+    name, site = event.observer or (probe.name, probe.site)
+    record["probe"] = {"name": name, "site": site}
     return record
 
 

@@ -69,7 +69,7 @@ def _event_objects(event: Event, probe: ProbeSection) -> list[dict]:
         "count": event.hits,
         "sighting_of_ref": indicator_id(event.marker, event.marker.bundle),
         "observed_data_refs": [observed["id"]],
-        "description": f"probe {probe.name} event {event.event_id} (revision {event.revision}): marker {event.marker.id} of bundle {event.marker.bundle} version {event.marker.bundle_version}, matched on {event.matched_on}",
+        "description": f"probe {(event.observer or (probe.name, probe.site))[0]} event {event.event_id} (revision {event.revision}): marker {event.marker.id} of bundle {event.marker.bundle} version {event.marker.bundle_version}, matched on {event.matched_on}",
     }
     return [source, destination, traffic, observed, sighting]
 

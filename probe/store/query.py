@@ -134,31 +134,34 @@ def latest_events(store: RingStore, event_filter: EventFilter) -> list[Event]:
             continue
         for record in store.read(summary, wanted=event_filter.row_test(summary.base // 1000)):
             if isinstance(record, Event) and event_filter.matches(record):
-                identity = (record.marker.bundle, record.marker.id, record.proto, record.src, record.src_port, record.dst, record.dst_port, record.opened)
+                identity = (record.marker.bundle, record.marker.id, record.proto, record.src, record.src_port, record.dst, record.dst_port, record.opened, record.observer)
                 known = latest.get(identity)
                 if known is None or (record.revision, record.last_seen) > (known.revision, known.last_seen):
                     latest[identity] = record
-    return [latest[identity] for identity in sorted(latest, key=lambda identity: (latest[identity].first_seen, identity))]
+    return [latest[identity] for identity in sorted(latest, key=lambda identity: (latest[identity].first_seen, identity[:-1], identity[-1] or ()))]
 
 
-CSV_COLUMNS = ("event_id", "revision", "first_seen", "last_seen", "proto", "src_ip", "src_port", "dest_ip", "dest_port", "direction", "matched_on", "marker_id", "marker_type", "marker_value", "bundle", "bundle_version", "packets", "bytes", "hits")
+CSV_COLUMNS = ("event_id", "revision", "first_seen", "last_seen", "proto", "src_ip", "src_port", "dest_ip", "dest_port", "direction", "matched_on", "marker_id", "marker_type", "marker_value", "bundle", "bundle_version", "packets", "bytes", "hits", "probe", "site")
 
 
 def format_events(events: list[Event], output_format: str, probe: ProbeSection, max_tlp: str) -> str:
     if output_format == "jsonl":
         return json_lines([event_record(event, probe, max_tlp) for event in events])
-    rows = [_row(event, max_tlp) for event in events]
+    rows = [_row(event, probe, max_tlp) for event in events]
     if output_format == "csv":
         return _csv(CSV_COLUMNS, rows)
-    return _table(("first_seen", "last_seen", "proto", "src", "dest", "marker", "value", "packets", "event_id"), [(row[2], row[3], row[4], f"{row[5]}:{row[6]}", f"{row[7]}:{row[8]}", row[11], row[13], row[16], row[0]) for row in rows])
+    return _table(("first_seen", "last_seen", "proto", "src", "dest", "marker", "value", "packets", "event_id", "probe"), [(row[2], row[3], row[4], f"{row[5]}:{row[6]}", f"{row[7]}:{row[8]}", row[11], row[13], row[16], row[0], row[19]) for row in rows])
 
 
-def _row(event: Event, max_tlp: str) -> tuple:
+def _row(event: Event, probe: ProbeSection, max_tlp: str) -> tuple:
+    """`probe`: the store's own, named unless the event names the probe that saw it (a collector)."""
     marker = marker_fields(event.marker, max_tlp)
+    name, site = event.observer or (probe.name, probe.site)
     return (
         event.event_id, event.revision, rfc3339(event.first_seen), rfc3339(event.last_seen), PROTO_NAMES.get(event.proto, str(event.proto)),
         address_text(event.src), event.src_port, address_text(event.dst), event.dst_port, "to_server" if event.to_server else "to_client", event.matched_on,
         marker["id"], marker.get("type", ""), marker.get("value", marker.get("name", "")), marker["bundle"], marker["bundle_version"], event.packets, event.bytes, event.hits,
+        name, site,
     )
 
 

@@ -32,6 +32,7 @@ KIND_MARKER = -1
 KIND_ENCAPSULATION = -2
 KIND_BUNDLE = -3
 KIND_AUDIT = -4
+KIND_OBSERVER = -5
 """An event record starts with its revision (>= 0); every other record with one of these."""
 
 MATCHED_ON = ("ip.src", "ip.dst", "dns.query", "tls.sni", "http.host", "http.url", "tls.ja3", "tls.ja4", "tls.cert_sha256", "payload", "quic.sni", "dns.answer", "yara")
@@ -46,6 +47,8 @@ MARKER_FIELDS = ("id", "type", "value", "bundle", "bundle_version", "severity", 
 BUNDLE_ACTIONS = ("activated", "refused", "expired")
 AUDIT_FILTERS = frozenset({"since", "until", "marker", "ip", "prefix", "event", "format", "for_authority", "now"})
 NO_ENCAPSULATION_REFERENCE = 0
+MAX_OBSERVER_TEXT = 64
+"""Characters of a probe's name or site in a collector's records (subject tokens, checked)."""
 pack = msgpack.Packer().pack
 """One packer for every event row (`msgpack.packb` builds one per call)."""
 
@@ -86,22 +89,24 @@ class RecordError(ValueError):
 
 
 class SegmentDictionary:
-    """The markers and encapsulations a segment's events refer to by number. Each is declared by
-    a record of its own before its first use, so a segment read from its start, or cut at any
-    frame, resolves every reference it holds."""
+    """The markers, encapsulations and (on a collector) observing probes a segment's events
+    refer to by number. Each is declared by a record of its own before its first use, so a
+    segment read from its start, or cut at any frame, resolves every reference it holds."""
 
     def __init__(self) -> None:
         self.markers: dict[Marker, int] = {}
         self.encapsulations: dict[bytes, int] = {}
+        self.observers: dict[tuple[str, str], int] = {}
         self.marker_list: list[Marker] = []
         self.encapsulation_list: list[list[dict]] = [[]]
+        self.observer_list: list[tuple[str, str]] = []
 
-    def size(self) -> tuple[int, int]:
-        return len(self.marker_list), len(self.encapsulation_list)
+    def size(self) -> tuple[int, int, int]:
+        return len(self.marker_list), len(self.encapsulation_list), len(self.observer_list)
 
-    def rollback(self, size: tuple[int, int]) -> None:
+    def rollback(self, size: tuple[int, int, int]) -> None:
         """Forget declarations written after `size` (their frames were not stored)."""
-        markers, encapsulations = size
+        markers, encapsulations, observers = size
         for marker in self.marker_list[markers:]:
             del self.markers[marker]
         del self.marker_list[markers:]
@@ -109,6 +114,9 @@ class SegmentDictionary:
             if number >= encapsulations:
                 del self.encapsulations[packed]
         del self.encapsulation_list[encapsulations:]
+        for observer in self.observer_list[observers:]:
+            del self.observers[observer]
+        del self.observer_list[observers:]
 
     def declare(self, record: list) -> None:
         """Take a declaration read back from a segment."""
@@ -119,6 +127,12 @@ class SegmentDictionary:
                 raise RecordError(f"marker declared as number {number}, expected {len(self.marker_list)}")
             self.markers[marker] = number
             self.marker_list.append(marker)
+        elif kind == KIND_OBSERVER:
+            if number != len(self.observer_list):
+                raise RecordError(f"observer declared as number {number}, expected {len(self.observer_list)}")
+            observer = (str(content[0]), str(content[1]))
+            self.observers[observer] = number
+            self.observer_list.append(observer)
         else:
             if number != len(self.encapsulation_list):
                 raise RecordError(f"encapsulation declared as number {number}, expected {len(self.encapsulation_list)}")
@@ -130,7 +144,7 @@ def encode_event(event: Event, dictionary: SegmentDictionary, base: int) -> list
     """The msgpack payloads for `event` in a segment starting at `base` (microseconds): the
     declarations it needs first, then the event. Every field is checked before the dictionary
     changes, so a refused event leaves the segment as it was."""
-    revision, timestamp, proto, src, src_port, dst, dst_port, to_server, matched_on, marker, encapsulation, opened, first_seen, last_seen, packets, byte_count, hits = event
+    revision, timestamp, proto, src, src_port, dst, dst_port, to_server, matched_on, marker, encapsulation, opened, first_seen, last_seen, packets, byte_count, hits, observer = event
     where = MATCHED_ON_CODES.get(matched_on)
     if where is None:
         raise RecordError(f"matched_on {matched_on!r} is not in the allowlist")
@@ -145,6 +159,8 @@ def encode_event(event: Event, dictionary: SegmentDictionary, base: int) -> list
     timestamp //= 1000
     if type(src) is not bytes or type(dst) is not bytes or len(src) != 16 or len(dst) != 16:
         raise RecordError("expected 16-byte addresses")
+    if observer is not None and not (type(observer) is tuple and len(observer) == 2 and all(type(text) is str and 0 < len(text) <= MAX_OBSERVER_TEXT for text in observer)):
+        raise RecordError(f"an event's observer is a probe's (name, site), two texts of 1 to {MAX_OBSERVER_TEXT} characters, not {observer!r:.80}")
     row = [
         revision, timestamp - base, proto, int.from_bytes(src[12:], "big") if src[:12] == IPV4_MAPPED_PREFIX else src, src_port,
         int.from_bytes(dst[12:], "big") if dst[:12] == IPV4_MAPPED_PREFIX else dst, dst_port,
@@ -152,7 +168,7 @@ def encode_event(event: Event, dictionary: SegmentDictionary, base: int) -> list
         packets, byte_count, hits,
     ]
     opened //= 1000
-    if opened != first:
+    if opened != first or observer is not None:
         row.append(opened - first)
     packed = msgpack.packb([_checked_layer(layer) for layer in encapsulation]) if encapsulation else None
     payloads = []
@@ -170,6 +186,13 @@ def encode_event(event: Event, dictionary: SegmentDictionary, base: int) -> list
             dictionary.encapsulation_list.append(encapsulation)
             payloads.append(msgpack.packb([KIND_ENCAPSULATION, encapsulation_number, msgpack.unpackb(packed)]))
         row[9] = encapsulation_number
+    if observer is not None:
+        observer_number = dictionary.observers.get(observer)
+        if observer_number is None:
+            observer_number = dictionary.observers[observer] = len(dictionary.observer_list)
+            dictionary.observer_list.append(observer)
+            payloads.append(msgpack.packb([KIND_OBSERVER, observer_number, list(observer)]))
+        row.append(observer_number)
     payloads.append(pack(row))
     return payloads
 
@@ -182,7 +205,7 @@ def decode_event(row: list, dictionary: SegmentDictionary, base: int) -> Event:
     return Event(
         revision, timestamp * 1000, proto, _address_bytes(src), src_port, _address_bytes(dst), dst_port, bool(flags & 1), MATCHED_ON[flags >> 1],
         dictionary.marker_list[marker_number], dictionary.encapsulation_list[encapsulation_number], opened * 1000, first * 1000, (first + duration) * 1000,
-        packets, byte_count, hits,
+        packets, byte_count, hits, dictionary.observer_list[row[16]] if len(row) > 16 else None,
     )
 
 
@@ -234,7 +257,7 @@ def decode_records(payloads: list[bytes], base: int, dictionary: SegmentDictiona
         if kind >= 0:
             if wanted is None or wanted(row, dictionary):
                 yield decode_event(row, dictionary, base)
-        elif kind == KIND_MARKER or kind == KIND_ENCAPSULATION:
+        elif kind == KIND_MARKER or kind == KIND_ENCAPSULATION or kind == KIND_OBSERVER:
             dictionary.declare(row)
         elif kind == KIND_BUNDLE:
             yield BundleRecord(row[1] * 1000, *row[2:])

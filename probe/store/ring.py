@@ -20,6 +20,7 @@ drops, truncates the segment back to its acknowledged length, and the next flush
 from __future__ import annotations
 
 import fcntl
+import functools
 import logging
 import os
 import pwd
@@ -62,6 +63,12 @@ SEGMENT_NAME = re.compile(r"(\d{8}T\d{6}Z)(?:-([1-9]\d{0,8}))?\.seg")
 def segment_name(base: int, part: int = 0) -> str:
     stamp = datetime.fromtimestamp(base // NANOSECONDS, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return f"{stamp}.seg" if part == 0 else f"{stamp}-{part}.seg"
+
+
+@functools.lru_cache(maxsize=4096)
+def segment_path(directory: str, record_class: str, base: int, part: int = 0) -> str:
+    """Where a store keeps one part of a class's segment (asked for each record a collector takes)."""
+    return os.path.join(directory, SEGMENTS, record_class, segment_name(base, part))
 
 
 def segment_base(name: str) -> int | None:
@@ -454,11 +461,11 @@ class RingStore:
         if writer is not None:
             return writer
         part = self._last_part.get((record_class, base), 0)
-        path = os.path.join(self.directory, SEGMENTS, record_class, segment_name(base, part))
+        path = segment_path(self.directory, record_class, base, part)
         summary = self.summaries.get(path)
         if summary is not None and summary.records >= MAX_SEGMENT_RECORDS:
             part += 1
-            path = os.path.join(self.directory, SEGMENTS, record_class, segment_name(base, part))
+            path = segment_path(self.directory, record_class, base, part)
         self._last_part[record_class, base] = part
         try:
             writer = self._open_writer(path, record_class, base)
@@ -591,6 +598,12 @@ class RingStore:
 
     # Reading
 
+    def segments_of(self, record_class: str, base: int) -> list[SegmentSummary]:
+        """The parts of one class's segment for the period starting at `base`: the only ones that
+        can hold a record of that class and period (found without going through every segment)."""
+        parts = (self.summaries.get(segment_path(self.directory, record_class, base, part)) for part in range(self._last_part.get((record_class, base), 0) + 1))
+        return [summary for summary in parts if summary is not None]
+
     def segments(self, record_class: str | None = None) -> list[SegmentSummary]:
         return sorted((summary for summary in self.summaries.values() if record_class is None or summary.record_class == record_class), key=lambda summary: (summary.base, summary.record_class, segment_part(os.path.basename(summary.path))))
 
@@ -621,7 +634,7 @@ class RingStore:
         beside the writing process: audit segments have a lock of their own."""
         with self._audit_lock():
             base = record.time - record.time % self.period
-            path = os.path.join(self.directory, SEGMENTS, AUDIT_CLASS, segment_name(base))
+            path = segment_path(self.directory, AUDIT_CLASS, base)
             try:
                 writer = self._open_writer(path, AUDIT_CLASS, base)
             except OSError as error:
