@@ -13,6 +13,7 @@ Names (subjects, buckets) are fixed here: notifications go to `probe.events.<sit
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import ssl
@@ -108,7 +109,13 @@ class Bus:
     def call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run a coroutine on the bus's loop and wait for its result; a failure becomes a
         FleetError saying what it means."""
-        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        return self.result(self.start(coroutine), timeout)
+
+    def start(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Run a coroutine on the bus's loop while the caller goes on (`result` waits for it)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+
+    def result(self, future: concurrent.futures.Future[T], timeout: float | None = None) -> T:
         try:
             return future.result(timeout)
         except FleetError:

@@ -14,6 +14,7 @@ negatively acknowledged, to come again later.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import signal
@@ -27,7 +28,7 @@ import nats.errors
 from probe.clock import Clock
 from probe.config import SUBJECT_TOKEN, Config
 from probe.errors import FleetError
-from probe.fleet.bus import EVENT_SUBJECTS, Bus
+from probe.fleet.bus import EVENT_SUBJECTS, Bus, describe_failure
 from probe.notify.outbox import Outbox
 from probe.record.events import event_from_record
 from probe.store.retention import BUNDLES_CLASS
@@ -72,26 +73,40 @@ class Collector:
         self.revisions = StoredRevisions(self.store)
         self.outbox = Outbox(config, clock) if config.sinks else None
         self._subscription: Any = None
+        self._answering: concurrent.futures.Future | None = None
+        """The last batch's acknowledgements, on their way."""
 
     def run(self) -> None:
-        """Until SIGTERM or SIGINT; the batch under way is finished first."""
+        """Until SIGTERM or SIGINT; the batches under way are finished first.
+
+        The next batch is fetched while this one is stored, and acknowledgements go out without
+        being waited for: the bus and the store work at the same time. An acknowledgement lost
+        on the way only brings its messages again, which the store recognises."""
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         fleet = self.config.fleet
         log.info(f"collecting stream {fleet.stream} (consumer {fleet.consumer}) from {', '.join(fleet.servers)}")
+        fetching: concurrent.futures.Future | None = None
         try:
-            while not self._stop:
+            while True:
                 try:
                     self._subscribe()
-                    messages = self.bus.call(self._fetch(), FETCH_WAIT + fleet.connect_timeout + 1)
+                    if fetching is None:
+                        fetching = self.bus.start(self._fetch())
+                    messages = self.bus.result(fetching, FETCH_WAIT + fleet.connect_timeout + 1)
+                    fetching = None if self._stop else self.bus.start(self._fetch())
                 except FleetError as error:
+                    if self._stop:
+                        break
                     log.error(f"{error}; trying again in {RETRY_DELAY:g} s")
-                    self._subscription = None
+                    self._subscription = fetching = None
                     self._sleep(RETRY_DELAY)
                     continue
                 if messages:
                     self.take(messages)
                 self.store.flush_if_due()
+                if fetching is None:
+                    break
         finally:
             self.close()
 
@@ -132,9 +147,10 @@ class Collector:
             self.counts.retried += len(accepted)
             self.revisions.forget_open()
             log.error(f"{self.store.directory}: the store could not take {self.store.not_stored - not_stored} event(s): {len(accepted)} message(s) handed back, delivered again in {RETRY_DELAY:g} s")
-            self.bus.call(self._answer(accepted, stored=False), self.config.fleet.connect_timeout + 1)
-            return
-        self.bus.call(self._answer(messages, stored=True), self.config.fleet.connect_timeout + 1)
+            self._answering = self.bus.start(self._answer(accepted, stored=False))
+        else:
+            self._answering = self.bus.start(self._answer(messages, stored=True))
+        self._answering.add_done_callback(self._answered)
 
     async def _answer(self, messages: list, stored: bool) -> None:
         for message in messages:
@@ -143,6 +159,10 @@ class Collector:
             else:
                 await message.nak(delay=RETRY_DELAY)
         await self.bus.connection.flush(timeout=int(self.config.fleet.connect_timeout) or 1)
+
+    def _answered(self, answering: concurrent.futures.Future) -> None:
+        if not answering.cancelled() and answering.exception() is not None:
+            log.warning(f"acknowledgements not confirmed by the bus ({describe_failure(answering.exception(), self.config.fleet)}): their messages come again after {ACK_WAIT:g} s and are recognised as stored")
 
     def _take(self, subject: str, data: bytes) -> bool:
         """False for a message the collector cannot read (logged, dropped). The probe that saw an
@@ -177,6 +197,8 @@ class Collector:
         self.store.close()
         if self.outbox is not None:
             self.outbox.close()
+        if self._answering is not None:
+            concurrent.futures.wait([self._answering], self.config.fleet.connect_timeout + 1)
         self.bus.close()
         counts = self.counts
         log.info(f"stopped: {counts.received} messages, {counts.stored} events stored, {counts.duplicates} already stored, {counts.forwarded} forwarded, {counts.malformed} malformed")
