@@ -112,6 +112,7 @@ def publisher(index: int, config_path: str, count: int, rate: float, seconds: fl
     identity = probe_identity(config)
     sent = 0
     error = ""
+    sink.deliver([])  # connects: the measure starts with the sink at work
     ready.release()
     start.wait()
     began = time.monotonic()
@@ -153,7 +154,9 @@ def start_publishers(configs: list[Path], offset: int, count: int, rate: float, 
         process.start()
     for _ in processes:
         if not ready.acquire(timeout=120):
-            raise RuntimeError("a publisher process did not start within 120 s")
+            for process in processes:
+                process.terminate()
+            raise RuntimeError("a publisher process did not connect within 120 s (is the cluster up?)")
     return processes, start, results
 
 

@@ -213,7 +213,8 @@ class FleetSection:
 
 
 SUBJECT_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
-"""A probe's name and site are tokens of its subject `probe.events.<site>.<probe>`."""
+"""A probe's name and site are tokens of its subject `probe.events.<site>.<probe>` and of its inbox
+prefix `_INBOX.<site>.<probe>`."""
 BUCKET_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SINK_TYPES = ("file", "stdout", "syslog", "webhook", "nats")
 SYSLOG_TRANSPORTS = ("udp", "tcp", "unix")
@@ -397,7 +398,8 @@ def _check_sink(sink: SinkSection, entry: dict, where: str) -> None:
 
 
 def _check_fleet(config: Config, origin: str) -> None:
-    """A `nats` sink needs the bus, and a name and site that can be subject tokens."""
+    """A `nats` sink needs the bus; a member of the fleet (probe, collector, the security team's
+    host) needs a name and site that can be subject tokens: its identity on the bus."""
     fleet = config.fleet
     for url in fleet.servers:
         parsed = urllib.parse.urlsplit(url)
@@ -414,17 +416,15 @@ def _check_fleet(config: Config, origin: str) -> None:
     if not fleet.stream or not fleet.consumer:
         raise ConfigError(f"{origin}: fleet: stream and consumer may not be empty")
     nats_sinks = [sink for sink in config.sinks if sink.type == "nats"]
-    if not nats_sinks:
-        return
-    if not fleet.servers:
+    if nats_sinks and not fleet.servers:
         raise ConfigError(f"{origin}: sinks: nats sink {nats_sinks[0].name!r} needs [fleet] servers")
     if len(nats_sinks) > 1:
         raise ConfigError(f"{origin}: sinks: one nats sink at most (the fleet has one bus)")
-    if nats_sinks[0].max_tlp != "red":
+    if nats_sinks and nats_sinks[0].max_tlp != "red":
         raise ConfigError(f"{origin}: sinks: nats sink {nats_sinks[0].name!r}: max_tlp must stay red: the collector stores what this probe stores, and its own sinks apply their labels")
     for key in ("name", "site"):
-        if not SUBJECT_TOKEN.fullmatch(getattr(config.probe, key)):
-            raise ConfigError(f"{origin}: probe.{key}: {getattr(config.probe, key)!r}: a nats sink publishes to probe.events.<site>.<name>, so both must be 1-64 letters, digits, '-' or '_'")
+        if fleet.servers and not SUBJECT_TOKEN.fullmatch(getattr(config.probe, key)):
+            raise ConfigError(f"{origin}: probe.{key}: {getattr(config.probe, key)!r}: on the fleet's bus this is probe.events.<site>.<name>, heartbeat key <site>.<name> and inbox _INBOX.<site>.<name>, so both must be 1-64 letters, digits, '-' or '_'")
 
 
 def split_address(address: str, where: str) -> tuple[str, int]:

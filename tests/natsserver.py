@@ -89,13 +89,19 @@ class NatsServer:
         user: str | None = None,
         password: str | None = None,
         lifetime: float = LIFETIME,
+        authorization: Path | None = None,
+        environment: dict[str, str] | None = None,
     ) -> None:
         """`port` and `monitor_port` are chosen here when not given; a caller giving one should
         choose both with free_ports(), which cannot return the same port twice.
 
-        With `user` and `password`, clients must authenticate: nats-server refuses anyone else."""
+        With `user` and `password`, clients must authenticate: nats-server refuses anyone else.
+        `authorization`: a file of users and permissions the configuration includes instead (as an
+        operator's would), its variables looked up in `environment`."""
         if (user is None) != (password is None):
             raise ValueError("user and password go together")
+        if authorization is not None and user is not None:
+            raise ValueError("give user and password, or an authorization file")
         chosen = iter(free_ports(2))
         self.work_dir = work_dir
         self.name = name
@@ -106,6 +112,8 @@ class NatsServer:
         self.user = user
         self.password = password
         self.lifetime = lifetime
+        self.authorization = authorization
+        self.environment = environment or {}
         self.config_path = work_dir / "nats.conf"
         self.log_path = work_dir / "nats.log"
         self.store_dir = work_dir / "store"
@@ -133,6 +141,8 @@ class NatsServer:
         if binary is None:
             raise RuntimeError(NATS_SERVER_MISSING)
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        if self.authorization is not None:  # nats-server includes files relative to the including one
+            shutil.copyfile(self.authorization, self.work_dir / "authorization.conf")
         self.config_path.write_text(self._config(), encoding="utf-8")
         # Errors met before the server opens its log file (a configuration it cannot parse) go to
         # stderr: into the same file, so that log_tail() shows them too. Both append.
@@ -141,7 +151,7 @@ class NatsServer:
             # start, for _abandon() to kill however early it is called.
             self._process = subprocess.Popen(
                 ["timeout", "--kill-after=5", str(self.lifetime), binary, "--config", str(self.config_path)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, process_group=0,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, process_group=0, env={**os.environ, **self.environment},
             )
         self._wait_healthy()
         # nats-server writes its pid file before it opens its listeners: current once healthy.
@@ -205,6 +215,8 @@ class NatsServer:
             lines.append(f"cluster {{ name: {_quoted(self.cluster.name)}, listen: {_quoted(f'127.0.0.1:{self.cluster.port}')}, routes: [{routes}] }}")
         if self.user is not None and self.password is not None:
             lines.append(f"authorization {{ user: {_quoted(self.user)}, password: {_quoted(self.password)} }}")
+        if self.authorization is not None:
+            lines.append("include ./authorization.conf")
         return "\n".join(lines) + "\n"
 
     def _wait_healthy(self) -> None:

@@ -57,12 +57,12 @@ def marker_bundle(path: Path, version: int = 1, issuer: str = "fleet-test") -> P
     return path
 
 
-def configuration(directory: Path, name: str, servers: list[str], sink: bool = True, extra: str = "") -> Path:
+def configuration(directory: Path, name: str, servers: list[str], sink: bool = True, extra: str = "", site: str = "test") -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     text = f"""
 [probe]
 name = "{name}"
-site = "test"
+site = "{site}"
 [store]
 directory = "{directory}/store"
 [notify]
@@ -133,8 +133,10 @@ def wait_for(condition, timeout: float, what: str) -> None:
 
 
 class Collector:
-    def __init__(self, directory: Path, servers: list[str]) -> None:
-        self.config = configuration(directory, "collector", servers, sink=False)
+    def __init__(self, directory: Path, servers: list[str], config: Path | None = None) -> None:
+        """`servers`: where the test watches the stream from; `config`: the collector's own, when
+        it is not made here."""
+        self.config = config or configuration(directory, "collector", servers, sink=False)
         self.servers = servers
         self.process: subprocess.Popen | None = None
 
@@ -274,9 +276,10 @@ def test_a_repeat_after_the_duplicate_window_is_recognised_by_the_store(server, 
 
 
 def test_messages_the_collector_cannot_read_are_dropped_with_their_reason(server, captures, tmp_path) -> None:
-    """A message on an unexpected subject, one that is no JSON, and one whose event holds a value
-    outside the store's allowlist are each logged and acknowledged (never redelivered forever);
-    the readable messages around them are stored."""
+    """A message on an unexpected subject, one that is no JSON (or nested too deep to read), and
+    ones whose event holds a value outside the store's allowlist (a count too large to store, a
+    time before 1970 or far ahead, a layer that is no table) are each logged and acknowledged,
+    never redelivered forever; the readable messages around them are stored, each once."""
     bundle = marker_bundle(tmp_path / "bundle.json")
     setup_bus(tmp_path, [server.url], 1)
     config = configuration(tmp_path / "probe", "probe0", [server.url], sink=False)
@@ -285,6 +288,14 @@ def test_messages_the_collector_cannot_read_are_dropped_with_their_reason(server
     for event in good:
         event.pop("probe")
     bad_port = dict(good[0], src_port=-1)
+    later = dict(good[0], revision=9)  # a revision the store does not hold, so that it is encoded
+    crashing = [  # each of these once made the collector's reading raise beyond ValueError
+        dict(later, proto=float("inf")),
+        dict(later, packets=2**64),
+        dict(later, encapsulation=["x"]),
+        dict(later, flow_start="1969-12-31T23:59:59.000000Z"),
+        dict(later, last_seen="9999-12-31T00:00:00.000000Z"),
+    ]
 
     def document(event: dict) -> bytes:
         return json.dumps({"notification": "event", "idempotency_key": f"{event['event_id']}/{event['revision']}/{event['src_port']}", "created": event["timestamp"], "probe": {"name": "probe0", "site": "test"}, "stage": "detected", "event": event}).encode()
@@ -296,15 +307,20 @@ def test_messages_the_collector_cannot_read_are_dropped_with_their_reason(server
         await jetstream.publish("probe.events.test.probe0.extra", document(good[0]))
         await jetstream.publish("probe.events.test.probe0", b"\x00 not json")
         await jetstream.publish("probe.events.test.probe0", document(bad_port))
+        for event in crashing:
+            await jetstream.publish("probe.events.test.probe0", document(event))
+        await jetstream.publish("probe.events.test.probe0", b"[" * 100_000)
         await jetstream.publish("probe.events.test.probe0", document(good[1]))
         await connection.close()
     run_async(publish())
     collector = Collector(tmp_path / "collector", [server.url])
     logged = collector.start().drain()
-    assert set(collector.records()) == {(event["event_id"], event["revision"]) for event in good}
+    assert collector.records() == Counter({(event["event_id"], event["revision"]): 1 for event in good})
     assert "probe.events.test.probe0.extra: a message that is no readable notification, dropped: ValueError: the subject is not probe.events.<site>.<probe>" in logged, logged
-    assert "JSONDecodeError" in logged and "ValueError: src_port -1 is not an integer from 0 to 65535" in logged, logged
-    assert "5 messages, 2 events stored, 0 already stored, 0 forwarded, 3 malformed" in logged, logged
+    for reason in ("JSONDecodeError", "RecursionError", "ValueError: src_port -1 is not an integer from 0 to 65535", "ValueError: proto inf is not an integer", "ValueError: packets 18446744073709551616 is not an integer",
+                   "RecordError: an encapsulation layer is a table of fields, not 'x'", "ValueError: flow_start '1969-12-31T23:59:59.000000Z' is before 1970", "ValueError: last_seen 9999-12-31T00:00:00.000000Z is ahead of this collector's clock"):
+        assert reason in logged, (reason, logged)
+    assert "11 messages, 2 events stored, 0 already stored, 0 forwarded, 9 malformed" in logged, logged
 
 
 def test_a_probe_cut_off_from_the_bus_spools_and_delivers_when_it_returns(server, captures, tmp_path) -> None:
@@ -389,6 +405,108 @@ def test_a_nats_sink_needs_the_bus_and_subject_tokens(tmp_path) -> None:
     config.write_text('[[sinks]]\nname = "fleet"\ntype = "nats"\n')
     result = run("replay", "captures/dns-udp.pcap", "--markers", "markers/example-bundle.json", "--config", str(config), check=False)
     assert result.returncode == 2 and "needs [fleet] servers" in result.stderr, result.stderr
+    config.write_text('[probe]\nname = "collector.example"\nsite = "soc"\n[store]\ndirectory = "store"\n[fleet]\nservers = ["nats://127.0.0.1:4222"]\n')
+    result = run("collect", "--config", str(config), check=False)
+    assert result.returncode == 2 and "probe.name: 'collector.example'" in result.stderr and "inbox _INBOX.<site>.<name>" in result.stderr, result.stderr
+
+
+AUTHORIZATION = Path(__file__).resolve().parent.parent / "systemd" / "nats-authorization.conf"
+PASSWORDS = {"FLEET_SECURITY_TEAM_PASSWORD": "team-secret", "FLEET_COLLECTOR_PASSWORD": "collector-secret", "FLEET_PARIS_CORE_1_PASSWORD": "probe-secret"}
+
+
+def member(directory: Path, name: str, site: str, user: str, servers: list[str], sink: bool = False) -> Path:
+    """A fleet member's configuration, logging in as `user` of the shipped authorization file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    password_file = directory / "password"
+    password_file.write_text(PASSWORDS[f"FLEET_{user.upper().replace('-', '_')}_PASSWORD"])
+    password_file.chmod(0o600)
+    return configuration(directory, name, servers, sink, f'user = "{user}"\npassword_file = "{password_file}"\nbundle_bucket = "probe-bundles"', site)
+
+
+def refused(config: Path, attempt) -> list[str]:
+    """The bus's refusals of what `attempt(jetstream, connection)` tries, connected with the
+    member's own options (credentials, inbox prefix)."""
+    from probe.config import load_config
+    from probe.fleet.bus import connect_options
+
+    loaded = load_config(str(config))
+    errors: list[str] = []
+
+    async def note(error: Exception) -> None:
+        errors.append(str(error))
+
+    async def session() -> None:
+        connection = await nats.connect(**connect_options(loaded.fleet, loaded.probe, "test"), error_cb=note)
+        try:
+            await attempt(connection.jetstream(timeout=2), connection)
+        except (nats.errors.Error, asyncio.TimeoutError) as error:
+            errors.append(f"{type(error).__name__}: {error}")
+        await asyncio.sleep(0.3)  # a refused subscription is reported after the fact
+        await connection.close()
+    run_async(session())
+    return errors
+
+
+def test_the_shipped_bus_permissions_let_each_member_do_its_own_work_only(captures, tmp_path) -> None:
+    """systemd/nats-authorization.conf as written: the probe publishes its events and heartbeat
+    and reads bundles, the collector consumes the events, the security team sets up and
+    publishes bundles; a probe cannot speak for another probe, write a bundle, read the events
+    stream or receive the collector's replies, and the collector cannot publish events."""
+    from probe.config import load_config
+    from probe.fleet.agent import FleetAgent
+    from probe.fleet.bus import Bus
+
+    server = NatsServer(tmp_path / "nats", authorization=AUTHORIZATION, environment=PASSWORDS).start()
+    try:
+        watch = [server.url.replace("nats://", "nats://security-team:team-secret@")]
+        team = member(tmp_path / "team", "security-host", "soc", "security-team", [server.url])
+        run("fleet", "setup", "--config", str(team), "--replicas", "1")
+        run("markers", "keygen", "fleet-test", "--dir", str(tmp_path))
+        run("markers", "sign", str(marker_bundle(tmp_path / "bundle.json")), "--key", str(tmp_path / "fleet-test.key"))
+        run("markers", "publish", str(tmp_path / "bundle.json"), "--config", str(team))
+        probe = member(tmp_path / "probe", "paris-core-1", "paris", "paris-core-1", [server.url], sink=True)
+        result = replay(probe, captures[0], tmp_path / "bundle.json")
+        assert "0 waiting in the spool" in result.stderr, result.stderr
+        collector = Collector(tmp_path / "collector", watch, member(tmp_path / "collector", "collector", "soc", "collector", [server.url]))
+        collector.start().drain()
+        assert set(collector.records()) == probe_records(probe)
+
+        loaded = load_config(str(probe))
+        agent = FleetAgent(loaded, str(tmp_path / "fetched"), dict, lambda path, done: None)
+        bus = Bus(loaded.fleet, loaded.probe, "probe")
+        try:
+            bus.connect()
+            assert [name for name, _ in bus.call(agent._new_objects(bus), 10)] == ["fleet-test/fleet"]
+            bus.call(agent._put_heartbeat(bus, b"{}"), 10)
+        finally:
+            bus.close()
+
+        async def speak_for_another(jetstream, connection) -> None:
+            await jetstream.publish("probe.events.paris.paris-core-2", b"{}", stream="PROBE_EVENTS")
+        assert any('permissions violation for publish to "probe.events.paris.paris-core-2"' in error for error in refused(probe, speak_for_another))
+
+        async def write_a_bundle(jetstream, connection) -> None:
+            await (await jetstream.object_store("probe-bundles")).put("fleet-test/fleet", b"tampered")
+        assert any("permissions violation for publish" in error for error in refused(probe, write_a_bundle))
+
+        async def beat_for_another(jetstream, connection) -> None:
+            await (await jetstream.key_value("probe-fleet")).put("paris.paris-core-2", b"{}")
+        assert any('permissions violation for publish to "$kv.probe-fleet.paris.paris-core-2"' in error.lower() for error in refused(probe, beat_for_another))
+
+        async def read_the_events(jetstream, connection) -> None:
+            await connection.subscribe("probe.events.>")
+            await connection.subscribe("_INBOX.soc.collector.>")
+            await jetstream.pull_subscribe("probe.events.>", durable="spy", stream="PROBE_EVENTS")
+        errors = refused(probe, read_the_events)
+        assert any('permissions violation for subscription to "probe.events.>"' in error for error in errors), errors
+        assert any('permissions violation for subscription to "_inbox.soc.collector.>"' in error.lower() for error in errors), errors
+        assert any("permissions violation for publish" in error and "PROBE_EVENTS" in error.upper() for error in errors), errors
+
+        async def forge_an_event(jetstream, connection) -> None:
+            await jetstream.publish("probe.events.paris.paris-core-1", b"{}", stream="PROBE_EVENTS")
+        assert any('permissions violation for publish to "probe.events.paris.paris-core-1"' in error for error in refused(collector.config, forge_an_event))
+    finally:
+        server.stop()
 
 
 def _live_requirements() -> str | None:

@@ -752,12 +752,20 @@ def test_event_tuple_is_the_allowlist():
         {"observer": ("probe-1", "tap-1", "CANARY")},
         {"observer": ("probe-1", "C" * 65)},
         {"observer": ("", "tap-1")},
+        {"observer": ("GET /CANARY HTTP/1.1", "tap-1")},
+        {"packets": 2**64},
+        {"last_seen": 2**80},
+        {"encapsulation": ["CANARY"]},
         {"marker": Marker("m-evil", "domain", EVIL, BUNDLE_ID, "1")},  # type: ignore[arg-type]
     ],
 )
 def test_a_record_outside_the_allowlist_cannot_be_encoded(changes: dict):
+    """Refused before anything is written, and without a trace in the segment's dictionary: the
+    next event's references stay valid."""
+    dictionary = SegmentDictionary()
     with pytest.raises(RecordError):
-        encode_event(allowed_event(**changes), SegmentDictionary(), START * 10**6)
+        encode_event(allowed_event(**changes), dictionary, START * 10**6)
+    assert dictionary.size() == (0, 1, 0) and not dictionary.markers and not dictionary.observers
 
 
 def test_a_collectors_record_names_its_observer_once_per_segment():

@@ -59,7 +59,7 @@ class FleetAgent:
         while not self._stop.is_set():
             try:
                 if bus is None:
-                    bus = Bus(fleet, f"probe {probe_key(self.config.probe)}")
+                    bus = Bus(fleet, self.config.probe, "probe")
                 bus.connect()
                 if fleet.bundle_bucket:
                     self._fetch_bundles(bus)

@@ -63,7 +63,7 @@ def publish_bundle(config: Config, path: str) -> str:
     if not config.fleet.servers or not config.fleet.bundle_bucket:
         raise FleetError("fleet.servers and fleet.bundle_bucket: publishing needs the bus and its bundle bucket")
     name, archive, version = pack_bundle(path)
-    bus = Bus(config.fleet, f"probe markers publish {config.probe.name}")
+    bus = Bus(config.fleet, config.probe, "probe markers publish")
     try:
         bus.connect()
         bus.call(_put(bus, config.fleet.bundle_bucket, name, archive), config.fleet.connect_timeout * 4 + len(archive) / 1e6 + 1)

@@ -54,9 +54,17 @@ def _private_file(path: str, key: str) -> str:
     return path
 
 
-def connect_options(fleet: FleetSection, name: str) -> dict[str, Any]:
+def inbox_prefix(probe: ProbeSection) -> str:
+    """Where the bus's replies to this member come (acknowledgements, fetched messages, bundle
+    chunks): a prefix of its own, so that the bus's permissions can let each member receive its
+    own replies only (a probe subscribed to every `_INBOX.>` would read what the collector
+    fetches: the whole fleet's events)."""
+    return f"_INBOX.{probe.site}.{probe.name}"
+
+
+def connect_options(fleet: FleetSection, probe: ProbeSection, role: str) -> dict[str, Any]:
     """nats.connect's options from [fleet]; secrets checked now, before any connection."""
-    options: dict[str, Any] = {"servers": list(fleet.servers), "name": name, "connect_timeout": fleet.connect_timeout, "allow_reconnect": True, "max_reconnect_attempts": -1, "reconnect_time_wait": 1}
+    options: dict[str, Any] = {"servers": list(fleet.servers), "name": f"{role} {probe_key(probe)}", "inbox_prefix": inbox_prefix(probe), "connect_timeout": fleet.connect_timeout, "allow_reconnect": True, "max_reconnect_attempts": -1, "reconnect_time_wait": 1}
     if fleet.password_file:
         with open(_private_file(fleet.password_file, "password_file"), encoding="utf-8") as stream:
             options["user"], options["password"] = fleet.user, stream.read().strip()
@@ -94,10 +102,9 @@ def describe_failure(error: BaseException, fleet: FleetSection) -> str:
 class Bus:
     """One connection to the bus, on an event loop thread of its own."""
 
-    def __init__(self, fleet: FleetSection, name: str) -> None:
+    def __init__(self, fleet: FleetSection, probe: ProbeSection, role: str) -> None:
         self.fleet = fleet
-        self.name = name
-        self._options = connect_options(fleet, name)
+        self._options = connect_options(fleet, probe, role)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fleet-bus", daemon=True)
         self._thread.start()

@@ -31,6 +31,7 @@ from probe.errors import FleetError
 from probe.fleet.bus import EVENT_SUBJECTS, Bus, describe_failure
 from probe.notify.outbox import Outbox
 from probe.record.events import event_from_record
+from probe.store.records import RecordError
 from probe.store.retention import BUNDLES_CLASS
 from probe.store.revisions import StoredRevisions
 from probe.store.ring import RingStore
@@ -43,6 +44,9 @@ ACK_WAIT = 30.0
 """Seconds the stream waits for an acknowledgement before it delivers a message again."""
 RETRY_DELAY = 5.0
 """Seconds before a batch the store could not take is delivered again."""
+FUTURE_SKEW = 24 * 3_600_000_000_000
+"""How far ahead of the collector's clock an event's last packet may be (a probe's clock may be
+off); beyond it the message is refused, since the store files and expires by that time."""
 
 
 @dataclass
@@ -68,7 +72,7 @@ class Collector:
         self.clock = clock
         self.counts = CollectorCounts()
         self._stop = False
-        self.bus = Bus(config.fleet, f"collector {config.probe.name}")
+        self.bus = Bus(config.fleet, config.probe, "collector")
         self.store = RingStore(config.store.directory, config.store, clock, config.probe)
         self.revisions = StoredRevisions(self.store)
         self.outbox = Outbox(config, clock) if config.sinks else None
@@ -88,7 +92,7 @@ class Collector:
         log.info(f"collecting stream {fleet.stream} (consumer {fleet.consumer}) from {', '.join(fleet.servers)}")
         fetching: concurrent.futures.Future | None = None
         try:
-            while True:
+            while not self._stop or fetching is not None:
                 try:
                     self._subscribe()
                     if fetching is None:
@@ -105,8 +109,6 @@ class Collector:
                 if messages:
                     self.take(messages)
                 self.store.flush_if_due()
-                if fetching is None:
-                    break
         finally:
             self.close()
 
@@ -147,17 +149,18 @@ class Collector:
             self.counts.retried += len(accepted)
             self.revisions.forget_open()
             log.error(f"{self.store.directory}: the store could not take {self.store.not_stored - not_stored} event(s): {len(accepted)} message(s) handed back, delivered again in {RETRY_DELAY:g} s")
-            self._answering = self.bus.start(self._answer(accepted, stored=False))
+            taken = {id(message) for message in accepted}
+            self._answering = self.bus.start(self._answer([message for message in messages if id(message) not in taken], accepted))
         else:
-            self._answering = self.bus.start(self._answer(messages, stored=True))
+            self._answering = self.bus.start(self._answer(messages, []))
         self._answering.add_done_callback(self._answered)
 
-    async def _answer(self, messages: list, stored: bool) -> None:
-        for message in messages:
-            if stored:
-                await message.ack()
-            else:
-                await message.nak(delay=RETRY_DELAY)
+    async def _answer(self, done: list, handed_back: list) -> None:
+        """Acknowledge what is stored or dropped; hand back what the store could not take."""
+        for message in done:
+            await message.ack()
+        for message in handed_back:
+            await message.nak(delay=RETRY_DELAY)
         await self.bus.connection.flush(timeout=int(self.config.fleet.connect_timeout) or 1)
 
     def _answered(self, answering: concurrent.futures.Future) -> None:
@@ -167,7 +170,7 @@ class Collector:
     def _take(self, subject: str, data: bytes) -> bool:
         """False for a message the collector cannot read (logged, dropped). The probe that saw an
         event is the one its subject names, `probe.events.<site>.<name>`: what the bus let it
-        publish to, where a probe's permissions can confine it (README, "A fleet of probes")."""
+        publish to, where a probe's permissions confine it (systemd/nats-authorization.conf)."""
         try:
             tokens = subject.split(".")
             if len(tokens) != 4 or not all(SUBJECT_TOKEN.fullmatch(token) for token in tokens[2:]):
@@ -176,14 +179,17 @@ class Collector:
             document = json.loads(data)
             kind = document["notification"]
             event = event_from_record(document["event"], (name, site)) if kind == "event" else None
-            if event is not None and not self.revisions.append_new(event):
-                self.counts.duplicates += 1
-                return True
-        except (ValueError, KeyError, TypeError) as error:  # a RecordError (outside the allowlist) is a ValueError
-            self.counts.malformed += 1
-            log.error(f"{subject}: a message that is no readable notification, dropped: {type(error).__name__}: {error}")
-            return False
+            if event is not None and event.last_seen > self.clock.now() + FUTURE_SKEW:
+                raise ValueError(f"last_seen {document['event']['last_seen']} is ahead of this collector's clock by more than {FUTURE_SKEW // 3_600_000_000_000} hours")
+        except Exception as error:  # whatever a message makes its reading raise, it is only dropped
+            return self._malformed(subject, error)
         if event is not None:
+            try:
+                if not self.revisions.append_new(event):
+                    self.counts.duplicates += 1
+                    return True
+            except RecordError as error:  # outside the store's allowlist
+                return self._malformed(subject, error)
             self.counts.stored += 1
         if self.outbox is not None:
             retention = self.store.retention
@@ -191,6 +197,11 @@ class Collector:
             if expires > self.clock.now() and self.outbox.put(document, expires):
                 self.counts.forwarded += 1
         return True
+
+    def _malformed(self, subject: str, error: Exception) -> bool:
+        self.counts.malformed += 1
+        log.error(f"{subject}: a message that is no readable notification, dropped: {type(error).__name__}: {str(error)[:200]}")
+        return False
 
     def close(self) -> None:
         self.store.flush()

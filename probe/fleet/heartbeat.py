@@ -31,7 +31,7 @@ def read_heartbeats(config: Config) -> dict[str, dict[str, Any]]:
     """The last heartbeat of every probe, by `<site>.<probe>`."""
     if not config.fleet.servers:
         raise FleetError("fleet.servers: no bus configured")
-    bus = Bus(config.fleet, f"probe fleet status {config.probe.name}")
+    bus = Bus(config.fleet, config.probe, "probe fleet status")
     try:
         bus.connect()
         return bus.call(_read(bus, config.fleet.status_bucket), config.fleet.connect_timeout * 4 + 1)

@@ -31,7 +31,7 @@ def stream_config(config: Config, replicas: int) -> StreamConfig:
 
 def setup_bus(config: Config, replicas: int) -> list[str]:
     """Create or update the stream and buckets; one line per thing done."""
-    bus = Bus(config.fleet, f"probe fleet setup {config.probe.name}")
+    bus = Bus(config.fleet, config.probe, "probe fleet setup")
     try:
         bus.connect()
         return bus.call(_setup(bus, config, replicas), config.fleet.connect_timeout * 4 + 1)

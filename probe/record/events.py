@@ -140,22 +140,36 @@ def event_from_record(record: dict, observer: tuple[str, str] | None = None) -> 
     if "type" not in marker:
         raise ValueError("its marker's type and value are withheld (TLP): the sender must publish with max_tlp = red")
     proto = record["proto"]
-    proto = PROTO_NUMBERS[proto] if proto in PROTO_NUMBERS else _bounded(int(proto), "proto", 0xFF)
+    proto = PROTO_NUMBERS[proto] if proto in PROTO_NUMBERS else _bounded(int(proto) if isinstance(proto, str) and proto.isdigit() else proto, "proto", 0xFF)
+    encapsulation = record["encapsulation"]
+    if type(encapsulation) is not list:
+        raise ValueError(f"encapsulation {encapsulation!r:.40} is not a list of layers")
     return Event(
-        _bounded(record["revision"], "revision"), parse_rfc3339(record["timestamp"]), proto,
+        _bounded(record["revision"], "revision"), _time(record, "timestamp"), proto,
         address_bytes(record["src_ip"]), _bounded(record["src_port"], "src_port", 0xFFFF), address_bytes(record["dest_ip"]), _bounded(record["dest_port"], "dest_port", 0xFFFF),
         record["direction"] == "to_server", record["matched_on"],
         Marker(_text(marker["id"], "marker id"), _text(marker["type"], "marker type"), _text(marker.get("value", ""), "marker value"), _text(marker["bundle"], "marker bundle"), _bounded(marker["bundle_version"], "bundle_version"),
                severity=marker.get("severity"), tlp=marker.get("tlp"), name=marker.get("name")),
-        record["encapsulation"], parse_rfc3339(record["flow_start"]), parse_rfc3339(record["first_seen"]), parse_rfc3339(record["last_seen"]),
-        record["packets"], record["bytes"], record["hits"], observer,
+        encapsulation, _time(record, "flow_start"), _time(record, "first_seen"), _time(record, "last_seen"),
+        _bounded(record["packets"], "packets"), _bounded(record["bytes"], "bytes"), _bounded(record["hits"], "hits"), observer,
     )
 
 
-def _bounded(value: object, name: str, limit: int | None = None) -> int:
-    if type(value) is not int or value < 0 or (limit is not None and value > limit):
-        raise ValueError(f"{name} {value!r:.40} is not an integer from 0 to {limit}" if limit is not None else f"{name} {value!r:.40} is not a non-negative integer")
+LARGEST_COUNT = 2**63 - 1
+"""What a store row's integer may hold (msgpack's signed 64 bits)."""
+
+
+def _bounded(value: object, name: str, limit: int = LARGEST_COUNT) -> int:
+    if type(value) is not int or not 0 <= value <= limit:
+        raise ValueError(f"{name} {value!r:.40} is not an integer from 0 to {limit}")
     return value
+
+
+def _time(record: dict, name: str) -> int:
+    moment = parse_rfc3339(record[name])
+    if moment < 0:
+        raise ValueError(f"{name} {record[name]!r:.40} is before 1970")
+    return moment
 
 
 def _text(value: object, name: str) -> str:

@@ -27,7 +27,7 @@ def export_stix(events: list[Event], probe: ProbeSection) -> str:
     for event in events:
         for stix_object in _event_objects(event, probe):
             objects[stix_object["id"]] = stix_object
-    bundle_id = uuid.uuid5(EXPORT_NAMESPACE, ",".join(sorted(event.event_id for event in events)))
+    bundle_id = uuid.uuid5(EXPORT_NAMESPACE, ",".join(sorted(_sighting_key(event) for event in events)))
     return json.dumps({"type": "bundle", "id": f"bundle--{bundle_id}", "objects": list(objects.values())}, indent=1) + "\n"
 
 
@@ -50,7 +50,7 @@ def _event_objects(event: Event, probe: ProbeSection) -> list[dict]:
     observed = {
         "type": "observed-data",
         "spec_version": "2.1",
-        "id": f"observed-data--{uuid.uuid5(EXPORT_NAMESPACE, 'observed/' + event.event_id)}",
+        "id": f"observed-data--{uuid.uuid5(EXPORT_NAMESPACE, 'observed/' + _sighting_key(event))}",
         "created": stamp,
         "modified": stamp,
         "first_observed": rfc3339(event.first_seen),
@@ -61,7 +61,7 @@ def _event_objects(event: Event, probe: ProbeSection) -> list[dict]:
     sighting = {
         "type": "sighting",
         "spec_version": "2.1",
-        "id": f"sighting--{uuid.uuid5(EXPORT_NAMESPACE, 'sighting/' + event.event_id)}",
+        "id": f"sighting--{uuid.uuid5(EXPORT_NAMESPACE, 'sighting/' + _sighting_key(event))}",
         "created": stamp,
         "modified": stamp,
         "first_seen": rfc3339(event.first_seen),
@@ -72,6 +72,12 @@ def _event_objects(event: Event, probe: ProbeSection) -> list[dict]:
         "description": f"probe {(event.observer or (probe.name, probe.site))[0]} event {event.event_id} (revision {event.revision}): marker {event.marker.id} of bundle {event.marker.bundle} version {event.marker.bundle_version}, matched on {event.matched_on}",
     }
     return [source, destination, traffic, observed, sighting]
+
+
+def _sighting_key(event: Event) -> str:
+    """One sighting per probe that saw the event: a collector's store may hold one event seen at
+    two tap points (a probe's own store names no observer: its ids stay as they were)."""
+    return event.event_id if event.observer is None else f"{event.event_id}/{event.observer[1]}.{event.observer[0]}"
 
 
 def _address_object(address: bytes) -> dict:

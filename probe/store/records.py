@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import msgpack
 
 from probe.bundles.values import PATTERN_TYPES
+from probe.config import SUBJECT_TOKEN
 from probe.decode.packet import IPV4_MAPPED_PREFIX
 from probe.match.markers import Marker
 from probe.record.events import Event
@@ -47,8 +48,6 @@ MARKER_FIELDS = ("id", "type", "value", "bundle", "bundle_version", "severity", 
 BUNDLE_ACTIONS = ("activated", "refused", "expired")
 AUDIT_FILTERS = frozenset({"since", "until", "marker", "ip", "prefix", "event", "format", "for_authority", "now"})
 NO_ENCAPSULATION_REFERENCE = 0
-MAX_OBSERVER_TEXT = 64
-"""Characters of a probe's name or site in a collector's records (subject tokens, checked)."""
 pack = msgpack.Packer().pack
 """One packer for every event row (`msgpack.packb` builds one per call)."""
 
@@ -142,8 +141,8 @@ class SegmentDictionary:
 
 def encode_event(event: Event, dictionary: SegmentDictionary, base: int) -> list[bytes]:
     """The msgpack payloads for `event` in a segment starting at `base` (microseconds): the
-    declarations it needs first, then the event. Every field is checked before the dictionary
-    changes, so a refused event leaves the segment as it was."""
+    declarations it needs first, then the event. Every field is checked and every payload made
+    before the dictionary changes, so a refused event leaves the segment as it was."""
     revision, timestamp, proto, src, src_port, dst, dst_port, to_server, matched_on, marker, encapsulation, opened, first_seen, last_seen, packets, byte_count, hits, observer = event
     where = MATCHED_ON_CODES.get(matched_on)
     if where is None:
@@ -159,8 +158,8 @@ def encode_event(event: Event, dictionary: SegmentDictionary, base: int) -> list
     timestamp //= 1000
     if type(src) is not bytes or type(dst) is not bytes or len(src) != 16 or len(dst) != 16:
         raise RecordError("expected 16-byte addresses")
-    if observer is not None and not (type(observer) is tuple and len(observer) == 2 and all(type(text) is str and 0 < len(text) <= MAX_OBSERVER_TEXT for text in observer)):
-        raise RecordError(f"an event's observer is a probe's (name, site), two texts of 1 to {MAX_OBSERVER_TEXT} characters, not {observer!r:.80}")
+    if observer is not None and not (type(observer) is tuple and len(observer) == 2 and all(type(text) is str and SUBJECT_TOKEN.fullmatch(text) for text in observer)):
+        raise RecordError(f"an event's observer is a probe's (name, site), each 1-64 letters, digits, '-' or '_', not {observer!r:.80}")
     row = [
         revision, timestamp - base, proto, int.from_bytes(src[12:], "big") if src[:12] == IPV4_MAPPED_PREFIX else src, src_port,
         int.from_bytes(dst[12:], "big") if dst[:12] == IPV4_MAPPED_PREFIX else dst, dst_port,
@@ -171,30 +170,44 @@ def encode_event(event: Event, dictionary: SegmentDictionary, base: int) -> list
     if opened != first or observer is not None:
         row.append(opened - first)
     packed = msgpack.packb([_checked_layer(layer) for layer in encapsulation]) if encapsulation else None
-    payloads = []
+    declarations = []
     marker_number = dictionary.markers.get(marker)
-    if marker_number is None:
-        declaration = msgpack.packb([KIND_MARKER, len(dictionary.marker_list), encode_marker(marker)])
-        marker_number = dictionary.markers[marker] = len(dictionary.marker_list)
-        dictionary.marker_list.append(marker)
-        payloads.append(declaration)
+    new_marker = marker_number is None
+    if new_marker:
+        marker_number = len(dictionary.marker_list)
+        declarations.append(msgpack.packb([KIND_MARKER, marker_number, encode_marker(marker)]))
     row[8] = marker_number
+    new_encapsulation = new_observer = False
+    encapsulation_number = observer_number = 0
     if packed is not None:
         encapsulation_number = dictionary.encapsulations.get(packed)
-        if encapsulation_number is None:
-            encapsulation_number = dictionary.encapsulations[packed] = len(dictionary.encapsulation_list)
-            dictionary.encapsulation_list.append(encapsulation)
-            payloads.append(msgpack.packb([KIND_ENCAPSULATION, encapsulation_number, msgpack.unpackb(packed)]))
+        new_encapsulation = encapsulation_number is None
+        if new_encapsulation:
+            encapsulation_number = len(dictionary.encapsulation_list)
+            declarations.append(msgpack.packb([KIND_ENCAPSULATION, encapsulation_number, msgpack.unpackb(packed)]))
         row[9] = encapsulation_number
     if observer is not None:
         observer_number = dictionary.observers.get(observer)
-        if observer_number is None:
-            observer_number = dictionary.observers[observer] = len(dictionary.observer_list)
-            dictionary.observer_list.append(observer)
-            payloads.append(msgpack.packb([KIND_OBSERVER, observer_number, list(observer)]))
+        new_observer = observer_number is None
+        if new_observer:
+            observer_number = len(dictionary.observer_list)
+            declarations.append(msgpack.packb([KIND_OBSERVER, observer_number, list(observer)]))
         row.append(observer_number)
-    payloads.append(pack(row))
-    return payloads
+    try:
+        declarations.append(pack(row))
+    except OverflowError:
+        raise RecordError(f"a count or time is too large to store: {(revision, packets, byte_count, hits, timestamp, last_seen)}") from None
+    # Only now, with every payload made, does the dictionary change.
+    if new_marker:
+        dictionary.markers[marker] = marker_number
+        dictionary.marker_list.append(marker)
+    if new_encapsulation:
+        dictionary.encapsulations[packed] = encapsulation_number
+        dictionary.encapsulation_list.append(encapsulation)
+    if new_observer:
+        dictionary.observers[observer] = observer_number
+        dictionary.observer_list.append(observer)
+    return declarations
 
 
 def decode_event(row: list, dictionary: SegmentDictionary, base: int) -> Event:
@@ -273,6 +286,8 @@ def record_time(record: Record) -> int:
 
 
 def _checked_layer(layer: dict) -> dict:
+    if type(layer) is not dict:
+        raise RecordError(f"an encapsulation layer is a table of fields, not {layer!r:.40}")
     if layer.get("type") not in ENCAPSULATION_TYPES:
         raise RecordError(f"encapsulation type {layer.get('type')!r} is not in the allowlist")
     for name, value in layer.items():

@@ -39,6 +39,7 @@ class StoredRevisions:
             return False
         self.store.append(event)
         for summary in self.store.segments_of(record_class, base):
+            self._sealed.pop(summary.path, None)  # appended to: read it again once it is sealed
             revisions = self._open.get(summary.path)
             if revisions is not None and summary.path in self.store.writers:
                 revisions.add(key)
@@ -50,7 +51,6 @@ class StoredRevisions:
 
     def _holds(self, summary: SegmentSummary, key: Revision) -> bool:
         if summary.path in self.store.writers:
-            self._sealed.pop(summary.path, None)  # reopened for a late record: it is growing again
             return key in self._open_revisions(summary.path)
         return summary.may_contain(key[0]) and key in self._sealed_revisions(summary.path)
 

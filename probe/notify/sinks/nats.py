@@ -23,10 +23,11 @@ class NatsSink(Sink):
     def __init__(self, section: SinkSection, config: Config) -> None:
         super().__init__(section)
         self.fleet = config.fleet
+        self.probe = config.probe
         self.subject = event_subject(config.probe)
         self._bus: Bus | None = None
         try:
-            connect_options(config.fleet, self.subject)
+            connect_options(config.fleet, config.probe, f"sink {self.name} of probe")
         except FleetError as error:
             raise NotifyError(f"sink {self.name}: {error}") from None
 
@@ -36,7 +37,7 @@ class NatsSink(Sink):
     def deliver(self, documents: list[tuple[dict[str, Any], int]]) -> None:
         try:
             if self._bus is None:
-                self._bus = Bus(self.fleet, f"probe {self.subject} sink {self.name}")
+                self._bus = Bus(self.fleet, self.probe, f"sink {self.name} of probe")
             self._bus.connect()
             acknowledged = self._bus.call(self._publish([document for document, _ in documents]), self.fleet.connect_timeout * 2 + 1)
         except FleetError as error:
