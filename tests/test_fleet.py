@@ -451,7 +451,8 @@ def test_the_shipped_bus_permissions_let_each_member_do_its_own_work_only(captur
     """systemd/nats-authorization.conf as written: the probe publishes its events and heartbeat
     and reads bundles, the collector consumes the events, the security team sets up and
     publishes bundles; a probe cannot speak for another probe, write a bundle, read the events
-    stream or receive the collector's replies, and the collector cannot publish events."""
+    stream or receive the collector's replies, and the collector cannot publish events. A probe
+    configured with another site is told what the bus refused, and keeps its notifications."""
     from probe.config import load_config
     from probe.fleet.agent import FleetAgent
     from probe.fleet.bus import Bus
@@ -501,6 +502,11 @@ def test_the_shipped_bus_permissions_let_each_member_do_its_own_work_only(captur
         assert any('permissions violation for subscription to "probe.events.>"' in error for error in errors), errors
         assert any('permissions violation for subscription to "_inbox.soc.collector.>"' in error.lower() for error in errors), errors
         assert any("permissions violation for publish" in error and "PROBE_EVENTS" in error.upper() for error in errors), errors
+
+        misplaced = member(tmp_path / "misplaced", "paris-core-1", "lyon", "paris-core-1", [server.url], sink=True)
+        result = replay(misplaced, captures[1], tmp_path / "bundle.json", check=False)
+        assert "do not let this member do that: nats: permissions violation for" in result.stderr and "(the rights of its user: systemd/nats-authorization.conf)" in result.stderr, result.stderr
+        assert "not yet acknowledged stay in the spool" in result.stderr, result.stderr
 
         async def forge_an_event(jetstream, connection) -> None:
             await jetstream.publish("probe.events.paris.paris-core-1", b"{}", stream="PROBE_EVENTS")

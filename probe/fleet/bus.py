@@ -84,8 +84,12 @@ def describe_failure(error: BaseException, fleet: FleetSection) -> str:
     """What a failed connection or request means for the operator."""
     servers = ", ".join(fleet.servers)
     text = str(error) or type(error).__name__
+    if isinstance(error, (asyncio.TimeoutError, nats.errors.TimeoutError)):  # before OSError, which it is a kind of
+        return f"the NATS servers at {servers} did not answer within {fleet.connect_timeout:g} s"
     if isinstance(error, nats.errors.NoServersError) or isinstance(error, (ConnectionRefusedError, OSError)) and not isinstance(error, ssl.SSLError):
         return f"no NATS server answers at {servers} ({text})"
+    if "permissions violation" in text.lower():
+        return f"the NATS servers at {servers} do not let this member do that: {text} (the rights of its user: systemd/nats-authorization.conf)"
     if "authorization" in text.lower() or "authentication" in text.lower() or isinstance(error, nats.errors.AuthorizationError):
         return f"the NATS servers at {servers} refused this probe's credentials (fleet.user/password_file, nkey_seed_file or creds_file): {text}"
     if isinstance(error, ssl.SSLError):
@@ -94,8 +98,6 @@ def describe_failure(error: BaseException, fleet: FleetSection) -> str:
         return f"no JetStream stream takes this probe's subject on {servers}: create stream {fleet.stream!r} (probe fleet setup)"
     if isinstance(error, nats.js.errors.NotFoundError):
         return f"not found on {servers}: {getattr(error, 'description', None) or text} (probe fleet setup creates the stream and buckets)"
-    if isinstance(error, (asyncio.TimeoutError, nats.errors.TimeoutError)):
-        return f"the NATS servers at {servers} did not answer within {fleet.connect_timeout:g} s"
     return f"NATS at {servers}: {getattr(error, 'description', None) or text}"
 
 
@@ -111,7 +113,8 @@ class Bus:
         self.connection: Any = None
         self.jetstream: Any = None
         self._last_error: Exception | None = None
-        """The client's last error while connecting (a refusal by the server, say)."""
+        """The client's last error reported by the server (a refused login or a permissions
+        violation), which says more than the timeout a refused request ends in."""
 
     def call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run a coroutine on the bus's loop and wait for its result; a failure becomes a
@@ -129,7 +132,15 @@ class Bus:
             raise
         except Exception as error:
             future.cancel()
-            raise FleetError(describe_failure(error, self.fleet)) from None
+            raise FleetError(self.explain(error)) from None
+
+    def explain(self, error: BaseException) -> str:
+        """What a failed request means: a refused one ends in a timeout, but the server said why."""
+        refusal = self._last_error
+        if refusal is not None and "permissions violation" in str(refusal).lower():
+            self._last_error = None
+            return describe_failure(refusal, self.fleet)
+        return describe_failure(error, self.fleet)
 
     def connect(self) -> None:
         """Connect now (the first call of each user does); FleetError when no server takes us."""

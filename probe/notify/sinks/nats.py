@@ -15,7 +15,7 @@ from typing import Any
 
 from probe.config import Config, SinkSection
 from probe.errors import FleetError, NotifyError
-from probe.fleet.bus import Bus, connect_options, describe_failure, event_subject
+from probe.fleet.bus import Bus, connect_options, event_subject
 from probe.notify.sinks import Sink, SinkError
 
 
@@ -59,7 +59,7 @@ class NatsSink(Sink):
             except Exception as error:
                 for rest in pending[position:]:
                     rest.cancel()
-                return position, describe_failure(error, self.fleet)
+                return position, self._bus.explain(error)
         return len(documents), ""
 
     def close(self) -> None:
