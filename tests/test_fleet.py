@@ -277,9 +277,12 @@ def test_a_repeat_after_the_duplicate_window_is_recognised_by_the_store(server, 
 
 def test_messages_the_collector_cannot_read_are_dropped_with_their_reason(server, captures, tmp_path) -> None:
     """A message on an unexpected subject, one that is no JSON (or nested too deep to read), and
-    ones whose event holds a value outside the store's allowlist (a count too large to store, a
-    time before 1970 or far ahead, a layer that is no table) are each logged and acknowledged,
-    never redelivered forever; the readable messages around them are stored, each once."""
+    ones holding a value outside the store's allowlist or the notification format (a count too
+    large to store, a time before 1970 or far ahead, a layer that is no table, text that is a
+    list, an unknown TLP label, a notification without its body) are each logged and
+    acknowledged, never redelivered forever; the readable messages around them are stored, each
+    once, and forwarded made again from their checked fields, naming the probe the subject
+    names whatever the body claims."""
     bundle = marker_bundle(tmp_path / "bundle.json")
     setup_bus(tmp_path, [server.url], 1)
     config = configuration(tmp_path / "probe", "probe0", [server.url], sink=False)
@@ -293,12 +296,19 @@ def test_messages_the_collector_cannot_read_are_dropped_with_their_reason(server
         dict(later, proto=float("inf")),
         dict(later, packets=2**64),
         dict(later, encapsulation=["x"]),
+        dict(later, encapsulation=[{"type": "http", "id": 1}]),
         dict(later, flow_start="1969-12-31T23:59:59.000000Z"),
         dict(later, last_seen="9999-12-31T00:00:00.000000Z"),
+        dict(later, matched_on=["ip.dst"]),
+        dict(later, marker=dict(later["marker"], tlp="purple")),
     ]
+    bundle_fields = {"time": good[0]["timestamp"], "action": "activated", "issuer": "fleet-test", "id": "fleet", "version": 1, "sha256": "0" * 64, "reason": ""}
 
-    def document(event: dict) -> bytes:
-        return json.dumps({"notification": "event", "idempotency_key": f"{event['event_id']}/{event['revision']}/{event['src_port']}", "created": event["timestamp"], "probe": {"name": "probe0", "site": "test"}, "stage": "detected", "event": event}).encode()
+    def document(event: dict, claimed: str = "probe0") -> bytes:
+        return json.dumps({"notification": "event", "idempotency_key": f"{event['event_id']}/{event['revision']}/{event['src_port']}", "created": event["timestamp"], "probe": {"name": claimed, "site": "test"}, "stage": "detected", "event": event}).encode()
+
+    def other(kind: str, body: dict | None) -> bytes:
+        return json.dumps({"notification": kind, "idempotency_key": f"{kind}/{len(str(body))}", "created": good[0]["timestamp"], "probe": {"name": "probe0", "site": "test"}, **({kind: body} if body is not None else {})}).encode()
 
     async def publish() -> None:
         connection = await nats.connect(servers=[server.url])
@@ -310,17 +320,27 @@ def test_messages_the_collector_cannot_read_are_dropped_with_their_reason(server
         for event in crashing:
             await jetstream.publish("probe.events.test.probe0", document(event))
         await jetstream.publish("probe.events.test.probe0", b"[" * 100_000)
-        await jetstream.publish("probe.events.test.probe0", document(good[1]))
+        await jetstream.publish("probe.events.test.probe0", other("suppressed", None))
+        await jetstream.publish("probe.events.test.probe0", other("bundle", dict(bundle_fields, version=2**64)))
+        await jetstream.publish("probe.events.test.probe0", other("bundle", bundle_fields))
+        await jetstream.publish("probe.events.test.probe0", document(good[1], claimed="lyon-1"))
         await connection.close()
     run_async(publish())
-    collector = Collector(tmp_path / "collector", [server.url])
+    forwarded_path = tmp_path / "collector" / "forwarded.jsonl"
+    sink = f'\n[[sinks]]\nname = "authority"\ntype = "file"\npath = "{forwarded_path}"\nauthority = true\n'
+    collector = Collector(tmp_path / "collector", [server.url], configuration(tmp_path / "collector", "collector", [server.url], sink=False, extra=sink))
     logged = collector.start().drain()
     assert collector.records() == Counter({(event["event_id"], event["revision"]): 1 for event in good})
     assert "probe.events.test.probe0.extra: a message that is no readable notification, dropped: ValueError: the subject is not probe.events.<site>.<probe>" in logged, logged
     for reason in ("JSONDecodeError", "RecursionError", "ValueError: src_port -1 is not an integer from 0 to 65535", "ValueError: proto inf is not an integer", "ValueError: packets 18446744073709551616 is not an integer",
-                   "RecordError: an encapsulation layer is a table of fields, not 'x'", "ValueError: flow_start '1969-12-31T23:59:59.000000Z' is before 1970", "ValueError: last_seen 9999-12-31T00:00:00.000000Z is ahead of this collector's clock"):
+                   "ValueError: encapsulation ['x'] is not a list of layers", "RecordError: encapsulation type 'http' is not in the allowlist", "ValueError: flow_start '1969-12-31T23:59:59.000000Z' is before 1970", "ValueError: a time of the event is ahead of this collector's clock by more than 24 hours",
+                   "ValueError: matched_on ['ip.dst'] is not text", "ValueError: marker tlp 'purple' is not one of", "KeyError: 'suppressed'", "ValueError: bundle version 18446744073709551616 is not an integer"):
         assert reason in logged, (reason, logged)
-    assert "11 messages, 2 events stored, 0 already stored, 0 forwarded, 9 malformed" in logged, logged
+    assert "17 messages, 2 events stored, 0 already stored, 3 forwarded, 14 malformed" in logged, logged
+    forwarded = [json.loads(line) for line in forwarded_path.read_text().splitlines()]
+    assert sorted(document["notification"] for document in forwarded) == ["bundle", "event", "event"]
+    assert all(document["probe"] == {"name": "probe0", "site": "test", "declaration": ""} for document in forwarded), "the subject's probe, not the body's claim"
+    assert [document["event"] for document in forwarded if document["notification"] == "event"] == good
 
 
 def test_a_probe_cut_off_from_the_bus_spools_and_delivers_when_it_returns(server, captures, tmp_path) -> None:
@@ -451,8 +471,9 @@ def test_the_shipped_bus_permissions_let_each_member_do_its_own_work_only(captur
     """systemd/nats-authorization.conf as written: the probe publishes its events and heartbeat
     and reads bundles, the collector consumes the events, the security team sets up and
     publishes bundles; a probe cannot speak for another probe, write a bundle, read the events
-    stream or receive the collector's replies, and the collector cannot publish events. A probe
-    configured with another site is told what the bus refused, and keeps its notifications."""
+    stream or receive the collector's replies, or wipe the other heartbeats with a rollup, and the
+    collector cannot publish events. A probe configured with another site is told what the bus
+    refused, and keeps its notifications."""
     from probe.config import load_config
     from probe.fleet.agent import FleetAgent
     from probe.fleet.bus import Bus
@@ -493,6 +514,18 @@ def test_the_shipped_bus_permissions_let_each_member_do_its_own_work_only(captur
         async def beat_for_another(jetstream, connection) -> None:
             await (await jetstream.key_value("probe-fleet")).put("paris.paris-core-2", b"{}")
         assert any('permissions violation for publish to "$kv.probe-fleet.paris.paris-core-2"' in error.lower() for error in refused(probe, beat_for_another))
+
+        async def heartbeat_of_lyon(jetstream, connection) -> None:
+            await (await jetstream.key_value("probe-fleet")).put("lyon.lyon-1", b"{}")
+        assert refused(team, heartbeat_of_lyon) == []
+
+        async def wipe_the_heartbeats(jetstream, connection) -> None:
+            await jetstream.publish("$KV.probe-fleet.paris.paris-core-1", b"{}", headers={"Nats-Rollup": "all"})
+        assert any("rollup" in error.lower() for error in refused(probe, wipe_the_heartbeats))
+
+        async def still_there(jetstream, connection) -> None:
+            assert (await (await jetstream.key_value("probe-fleet")).get("lyon.lyon-1")).value == b"{}"
+        assert refused(team, still_there) == [], "another probe's heartbeat survives a rollup attempt"
 
         async def read_the_events(jetstream, connection) -> None:
             await connection.subscribe("probe.events.>")

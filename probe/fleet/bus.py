@@ -19,6 +19,7 @@ import os
 import ssl
 import stat
 import threading
+import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -115,6 +116,7 @@ class Bus:
         self._last_error: Exception | None = None
         """The client's last error reported by the server (a refused login or a permissions
         violation), which says more than the timeout a refused request ends in."""
+        self._last_error_at = 0.0
 
     def call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run a coroutine on the bus's loop and wait for its result; a failure becomes a
@@ -135,9 +137,11 @@ class Bus:
             raise FleetError(self.explain(error)) from None
 
     def explain(self, error: BaseException) -> str:
-        """What a failed request means: a refused one ends in a timeout, but the server said why."""
+        """What a failed request means: a refused one ends in a timeout, but the server said why
+        (a refusal reported while this request waited, not an older one)."""
         refusal = self._last_error
-        if refusal is not None and "permissions violation" in str(refusal).lower():
+        recent = time.monotonic() - self._last_error_at <= self.fleet.connect_timeout * 2 + 1
+        if isinstance(error, (asyncio.TimeoutError, nats.errors.TimeoutError)) and refusal is not None and recent and "permissions violation" in str(refusal).lower():
             self._last_error = None
             return describe_failure(refusal, self.fleet)
         return describe_failure(error, self.fleet)
@@ -156,6 +160,7 @@ class Bus:
     async def _connect(self) -> None:
         async def remember(error: Exception) -> None:
             self._last_error = error
+            self._last_error_at = time.monotonic()
             log.debug(f"NATS: {error}")
         self.connection = await nats.connect(**self._options, error_cb=remember)
         self.jetstream = self.connection.jetstream(timeout=self.fleet.connect_timeout)

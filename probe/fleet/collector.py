@@ -5,7 +5,8 @@ A durable pull consumer on the events stream hands over batches of messages. Eac
 notification becomes the event the probe stored (`event_from_record`), and is appended to the
 collector's ring store unless the store already holds that revision (`StoredRevisions`: a
 redelivery, or a probe's publish repeated after JetStream's de-duplication window); every new
-notification is spooled to the collector's sinks as the probe wrote it. Only once the store has
+notification is spooled to the collector's sinks, made again from its checked fields and naming
+the probe its subject names (`forwarded_document`). Only once the store has
 fsync'd the batch and the outbox has it are the messages acknowledged, so a collector killed at
 any point loses nothing and stores nothing twice: what it had not acknowledged comes again, and
 what it had stored is recognised. A batch the store could not take (full disk) is
@@ -29,9 +30,9 @@ from probe.clock import Clock
 from probe.config import SUBJECT_TOKEN, Config
 from probe.errors import FleetError
 from probe.fleet.bus import EVENT_SUBJECTS, Bus, describe_failure
+from probe.notify.documents import forwarded_document
 from probe.notify.outbox import Outbox
 from probe.record.events import event_from_record
-from probe.store.records import RecordError
 from probe.store.retention import BUNDLES_CLASS
 from probe.store.revisions import StoredRevisions
 from probe.store.ring import RingStore
@@ -44,9 +45,11 @@ ACK_WAIT = 30.0
 """Seconds the stream waits for an acknowledgement before it delivers a message again."""
 RETRY_DELAY = 5.0
 """Seconds before a batch the store could not take is delivered again."""
+MAX_DECLARATION = 256
+"""Characters of the declaration reference a probe's notifications carry (forwarded as they say)."""
 FUTURE_SKEW = 24 * 3_600_000_000_000
-"""How far ahead of the collector's clock an event's last packet may be (a probe's clock may be
-off); beyond it the message is refused, since the store files and expires by that time."""
+"""How far ahead of the collector's clock an event's times may be (a probe's clock may be off);
+beyond it the message is refused, since the store files and expires events by their times."""
 
 
 @dataclass
@@ -170,17 +173,23 @@ class Collector:
     def _take(self, subject: str, data: bytes) -> bool:
         """False for a message the collector cannot read (logged, dropped). The probe that saw an
         event is the one its subject names, `probe.events.<site>.<name>`: what the bus let it
-        publish to, where a probe's permissions confine it (systemd/nats-authorization.conf)."""
+        publish to, where a probe's permissions confine it (systemd/nats-authorization.conf).
+        What is forwarded is made again from the checked fields, naming that probe."""
         try:
             tokens = subject.split(".")
             if len(tokens) != 4 or not all(SUBJECT_TOKEN.fullmatch(token) for token in tokens[2:]):
                 raise ValueError("the subject is not probe.events.<site>.<probe>")
             site, name = tokens[2:]
             document = json.loads(data)
-            kind = document["notification"]
-            event = event_from_record(document["event"], (name, site)) if kind == "event" else None
-            if event is not None and event.last_seen > self.clock.now() + FUTURE_SKEW:
-                raise ValueError(f"last_seen {document['event']['last_seen']} is ahead of this collector's clock by more than {FUTURE_SKEW // 3_600_000_000_000} hours")
+            event = event_from_record(document["event"], (name, site)) if document["notification"] == "event" else None
+            if event is not None and max(event.timestamp, event.opened, event.first_seen, event.last_seen) > self.clock.now() + FUTURE_SKEW:
+                raise ValueError(f"a time of the event is ahead of this collector's clock by more than {FUTURE_SKEW // 3_600_000_000_000} hours")
+            forwarded = None
+            if self.outbox is not None:
+                declaration = document["probe"].get("declaration", "")
+                if not isinstance(declaration, str) or len(declaration) > MAX_DECLARATION:
+                    raise ValueError(f"probe declaration {declaration!r:.40} is not a reference of at most {MAX_DECLARATION} characters")
+                forwarded = forwarded_document(document, event, {"name": name, "site": site, "declaration": declaration})
         except Exception as error:  # whatever a message makes its reading raise, it is only dropped
             return self._malformed(subject, error)
         if event is not None:
@@ -188,13 +197,13 @@ class Collector:
                 if not self.revisions.append_new(event):
                     self.counts.duplicates += 1
                     return True
-            except RecordError as error:  # outside the store's allowlist
+            except (ValueError, TypeError, OverflowError) as error:  # outside the store's allowlist (RecordError)
                 return self._malformed(subject, error)
             self.counts.stored += 1
-        if self.outbox is not None:
+        if forwarded is not None and self.outbox is not None:
             retention = self.store.retention
             expires = retention.expiry(retention.class_of(event.marker), event.last_seen) if event is not None else retention.expiry(BUNDLES_CLASS, self.clock.now())
-            if expires > self.clock.now() and self.outbox.put(document, expires):
+            if expires > self.clock.now() and self.outbox.put(forwarded, expires):
                 self.counts.forwarded += 1
         return True
 

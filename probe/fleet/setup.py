@@ -54,7 +54,13 @@ async def _setup(bus: Bus, config: Config, replicas: int) -> list[str]:
     done[-1] += f" (subjects {EVENT_SUBJECTS}, work-queue retention, {replicas} replica(s), max_age {wanted.max_age / DAY:.0f} days, duplicate window {DUPLICATE_WINDOW:.0f} s)"
     if fleet.status_bucket:
         await jetstream.create_key_value(KeyValueConfig(bucket=fleet.status_bucket, history=1, replicas=replicas, storage=StorageType.FILE))
-        done.append(f"key-value bucket {fleet.status_bucket}: ready (heartbeats)")
+        # A heartbeat is a plain put. With rollups allowed, a probe's put to its own key with a
+        # `Nats-Rollup: all` header would wipe every other probe's (subject rights cannot stop it).
+        status = (await jetstream.stream_info(f"KV_{fleet.status_bucket}")).config
+        if status.allow_rollup_hdrs:
+            status.allow_rollup_hdrs = False
+            await jetstream.update_stream(status)
+        done.append(f"key-value bucket {fleet.status_bucket}: ready (heartbeats; no rollups)")
     if fleet.bundle_bucket:
         await jetstream.create_object_store(fleet.bundle_bucket, ObjectStoreConfig(replicas=replicas, storage=StorageType.FILE))
         done.append(f"object bucket {fleet.bundle_bucket}: ready (bundles)")

@@ -23,8 +23,8 @@ from typing import Any
 
 from probe.config import Config
 from probe.match.markers import Marker
-from probe.record.events import Event, event_fields, marker_fields, rfc3339, withhold_marker_values
-from probe.store.records import BundleRecord
+from probe.record.events import Event, checked_integer, checked_text, checked_time, event_fields, marker_fields, marker_from_fields, rfc3339, withhold_marker_values
+from probe.store.records import BUNDLE_ACTIONS, BundleRecord
 
 STAGES = ("detected", "updated", "ended")
 
@@ -92,6 +92,32 @@ def dropped_document(count: int, first: int, last: int, reason: str, identity: d
     document = _document("dropped", f"dropped/{identity['name']}/{first}", identity)
     document["dropped"] = {"count": count, "first": rfc3339(first), "last": rfc3339(last), "reason": reason}
     return document
+
+
+def forwarded_document(document: dict[str, Any], event: Event | None, identity: dict[str, str]) -> dict[str, Any]:
+    """A collector's copy of a notification a probe published: made again from its checked
+    fields (`event`: the one checked already), with `identity` the probe the bus says sent it.
+    Nothing the probe wrote is passed on as it was, so a malformed document stops here, not in
+    a sink's delivery. Raises ValueError (KeyError, TypeError) naming the field."""
+    kind = document["notification"]
+    if kind == "event" and event is not None:
+        if document["stage"] not in STAGES:
+            raise ValueError(f"stage {document['stage']!r:.40} is not one of {', '.join(STAGES)}")
+        return event_document(event, document["stage"], identity, checked_time(document, "created"))
+    if kind == "bundle":
+        fields = document["bundle"]
+        if fields["action"] not in BUNDLE_ACTIONS:
+            raise ValueError(f"bundle action {fields['action']!r:.40} is not one of {', '.join(BUNDLE_ACTIONS)}")
+        record = BundleRecord(checked_time(fields, "time"), fields["action"], checked_text(fields["issuer"], "bundle issuer"), checked_text(fields["id"], "bundle id"),
+                              checked_integer(fields["version"], "bundle version"), checked_text(fields["sha256"], "bundle sha256"), checked_text(fields["reason"], "bundle reason"))
+        return bundle_document(record, identity)
+    if kind == "suppressed":
+        fields = document["suppressed"]
+        return suppressed_document(marker_from_fields(fields["marker"]), checked_integer(fields["count"], "suppressed count"), checked_time(fields, "first"), checked_time(fields, "last"), identity)
+    if kind == "dropped":
+        fields = document["dropped"]
+        return dropped_document(checked_integer(fields["count"], "dropped count"), checked_time(fields, "first"), checked_time(fields, "last"), checked_text(fields["reason"], "dropped reason"), identity)
+    raise ValueError(f"notification kind {kind!r:.40} is not one a probe sends")
 
 
 def document_marker(document: dict[str, Any]) -> dict[str, Any] | None:

@@ -136,46 +136,60 @@ def event_from_record(record: dict, observer: tuple[str, str] | None = None) -> 
     from the bus is input like a capture: every field the event's ids derive from is checked
     here. Raises ValueError (or KeyError, TypeError) naming the field, not the message: the
     caller says which message it was; the store's encoder checks the rest."""
-    marker = record["marker"]
-    if "type" not in marker:
-        raise ValueError("its marker's type and value are withheld (TLP): the sender must publish with max_tlp = red")
     proto = record["proto"]
-    proto = PROTO_NUMBERS[proto] if proto in PROTO_NUMBERS else _bounded(int(proto) if isinstance(proto, str) and proto.isdigit() else proto, "proto", 0xFF)
+    proto = PROTO_NUMBERS[proto] if proto in PROTO_NUMBERS else checked_integer(int(proto) if isinstance(proto, str) and proto.isdigit() else proto, "proto", 0xFF)
     encapsulation = record["encapsulation"]
-    if type(encapsulation) is not list:
+    if type(encapsulation) is not list or not all(type(layer) is dict for layer in encapsulation):
         raise ValueError(f"encapsulation {encapsulation!r:.40} is not a list of layers")
     return Event(
-        _bounded(record["revision"], "revision"), _time(record, "timestamp"), proto,
-        address_bytes(record["src_ip"]), _bounded(record["src_port"], "src_port", 0xFFFF), address_bytes(record["dest_ip"]), _bounded(record["dest_port"], "dest_port", 0xFFFF),
-        record["direction"] == "to_server", record["matched_on"],
-        Marker(_text(marker["id"], "marker id"), _text(marker["type"], "marker type"), _text(marker.get("value", ""), "marker value"), _text(marker["bundle"], "marker bundle"), _bounded(marker["bundle_version"], "bundle_version"),
-               severity=marker.get("severity"), tlp=marker.get("tlp"), name=marker.get("name")),
-        encapsulation, _time(record, "flow_start"), _time(record, "first_seen"), _time(record, "last_seen"),
-        _bounded(record["packets"], "packets"), _bounded(record["bytes"], "bytes"), _bounded(record["hits"], "hits"), observer,
+        checked_integer(record["revision"], "revision"), checked_time(record, "timestamp"), proto,
+        address_bytes(record["src_ip"]), checked_integer(record["src_port"], "src_port", 0xFFFF), address_bytes(record["dest_ip"]), checked_integer(record["dest_port"], "dest_port", 0xFFFF),
+        record["direction"] == "to_server", checked_text(record["matched_on"], "matched_on"),
+        marker_from_fields(record["marker"]),
+        encapsulation, checked_time(record, "flow_start"), checked_time(record, "first_seen"), checked_time(record, "last_seen"),
+        checked_integer(record["packets"], "packets"), checked_integer(record["bytes"], "bytes"), checked_integer(record["hits"], "hits"), observer,
     )
+
+
+def marker_from_fields(fields: dict) -> Marker:
+    """The marker a notification's `marker_fields` were written from, each field checked."""
+    if "type" not in fields:
+        raise ValueError("its marker's type and value are withheld (TLP): the sender must publish with max_tlp = red")
+    return Marker(checked_text(fields["id"], "marker id"), checked_text(fields["type"], "marker type"), checked_text(fields.get("value", ""), "marker value"), checked_text(fields["bundle"], "marker bundle"), checked_integer(fields["bundle_version"], "bundle_version"),
+                  severity=checked_optional_text(fields.get("severity"), "marker severity"), tlp=_tlp(fields.get("tlp")), name=checked_optional_text(fields.get("name"), "marker name"))
 
 
 LARGEST_COUNT = 2**63 - 1
 """What a store row's integer may hold (msgpack's signed 64 bits)."""
 
 
-def _bounded(value: object, name: str, limit: int = LARGEST_COUNT) -> int:
+def checked_integer(value: object, name: str, limit: int = LARGEST_COUNT) -> int:
     if type(value) is not int or not 0 <= value <= limit:
         raise ValueError(f"{name} {value!r:.40} is not an integer from 0 to {limit}")
     return value
 
 
-def _time(record: dict, name: str) -> int:
+def checked_time(record: dict, name: str) -> int:
     moment = parse_rfc3339(record[name])
     if moment < 0:
         raise ValueError(f"{name} {record[name]!r:.40} is before 1970")
     return moment
 
 
-def _text(value: object, name: str) -> str:
+def checked_text(value: object, name: str) -> str:
     if type(value) is not str:
         raise ValueError(f"{name} {value!r:.40} is not text")
     return value
+
+
+def checked_optional_text(value: object, name: str) -> str | None:
+    return None if value is None else checked_text(value, name)
+
+
+def _tlp(value: object) -> str | None:
+    if value is not None and value not in TLP_LEVELS:
+        raise ValueError(f"marker tlp {value!r:.40} is not one of {', '.join(TLP_LEVELS)}")
+    return value  # type: ignore[return-value]
 
 
 def address_bytes(text: str) -> bytes:

@@ -169,7 +169,10 @@ def encode_event(event: Event, dictionary: SegmentDictionary, base: int) -> list
     opened //= 1000
     if opened != first or observer is not None:
         row.append(opened - first)
-    packed = msgpack.packb([_checked_layer(layer) for layer in encapsulation]) if encapsulation else None
+    try:
+        packed = msgpack.packb([_checked_layer(layer) for layer in encapsulation]) if encapsulation else None
+    except OverflowError:
+        raise RecordError("an encapsulation id is too large to store") from None
     declarations = []
     marker_number = dictionary.markers.get(marker)
     new_marker = marker_number is None

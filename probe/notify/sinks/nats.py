@@ -1,8 +1,8 @@
 """NATS sink: each notification published to the fleet's JetStream stream, for `probe collect`.
 
-Subject `probe.events.<site>.<probe>`; the document's idempotency key (`<event_id>/<revision>` for
-an event) is the `Nats-Msg-Id` header, so JetStream stores a retried publish once within its
-de-duplication window (the collector's store recognises older repeats). A notification counts as
+Subject `probe.events.<site>.<probe>`; `<site>.<probe>/` and the document's idempotency key
+(`<event_id>/<revision>` for an event) are the `Nats-Msg-Id` header, so JetStream stores a retried
+publish once within its de-duplication window (the collector's store recognises older repeats). A notification counts as
 delivered only on the stream's publish acknowledgement: until then the outbox keeps it. A batch is
 published without waiting between messages, then its acknowledgements are awaited in order.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 from probe.config import Config, SinkSection
 from probe.errors import FleetError, NotifyError
-from probe.fleet.bus import Bus, connect_options, event_subject
+from probe.fleet.bus import Bus, connect_options, event_subject, probe_key
 from probe.notify.sinks import Sink, SinkError
 
 
@@ -25,6 +25,9 @@ class NatsSink(Sink):
         self.fleet = config.fleet
         self.probe = config.probe
         self.subject = event_subject(config.probe)
+        self.message_prefix = f"{probe_key(config.probe)}/"
+        """JetStream de-duplicates message ids across the stream: two probes that saw one event
+        publish the same idempotency key, and neither may make the other's look like a repeat."""
         self._bus: Bus | None = None
         try:
             connect_options(config.fleet, config.probe, f"sink {self.name} of probe")
@@ -52,7 +55,7 @@ class NatsSink(Sink):
         pending = []
         for document in documents:
             body = json.dumps(document, separators=(",", ":")).encode()
-            pending.append(await jetstream.publish_async(self.subject, body, stream=self.fleet.stream, headers={"Nats-Msg-Id": document["idempotency_key"]}))
+            pending.append(await jetstream.publish_async(self.subject, body, stream=self.fleet.stream, headers={"Nats-Msg-Id": f"{self.message_prefix}{document['idempotency_key']}"}))
         for position, future in enumerate(pending):
             try:
                 await asyncio.wait_for(future, self.fleet.connect_timeout)
