@@ -81,6 +81,13 @@ def test_a_segment_split_in_parts_is_searched_in_each(tmp_path: Path, monkeypatc
     events = [make_event(instant("2026-06-02T08:00:05Z") + position, client_port=40000 + position)._replace(observer=PARIS) for position in range(7)]
     assert all(revisions.append_new(event) for event in events)
     store.flush()
-    assert len(store.segments_of(DEFAULT_CLASS, instant("2026-06-02T08:00:00Z"))) == 3
+    parts = store.segments_of(DEFAULT_CLASS, instant("2026-06-02T08:00:00Z"))
+    assert len(parts) == 3
+    reads: Counter = Counter()
+    read = store.read
+    monkeypatch.setattr(store, "read", lambda summary, *arguments, **options: reads.update([summary.path]) or read(summary, *arguments, **options))
     assert not any(revisions.append_new(event) for event in events)
+    assert revisions.append_new(make_event(instant("2026-06-02T08:00:05Z") + 7, client_port=40007)._replace(observer=PARIS))
+    assert not any(revisions.append_new(event) for event in events)
+    assert all(reads[part.path] <= 1 for part in parts if part.path not in store.writers), ("a sealed part is read once, then answered from the cache even after appends to another part", reads)
     store.close()

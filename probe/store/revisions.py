@@ -39,10 +39,11 @@ class StoredRevisions:
             return False
         self.store.append(event)
         for summary in self.store.segments_of(record_class, base):
-            self._sealed.pop(summary.path, None)  # appended to: read it again once it is sealed
-            revisions = self._open.get(summary.path)
-            if revisions is not None and summary.path in self.store.writers:
-                revisions.add(key)
+            if summary.path in self.store.writers:  # the part appended to (reopened, if it was sealed)
+                self._sealed.pop(summary.path, None)
+                revisions = self._open.get(summary.path)
+                if revisions is not None:
+                    revisions.add(key)
         return True
 
     def forget_open(self) -> None:
