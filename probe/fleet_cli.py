@@ -32,9 +32,10 @@ def collect_command(config_path: str, now_text: str | None) -> None:
 
     Consumes the [fleet] stream with its durable consumer, stores each event revision once in the
     [store] directory (same format, retention and minimisation as a probe's store: `probe store
-    query/export/subscribers/audit --config` work on it across the fleet), forwards every
-    notification to the [[sinks]] (the authority's), and acknowledges a message only once the
-    store has fsync'd it and the outbox holds it.
+    query/export/subscribers/audit --config` work on it across the fleet, each event naming the
+    probe whose subject it came on), forwards every notification to the [[sinks]] (the
+    authority's), and acknowledges a message only once the store has fsync'd it and the outbox
+    holds it. A message it cannot read is logged with the reason, acknowledged and dropped.
     """
     logger = logging.getLogger("probe")
     logger.setLevel(logging.INFO)
