@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
 
 import click
@@ -13,12 +12,7 @@ from probe.errors import ProbeError
 from probe.fleet.collector import Collector
 from probe.fleet.heartbeat import read_heartbeats
 from probe.fleet.setup import setup_bus
-from probe.store_cli import now_clock
-
-
-def _fail(message: str) -> None:
-    click.echo(f"probe: error: {message}", err=True)
-    sys.exit(2)
+from probe.store_cli import fail, now_clock
 
 
 config_required = click.option("--config", "config_path", required=True, metavar="PATH", type=click.Path(dir_okay=False), help="Configuration file (TOML) with a [fleet] section.")
@@ -45,7 +39,7 @@ def collect_command(config_path: str, now_text: str | None) -> None:
         collector = Collector(load_config(config_path), now_clock(now_text))
         collector.run()
     except ProbeError as error:
-        _fail(str(error))
+        fail(str(error))
 
 
 @click.group("fleet")
@@ -62,7 +56,7 @@ def setup_command(config_path: str, replicas: int) -> None:
         for line in setup_bus(load_config(config_path), replicas):
             click.echo(line)
     except ProbeError as error:
-        _fail(str(error))
+        fail(str(error))
 
 
 @fleet_group.command("status")
@@ -74,7 +68,7 @@ def status_command(config_path: str, stale: float) -> None:
         config = load_config(config_path)
         heartbeats = read_heartbeats(config)
     except ProbeError as error:
-        _fail(str(error))
+        fail(str(error))
     now = time.time()
     click.echo(f"{'probe':<32} {'heartbeat':>10} {'packets/s':>10} {'events':>8}  bundles")
     for key, beat in sorted(heartbeats.items()):

@@ -495,13 +495,9 @@ def test_the_shipped_bus_permissions_let_each_member_do_its_own_work_only(captur
 
         loaded = load_config(str(probe))
         agent = FleetAgent(loaded, str(tmp_path / "fetched"), dict, lambda path, done: None)
-        bus = Bus(loaded.fleet, loaded.probe, "probe")
-        try:
-            bus.connect()
+        with Bus(loaded.fleet, loaded.probe, "probe") as bus:
             assert [name for name, _ in bus.call(agent._new_objects(bus), 10)] == ["fleet-test/fleet"]
             bus.call(agent._put_heartbeat(bus, b"{}"), 10)
-        finally:
-            bus.close()
 
         async def speak_for_another(jetstream, connection) -> None:
             await jetstream.publish("probe.events.paris.paris-core-2", b"{}", stream="PROBE_EVENTS")

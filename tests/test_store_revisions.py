@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from probe.record.events import Event
 from probe.store.retention import DEFAULT_CLASS
 from probe.store.revisions import StoredRevisions
 from probe.store.ring import RingStore
@@ -36,9 +37,9 @@ def test_a_revision_is_held_in_an_open_segment_a_sealed_one_and_after_a_restart(
     assert stored(open_store(tmp_path / "store", NOW)) == Counter({(event.event_id, 1, PARIS): 1})
 
 
-def test_a_late_record_in_a_sealed_segment_is_seen_once_the_segment_is_sealed_again(tmp_path: Path):
-    """The segment of 08:00 is read while sealed (its revisions cached), reopened for a late
-    revision and sealed again at once: a redelivery of that revision must be recognised."""
+def sealed_and_cached(tmp_path: Path) -> tuple[RingStore, StoredRevisions, Event]:
+    """A store whose 08:00 segment holds one revision, is sealed (a record three hours later
+    moved the store on) and was read while sealed, its revisions cached; and that revision."""
     early = make_event("2026-06-02T08:00:05Z", revision=0)._replace(observer=PARIS)
     store = open_store(tmp_path / "store", NOW)
     revisions = StoredRevisions(store)
@@ -47,6 +48,13 @@ def test_a_late_record_in_a_sealed_segment_is_seen_once_the_segment_is_sealed_ag
     assert revisions.append_new(make_event("2026-06-02T11:00:05Z", client_port=50000)._replace(observer=PARIS))
     store.flush()
     assert not revisions.append_new(early), "held: the 08:00 segment is sealed now, and cached"
+    return store, revisions, early
+
+
+def test_a_late_record_in_a_sealed_segment_is_seen_once_the_segment_is_sealed_again(tmp_path: Path):
+    """The segment of 08:00 is read while sealed (its revisions cached), reopened for a late
+    revision and sealed again at once: a redelivery of that revision must be recognised."""
+    store, revisions, early = sealed_and_cached(tmp_path)
     late = early._replace(revision=1)
     assert revisions.append_new(late)
     store.flush()
@@ -90,4 +98,20 @@ def test_a_segment_split_in_parts_is_searched_in_each(tmp_path: Path, monkeypatc
     assert revisions.append_new(make_event(instant("2026-06-02T08:00:05Z") + 7, client_port=40007)._replace(observer=PARIS))
     assert not any(revisions.append_new(event) for event in events)
     assert all(reads[part.path] <= 1 for part in parts if part.path not in store.writers), ("a sealed part is read once, then answered from the cache even after appends to another part", reads)
+    store.close()
+
+
+def test_a_late_record_that_fills_a_reopened_part_and_seals_it_at_once_is_seen(tmp_path: Path, monkeypatch):
+    """The late revision is the part's last room: the store seals the part again within the
+    append itself, and a redelivery must still be recognised."""
+    import probe.store.ring as ring
+
+    monkeypatch.setattr(ring, "MAX_SEGMENT_RECORDS", 2)
+    store, revisions, early = sealed_and_cached(tmp_path)
+    late = early._replace(revision=1)
+    assert revisions.append_new(late)
+    assert not any(summary.path in store.writers for summary in store.segments_of(DEFAULT_CLASS, instant("2026-06-02T08:00:00Z"))), "sealed again, full"
+    assert not revisions.append_new(late), "the redelivered late revision"
+    store.flush()
+    assert max(stored(store).values()) == 1, stored(store)
     store.close()

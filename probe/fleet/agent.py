@@ -23,7 +23,7 @@ from probe.config import Config
 from probe.errors import ProbeError
 from probe.fleet.bundles import MAX_ARCHIVE_BYTES, discard, keep_only, unpack_bundle
 from probe.fleet.bus import Bus, probe_key
-from probe.fleet.heartbeat import heartbeat
+from probe.fleet.heartbeat import heartbeat, snapshot_packets
 
 log = logging.getLogger("probe.fleet")
 RETRY_DELAY = 2.0
@@ -82,7 +82,7 @@ class FleetAgent:
         if not snapshot:
             return
         now = time.monotonic()
-        packets = sum(worker.get("packets", 0) for worker in snapshot["workers"])
+        packets = snapshot_packets(snapshot)
         rate = 0.0
         if self._last_packets is not None and now > self._last_packets[0]:
             rate = (packets - self._last_packets[1]) / (now - self._last_packets[0])

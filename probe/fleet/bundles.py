@@ -63,12 +63,8 @@ def publish_bundle(config: Config, path: str) -> str:
     if not config.fleet.servers or not config.fleet.bundle_bucket:
         raise FleetError("fleet.servers and fleet.bundle_bucket: publishing needs the bus and its bundle bucket")
     name, archive, version = pack_bundle(path)
-    bus = Bus(config.fleet, config.probe, "probe markers publish")
-    try:
-        bus.connect()
+    with Bus(config.fleet, config.probe, "probe markers publish") as bus:
         bus.call(_put(bus, config.fleet.bundle_bucket, name, archive), config.fleet.connect_timeout * 4 + len(archive) / 1e6 + 1)
-    finally:
-        bus.close()
     return f"{path}: published as {name} (version {version}, {len(archive):,} bytes) in bucket {config.fleet.bundle_bucket}"
 
 

@@ -7,7 +7,8 @@ which credentials or which stream is wrong.
 
 Names (subjects, buckets) are fixed here: notifications go to `probe.events.<site>.<probe>` in the
 `[fleet] stream`, heartbeats to key `<site>.<probe>` of `status_bucket`, bundles are objects of
-`bundle_bucket` named `<issuer>/<bundle id>/<file>`.
+`bundle_bucket` named `<issuer>/<bundle id>` (an archive of the bundle, its signature and its
+companion files).
 """
 
 from __future__ import annotations
@@ -164,6 +165,18 @@ class Bus:
             log.debug(f"NATS: {error}")
         self.connection = await nats.connect(**self._options, error_cb=remember)
         self.jetstream = self.connection.jetstream(timeout=self.fleet.connect_timeout)
+
+    def __enter__(self) -> Bus:
+        """A one-shot use (a command): connected now, closed on leaving."""
+        try:
+            self.connect()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self.close()
 
     def close(self) -> None:
         if self.connection is not None and not self.connection.is_closed:

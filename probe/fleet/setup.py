@@ -31,12 +31,8 @@ def stream_config(config: Config, replicas: int) -> StreamConfig:
 
 def setup_bus(config: Config, replicas: int) -> list[str]:
     """Create or update the stream and buckets; one line per thing done."""
-    bus = Bus(config.fleet, config.probe, "probe fleet setup")
-    try:
-        bus.connect()
+    with Bus(config.fleet, config.probe, "probe fleet setup") as bus:
         return bus.call(_setup(bus, config, replicas), config.fleet.connect_timeout * 4 + 1)
-    finally:
-        bus.close()
 
 
 async def _setup(bus: Bus, config: Config, replicas: int) -> list[str]:

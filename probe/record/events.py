@@ -233,11 +233,16 @@ def withhold_marker_values(fields: dict, max_tlp: str) -> dict:
     return {name: value for name, value in fields.items() if name not in WITHHELD_ABOVE_TLP}
 
 
+def seen_by(event: Event, probe: ProbeSection) -> tuple[str, str]:
+    """(name, site) of the probe that saw the event: `probe`, whose store or output this is,
+    unless the event names another (a collector's store)."""
+    return event.observer or (probe.name, probe.site)
+
+
 def event_record(event: Event, probe: ProbeSection, max_tlp: str = "red") -> dict:
-    """The event as eve.json-style JSON, naming the probe that saw it: `probe`, whose store or
-    output this is, unless the event names another (a collector's store)."""
+    """The event as eve.json-style JSON, naming the probe that saw it (`seen_by`)."""
     record = event_fields(event, max_tlp)
-    name, site = event.observer or (probe.name, probe.site)
+    name, site = seen_by(event, probe)
     record["probe"] = {"name": name, "site": site}
     return record
 

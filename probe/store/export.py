@@ -15,7 +15,7 @@ import uuid
 from probe.bundles.stix import indicator_id
 from probe.config import ProbeSection
 from probe.decode.packet import IPV4_MAPPED_PREFIX, PROTO_NAMES, address_text
-from probe.record.events import Event, rfc3339
+from probe.record.events import Event, rfc3339, seen_by
 
 STIX_NAMESPACE = uuid.UUID("00abedb4-aa42-466c-9c01-fed23315a9b7")
 """The namespace STIX 2.1 gives for the ids of cyber-observable objects."""
@@ -69,7 +69,7 @@ def _event_objects(event: Event, probe: ProbeSection) -> list[dict]:
         "count": event.hits,
         "sighting_of_ref": indicator_id(event.marker, event.marker.bundle),
         "observed_data_refs": [observed["id"]],
-        "description": f"probe {(event.observer or (probe.name, probe.site))[0]} event {event.event_id} (revision {event.revision}): marker {event.marker.id} of bundle {event.marker.bundle} version {event.marker.bundle_version}, matched on {event.matched_on}",
+        "description": f"probe {seen_by(event, probe)[0]} event {event.event_id} (revision {event.revision}): marker {event.marker.id} of bundle {event.marker.bundle} version {event.marker.bundle_version}, matched on {event.matched_on}",
     }
     return [source, destination, traffic, observed, sighting]
 

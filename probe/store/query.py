@@ -18,7 +18,7 @@ from functools import cached_property
 from probe.config import ProbeSection
 from probe.decode.packet import IPV4_MAPPED_PREFIX, PROTO_NAMES, address_key, address_text
 from probe.errors import StoreError
-from probe.record.events import Event, event_record, json_lines, marker_fields, rfc3339
+from probe.record.events import Event, event_record, json_lines, marker_fields, rfc3339, seen_by
 from probe.store.index import SegmentSummary, event_key, network_keys
 from probe.store.records import SegmentDictionary
 from probe.store.retention import AUDIT_CLASS, BUNDLES_CLASS
@@ -154,9 +154,8 @@ def format_events(events: list[Event], output_format: str, probe: ProbeSection, 
 
 
 def _row(event: Event, probe: ProbeSection, max_tlp: str) -> tuple:
-    """`probe`: the store's own, named unless the event names the probe that saw it (a collector)."""
     marker = marker_fields(event.marker, max_tlp)
-    name, site = event.observer or (probe.name, probe.site)
+    name, site = seen_by(event, probe)
     return (
         event.event_id, event.revision, rfc3339(event.first_seen), rfc3339(event.last_seen), PROTO_NAMES.get(event.proto, str(event.proto)),
         address_text(event.src), event.src_port, address_text(event.dst), event.dst_port, "to_server" if event.to_server else "to_client", event.matched_on,

@@ -30,20 +30,19 @@ class StoredRevisions:
 
     def append_new(self, event: Event) -> bool:
         """Queue `event` in the store unless the store holds that revision already (False then)."""
-        key = (event.event_digest, event.revision, event.observer)
+        key = _revision(event)
         if len(self._open) > len(self.store.writers):
             self._open = {path: revisions for path, revisions in self._open.items() if path in self.store.writers}
         record_class = self.store.retention.class_of(event.marker)
         base = event.last_seen - event.last_seen % self.store.period
         if any(self._holds(summary, key) for summary in self.store.segments_of(record_class, base)):
             return False
-        self.store.append(event)
-        for summary in self.store.segments_of(record_class, base):
-            if summary.path in self.store.writers:  # the part appended to (reopened, if it was sealed)
-                self._sealed.pop(summary.path, None)
-                revisions = self._open.get(summary.path)
-                if revisions is not None:
-                    revisions.add(key)
+        path = self.store.append(event)
+        if path is not None:  # the part appended to (reopened if it was sealed, perhaps sealed again already)
+            self._sealed.pop(path, None)
+            revisions = self._open.get(path)
+            if revisions is not None:
+                revisions.add(key)
         return True
 
     def forget_open(self) -> None:
@@ -59,7 +58,7 @@ class StoredRevisions:
         revisions = self._open.get(path)
         if revisions is None:
             revisions = self._open[path] = self._read(path)
-            revisions.update((event.event_digest, event.revision, event.observer) for event in self.store.writers[path].records if isinstance(event, Event))
+            revisions.update(_revision(event) for event in self.store.writers[path].records if isinstance(event, Event))
         return revisions
 
     def _sealed_revisions(self, path: str) -> set[Revision]:
@@ -73,4 +72,8 @@ class StoredRevisions:
         return revisions
 
     def _read(self, path: str) -> set[Revision]:
-        return {(record.event_digest, record.revision, record.observer) for record in self.store.read(self.store.summaries[path]) if isinstance(record, Event)}
+        return {_revision(record) for record in self.store.read(self.store.summaries[path]) if isinstance(record, Event)}
+
+
+def _revision(event: Event) -> Revision:
+    return (event.event_digest, event.revision, event.observer)

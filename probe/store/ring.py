@@ -371,18 +371,20 @@ class RingStore:
 
     # Appending
 
-    def append(self, event: Event) -> None:
-        """Queue an event revision; it is stored (acknowledged) at the next flush."""
+    def append(self, event: Event) -> str | None:
+        """Queue an event revision; it is stored (acknowledged) at the next flush. The segment part
+        it went to (None: expired on arrival, or no segment could be opened)."""
         record_class = self.retention.class_of(event.marker)
         time_of = event.last_seen
         if time_of <= self.retention.cutoff(record_class, self.clock.now()):
             self.expired_on_arrival += 1
-            return
+            return None
         writer = self._open_writers.get((record_class, time_of - time_of % self.period)) or self._writer(record_class, time_of)
         if writer is None:
-            return
+            return None
         writer.frames += [frame(payload) for payload in encode_event(event, writer.dictionary, writer.base_microseconds)]
         self._queued(writer, event, time_of)
+        return writer.summary.path
 
     def append_bundle(self, record: BundleRecord) -> None:
         """Queue a change of the active marker set (history of which bundle versions were in force)."""

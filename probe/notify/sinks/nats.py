@@ -2,9 +2,10 @@
 
 Subject `probe.events.<site>.<probe>`; `<site>.<probe>/` and the document's idempotency key
 (`<event_id>/<revision>` for an event) are the `Nats-Msg-Id` header, so JetStream stores a retried
-publish once within its de-duplication window (the collector's store recognises older repeats). A notification counts as
-delivered only on the stream's publish acknowledgement: until then the outbox keeps it. A batch is
-published without waiting between messages, then its acknowledgements are awaited in order.
+publish once within its de-duplication window (the collector's store recognises older repeats).
+A notification counts as delivered only on the stream's publish acknowledgement: until then the
+outbox keeps it. A batch is published without waiting between messages, then its
+acknowledgements are awaited in order.
 """
 
 from __future__ import annotations
